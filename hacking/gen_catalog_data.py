@@ -103,7 +103,7 @@ class Reference:
             )
         if len({(tuple(c[2]), c[3]) for c in candidates}) != 1:
             raise CatalogError(f"{model['product_name_nvml']} {prof['name']}: donors disagree: {candidates}")
-        _, donor, starts, size = min(candidates)
+        _rank, donor, starts, size = min(candidates)
         return donor, len(candidates), starts, size
 
     def rev2_default_ci(self) -> tuple[str, int] | None:
