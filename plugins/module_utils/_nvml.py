@@ -1,0 +1,484 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The one adapter over pynvml (PRIVATE to the collection).
+
+Reads GPUs, MIG profiles and instances into plain dicts and performs MIG changes.
+Every NVML error becomes an ``NvmlError`` whose message names the GPU and the remedy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import traceback
+
+from ansible_collections.gpu.mig.plugins.module_utils import _catalog
+
+try:
+    import pynvml
+
+    HAS_PYNVML = True
+    PYNVML_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - exercised by ansible-test's import sanity test
+    pynvml = None
+    HAS_PYNVML = False
+    PYNVML_IMPORT_ERROR = traceback.format_exc()
+
+ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada", 9: "hopper"}
+ARCHITECTURES.update({10: "blackwell", 13: "rubin"})
+# Generations whose MIG mode change needs a GPU reset and persists in the GPU over reboot.
+RESET_ARCHITECTURES = frozenset({"ampere"})
+
+# NVML return code -> (problem, remedy). Codes are pynvml's NVML_ERROR_* values.
+_REMEDIES = {
+    1: ("NVML is not initialized", "this is a bug in gpu.mig; please report it"),
+    2: ("NVML rejected an argument", "check the requested profile and placement against mig_facts"),
+    3: ("not supported on this GPU", "use a MIG-capable GPU (A100, A30, H100, H200, B200) with MIG enabled"),
+    4: ("no permission", "run the task as root (become: true)"),
+    6: ("not found", "gather mig_facts again; the instance may have been removed concurrently"),
+    9: ("the NVIDIA driver is not loaded", "install the NVIDIA driver and load it (modprobe nvidia), then retry"),
+    12: ("the NVML library (libnvidia-ml.so.1) was not found", "install the NVIDIA driver on this host"),
+    15: ("the GPU has fallen off the bus (GPU lost)", "drain the host, check dmesg for Xid errors and reboot it"),
+    16: ("a GPU reset is required", "stop the GPU's clients and reset it (nvidia-smi -r -i <gpu>) or reboot"),
+    18: ("the NVML library and the kernel driver versions differ", "reboot after the driver upgrade"),
+    19: ("the GPU or instance is in use", "stop the processes using it (see mig_facts processes) and retry"),
+    23: ("insufficient resources", "choose profiles and placements that fit (see mig_facts free counts)"),
+    28: ("the GPU was not found", "check the GPU with lspci and the driver logs"),
+}
+
+
+class NvmlError(Exception):
+    """An NVML failure, with a message that names the GPU and the fix."""
+
+    def __init__(self, msg: str, code: int | None = None):
+        super().__init__(msg)
+        self.msg = msg
+        self.code = code
+
+
+def describe(err: Exception, where: str = "", action: str = "") -> NvmlError:
+    """Turn a pynvml exception into an NvmlError naming ``where`` (a GPU) and the remedy."""
+    code = getattr(err, "value", None)
+    problem, remedy = _REMEDIES.get(code, (str(err), "check the driver logs (dmesg, journalctl -k)"))
+    prefix = f"{where}: " if where else ""
+    doing = f"{action} failed: " if action else ""
+    return NvmlError(f"{prefix}{doing}{problem} (NVML: {err}); {remedy}", code)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _mib(num_bytes: int) -> int:
+    return int(num_bytes) // (1024 * 1024)
+
+
+def _is_error(err: Exception, *names: str) -> bool:
+    return getattr(err, "value", None) in {getattr(pynvml, name) for name in names}
+
+
+class Nvml:
+    """An NVML session. Use as a context manager; all reads return plain dicts."""
+
+    def __init__(self):
+        self._handles: dict[int, object] = {}
+
+    def __enter__(self) -> Nvml:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            raise describe(err, action="NVML initialisation") from err
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+    # ----------------------------------------------------------------- system
+    def system(self) -> dict:
+        """Driver, CUDA and NVML versions."""
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {
+            "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
+            "cuda_driver_version": f"{cuda // 1000}.{(cuda % 1000) // 10}",
+            "nvml_version": _text(pynvml.nvmlSystemGetNVMLVersion()),
+        }
+
+    def count(self) -> int:
+        return pynvml.nvmlDeviceGetCount()
+
+    def handle(self, index: int):
+        if index not in self._handles:
+            self._handles[index] = self._call(index, "opening the GPU", pynvml.nvmlDeviceGetHandleByIndex, index)
+        return self._handles[index]
+
+    def label(self, index: int) -> str:
+        """'GPU 0 (GPU-…)', or 'GPU 0' when even the UUID cannot be read."""
+        try:
+            return f"GPU {index} ({_text(pynvml.nvmlDeviceGetUUID(self.handle(index)))})"
+        except (pynvml.NVMLError, NvmlError):
+            return f"GPU {index}"
+
+    def _call(self, index: int | None, action: str, func, *args):
+        try:
+            return func(*args)
+        except pynvml.NVMLError as err:
+            where = "" if index is None else self.label(index) if index in self._handles else f"GPU {index}"
+            raise describe(err, where, action) from err
+
+    # ------------------------------------------------------------------ reads
+    def gpu(self, index: int) -> dict:
+        """Everything mig_facts reports for one GPU."""
+        handle = self.handle(index)
+        pci = self._call(index, "reading PCI info", pynvml.nvmlDeviceGetPciInfo, handle)
+        memory = self._call(index, "reading memory info", pynvml.nvmlDeviceGetMemoryInfo, handle)
+        major, minor = self._call(
+            index, "reading compute capability", pynvml.nvmlDeviceGetCudaComputeCapability, handle
+        )
+        facts = {
+            "index": index,
+            "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+            "name": _text(pynvml.nvmlDeviceGetName(handle)),
+            "pci_bus_id": _text(pci.busId),
+            "pci_device_id": f"0x{pci.pciDeviceId:08X}",
+            "architecture": self._architecture(handle),
+            "compute_capability": f"{major}.{minor}",
+            "memory": {"total_mib": _mib(memory.total), "used_mib": _mib(memory.used), "free_mib": _mib(memory.free)},
+            "mig": self.mig_mode(index),
+            "profiles": [],
+            "gpu_instances": [],
+            "processes": [],
+        }
+        if facts["mig"]["supported"]:
+            facts["profiles"] = self.profiles(index)
+        if facts["mig"]["current"]:
+            facts["gpu_instances"] = self.gpu_instances(index, facts["profiles"])
+            facts["processes"] = [p for gi in facts["gpu_instances"] for p in gi["processes"]]
+        else:
+            facts["processes"] = self._processes(index, handle)
+        return facts
+
+    def _architecture(self, handle) -> str:
+        try:
+            return ARCHITECTURES.get(pynvml.nvmlDeviceGetArchitecture(handle), "unknown")
+        except pynvml.NVMLError:
+            return "unknown"
+
+    def mig_mode(self, index: int) -> dict:
+        """{'supported', 'current', 'pending'}: booleans, None when MIG is not supported."""
+        try:
+            current, pending = pynvml.nvmlDeviceGetMigMode(self.handle(index))
+        except pynvml.NVMLError as err:
+            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):
+                return {"supported": False, "current": None, "pending": None}
+            raise describe(err, self.label(index), "reading MIG mode") from err
+        enabled = pynvml.NVML_DEVICE_MIG_ENABLE
+        return {"supported": True, "current": current == enabled, "pending": pending == enabled}
+
+    def profiles(self, index: int) -> list[dict]:
+        """The GPU-instance profile table read live, with free counts and placements."""
+        handle = self.handle(index)
+        table = []
+        for nvml_index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+            try:
+                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, nvml_index)
+            except pynvml.NVMLError as err:
+                if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT"):
+                    continue
+                raise describe(err, self.label(index), "reading MIG profiles") from err
+            placements = self._placements(index, info.id)
+            table.append(
+                {
+                    "id": info.id,
+                    "nvml_index": nvml_index,
+                    "name": _profile_name(info),
+                    "slices": info.sliceCount,
+                    "memory_slices": placements[0]["size"] if placements else 0,
+                    "memory_mib": int(info.memorySizeMB),
+                    "sm_count": info.multiprocessorCount,
+                    "copy_engines": info.copyEngineCount,
+                    "decoders": info.decoderCount,
+                    "encoders": info.encoderCount,
+                    "jpeg": info.jpegCount,
+                    "ofa": info.ofaCount,
+                    "total": info.instanceCount,
+                    "free": self._remaining(index, info.id),
+                    "placements": placements,
+                }
+            )
+        return table
+
+    def _placements(self, index: int, profile_id: int) -> list[dict]:
+        handle = self.handle(index)
+        count = ctypes.c_uint(0)
+        array = (pynvml.c_nvmlGpuInstancePlacement_t * 16)()
+        count.value = len(array)
+        try:
+            pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, array, ctypes.byref(count))
+        except pynvml.NVMLError as err:
+            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):  # MIG disabled on some drivers
+                return []
+            raise describe(err, self.label(index), "reading placements") from err
+        return [{"start": array[i].start, "size": array[i].size} for i in range(count.value)]
+
+    def _remaining(self, index: int, profile_id: int) -> int:
+        try:
+            return pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity(self.handle(index), profile_id)
+        except pynvml.NVMLError as err:
+            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):
+                return 0
+            raise describe(err, self.label(index), "reading remaining capacity") from err
+
+    def _gi_handles(self, index: int, profiles: list[dict]) -> list:
+        handle = self.handle(index)
+        found = []
+        for profile in profiles:
+            array = (pynvml.c_nvmlGpuInstance_t * max(profile["total"], 1))()
+            count = ctypes.c_uint(0)
+            self._call(
+                index,
+                "listing GPU instances",
+                pynvml.nvmlDeviceGetGpuInstances,
+                handle,
+                profile["id"],
+                array,
+                ctypes.byref(count),
+            )
+            found.extend(array[i] for i in range(count.value))
+        return found
+
+    def gpu_instances(self, index: int, profiles: list[dict]) -> list[dict]:
+        """GPU instances with placements, compute instances, MIG device UUIDs and processes."""
+        by_id = {p["id"]: p for p in profiles}
+        devices = self.mig_devices(index)
+        instances = []
+        for gi in self._gi_handles(index, profiles):
+            info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
+            profile = by_id.get(info.profileId, {})
+            cis = self._compute_instances(index, gi, info.id, profile.get("name", "?"), devices)
+            instances.append(
+                {
+                    "id": info.id,
+                    "profile_id": info.profileId,
+                    "profile": profile.get("name"),
+                    "placement": {"start": info.placement.start, "size": info.placement.size},
+                    "memory_mib": profile.get("memory_mib"),
+                    "compute_instances": cis,
+                    "processes": [p for ci in cis for p in ci["processes"]],
+                }
+            )
+        return sorted(instances, key=lambda gi: gi["placement"]["start"])
+
+    def _compute_instances(self, index: int, gi, gi_id: int, gi_name: str, devices: dict) -> list[dict]:
+        result = []
+        for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            try:
+                pinfo = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    gi, ci_index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+                )
+            except pynvml.NVMLError as err:
+                if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT"):
+                    continue
+                raise describe(err, self.label(index), "reading compute-instance profiles") from err
+            array = (pynvml.c_nvmlComputeInstance_t * max(pinfo.instanceCount, 1))()
+            count = ctypes.c_uint(0)
+            self._call(
+                index,
+                "listing compute instances",
+                pynvml.nvmlGpuInstanceGetComputeInstances,
+                gi,
+                pinfo.id,
+                array,
+                ctypes.byref(count),
+            )
+            for i in range(count.value):
+                info = self._call(index, "reading a compute instance", pynvml.nvmlComputeInstanceGetInfo, array[i])
+                device = devices.get((gi_id, info.id), {})
+                result.append(
+                    {
+                        "id": info.id,
+                        "profile_id": pinfo.id,
+                        "nvml_index": ci_index,
+                        "profile": ci_profile_name(pinfo.sliceCount, gi_name),
+                        "slices": pinfo.sliceCount,
+                        "sm_count": pinfo.multiprocessorCount,
+                        "placement": {"start": info.placement.start, "size": info.placement.size},
+                        "uuid": device.get("uuid"),
+                        "mig_index": device.get("mig_index"),
+                        "memory_mib": device.get("memory_mib"),
+                        "processes": device.get("processes", []),
+                    }
+                )
+        return sorted(result, key=lambda ci: ci["id"])
+
+    def mig_devices(self, index: int) -> dict[tuple[int, int], dict]:
+        """(GI id, CI id) -> {uuid, memory_mib, processes} for every MIG device of the GPU."""
+        handle = self.handle(index)
+        devices = {}
+        maximum = self._call(index, "counting MIG devices", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle)
+        for mig_index in range(maximum):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, mig_index)
+            except pynvml.NVMLError as err:
+                if _is_error(err, "NVML_ERROR_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"):
+                    continue
+                raise describe(err, self.label(index), "opening a MIG device") from err
+            gi_id = self._call(index, "reading a MIG device", pynvml.nvmlDeviceGetGpuInstanceId, mig)
+            ci_id = self._call(index, "reading a MIG device", pynvml.nvmlDeviceGetComputeInstanceId, mig)
+            memory = self._call(index, "reading MIG device memory", pynvml.nvmlDeviceGetMemoryInfo, mig)
+            devices[(gi_id, ci_id)] = {
+                "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
+                "mig_index": mig_index,
+                "memory_mib": _mib(memory.total),
+                "processes": self._processes(index, mig, gi_id, ci_id),
+            }
+        return devices
+
+    def _processes(self, index: int, handle, gi_id: int | None = None, ci_id: int | None = None) -> list[dict]:
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except pynvml.NVMLError as err:
+            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION"):
+                return []
+            raise describe(err, self.label(index), "listing processes") from err
+        return [
+            {
+                "pid": int(p.pid),
+                "used_memory_mib": _mib(p.usedGpuMemory) if p.usedGpuMemory is not None else None,
+                "gpu_instance_id": gi_id,
+                "compute_instance_id": ci_id,
+            }
+            for p in procs
+        ]
+
+    def live_model(self, index: int, gpu: dict) -> _catalog.GpuModel:
+        """The GPU's catalog read live from NVML (compute profiles from the shipped data when known)."""
+        shipped = _catalog.find_model(gpu["name"])
+        shipped_cis = {p.id: p.compute_profiles for p in shipped.profiles} if shipped else {}
+        profiles = tuple(
+            _catalog.GpuInstanceProfile(
+                id=p["id"],
+                nvml_index=p["nvml_index"],
+                name=p["name"],
+                compute_slices=p["slices"],
+                memory_slices=p["memory_slices"],
+                memory_mib=p["memory_mib"],
+                sm_count=p["sm_count"],
+                max_instances=p["total"],
+                placement_starts=tuple(pl["start"] for pl in p["placements"]),
+                placement_size=p["memory_slices"],
+                copy_engines=p["copy_engines"],
+                decoders=p["decoders"],
+                encoders=p["encoders"],
+                jpeg=p["jpeg"],
+                ofa=p["ofa"],
+                compute_profiles=shipped_cis.get(p["id"], ()),
+            )
+            for p in gpu["profiles"]
+        )
+        major, minor = (int(x) for x in gpu["compute_capability"].split("."))
+        return _catalog.GpuModel(
+            name=gpu["name"],
+            architecture=gpu["architecture"],
+            compute_capability=(major, minor),
+            memory_mib=gpu["memory"]["total_mib"],
+            memory_slices=max((s + p.placement_size for p in profiles for s in p.placement_starts), default=0),
+            compute_slices=max((p.compute_slices for p in profiles), default=0),
+            max_gpu_instances=max((p.max_instances for p in profiles), default=0),
+            mig_enable_requires_reset=gpu["architecture"] in RESET_ARCHITECTURES,
+            mig_mode_persists_reboot=gpu["architecture"] in RESET_ARCHITECTURES,
+            min_driver=shipped.min_driver if shipped else "0",
+            profiles=profiles,
+        )
+
+    # ---------------------------------------------------------------- changes
+    def set_mig_mode(self, index: int, enabled: bool) -> int | None:
+        """Request a MIG mode; returns the activation status code (None when it applied at once)."""
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
+        action = "enabling MIG" if enabled else "disabling MIG"
+        status = self._call(index, action, pynvml.nvmlDeviceSetMigMode, self.handle(index), mode)
+        return status or None
+
+    def create_gpu_instance(self, index: int, profile_id: int, start: int, size: int) -> int:
+        placement = pynvml.c_nvmlGpuInstancePlacement_t()
+        placement.start, placement.size = start, size
+        action = f"creating GPU instance of profile {profile_id} at {start}:{size}"
+        gi = self._call(
+            index, action, pynvml.nvmlDeviceCreateGpuInstanceWithPlacement, self.handle(index), profile_id, placement
+        )
+        return self._call(index, action, pynvml.nvmlGpuInstanceGetInfo, gi).id
+
+    def create_compute_instance(self, index: int, gi_id: int, ci_nvml_index: int) -> int:
+        gi = self._gpu_instance(index, gi_id)
+        action = f"creating a compute instance in GPU instance {gi_id}"
+        pinfo = self._call(
+            index,
+            action,
+            pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+            gi,
+            ci_nvml_index,
+            pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+        )
+        ci = self._call(index, action, pynvml.nvmlGpuInstanceCreateComputeInstance, gi, pinfo.id)
+        return self._call(index, action, pynvml.nvmlComputeInstanceGetInfo, ci).id
+
+    def destroy_compute_instance(self, index: int, gi_id: int, ci_id: int) -> None:
+        gi = self._gpu_instance(index, gi_id)
+        action = f"destroying compute instance {ci_id} of GPU instance {gi_id}"
+        ci = self._call(index, action, pynvml.nvmlGpuInstanceGetComputeInstanceById, gi, ci_id)
+        self._call(index, action, pynvml.nvmlComputeInstanceDestroy, ci)
+
+    def destroy_gpu_instance(self, index: int, gi_id: int) -> None:
+        gi = self._gpu_instance(index, gi_id)
+        self._call(index, f"destroying GPU instance {gi_id}", pynvml.nvmlGpuInstanceDestroy, gi)
+
+    def _gpu_instance(self, index: int, gi_id: int):
+        return self._call(
+            index, f"opening GPU instance {gi_id}", pynvml.nvmlDeviceGetGpuInstanceById, self.handle(index), gi_id
+        )
+
+
+def _profile_name(info) -> str:
+    """'MIG 1g.5gb' -> '1g.5gb' (NVML v2 profile info carries the name)."""
+    name = _text(getattr(info, "name", b"")).strip()
+    return name[4:] if name.startswith("MIG ") else name
+
+
+def ci_profile_name(ci_slices: int, gi_name: str) -> str:
+    """NVIDIA's naming: the whole-GI compute profile has the GI's name, splits are 'Nc.<gi>'."""
+    gi_slices = int(gi_name.split("g.", 1)[0]) if "g." in gi_name and gi_name.split("g.", 1)[0].isdigit() else None
+    return gi_name if ci_slices == gi_slices else f"{ci_slices}c.{gi_name}"
+
+
+def gather(gpu_filter=None) -> dict:
+    """Facts for the whole host: ``{'driver': {...}, 'gpus': [...], 'summary': {...}}``.
+
+    Without a usable driver the result says so (``driver.loaded: false`` and ``driver.error``)
+    instead of raising: an audit of a host without GPUs is a fact, not a failure.
+    """
+    try:
+        with Nvml() as nvml:
+            system = nvml.system()
+            indices = [i for i in range(nvml.count()) if gpu_filter is None or i in gpu_filter]
+            gpus = [nvml.gpu(i) for i in indices]
+    except NvmlError as err:
+        if err.code not in (9, 12):  # driver not loaded / library not found: report, don't fail
+            raise
+        return {"driver": {"loaded": False, "error": err.msg}, "gpus": [], "summary": summarize([])}
+    return {"driver": dict(system, loaded=True, error=None), "gpus": gpus, "summary": summarize(gpus)}
+
+
+def summarize(gpus: list[dict]) -> dict:
+    """Counts an auditor wants at a glance."""
+    return {
+        "gpu_count": len(gpus),
+        "mig_capable": sum(1 for g in gpus if g["mig"]["supported"]),
+        "mig_enabled": sum(1 for g in gpus if g["mig"]["current"]),
+        "mig_change_pending": sum(
+            1 for g in gpus if g["mig"]["supported"] and g["mig"]["current"] != g["mig"]["pending"]
+        ),
+        "gpu_instances": sum(len(g["gpu_instances"]) for g in gpus),
+        "compute_instances": sum(len(gi["compute_instances"]) for g in gpus for gi in g["gpu_instances"]),
+        "processes": sum(len(g["processes"]) for g in gpus),
+    }

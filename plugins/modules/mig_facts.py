@@ -1,0 +1,162 @@
+#!/usr/bin/python
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Gather NVIDIA GPU and MIG facts through NVML."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mig_facts
+short_description: Gather NVIDIA GPU and MIG facts through NVML
+version_added: 0.1.0
+description:
+  - Reads the driver, CUDA and NVML versions and, per GPU, its identity, memory, MIG mode (current and pending),
+    the MIG profile table with free counts and placements, GPU and compute instances with their MIG device UUIDs,
+    and the processes using each GPU and instance.
+  - Returns everything under one facts key, C(ansible_facts.nvidia_mig).
+  - A host without a driver, or without a MIG-capable GPU, is reported as such rather than failing,
+    unless O(require_mig=true).
+  - Changes nothing.
+author:
+  - gpu.mig maintainers (@gpu-mig)
+options:
+  gpus:
+    description:
+      - Which GPUs to report. Each item is an index, a GPU UUID, a PCI bus id (full C(00000000:07:00.0) or short C(07:00.0)),
+        a product name such as C(NVIDIA A100-SXM4-40GB), or C(arch:<generation>) such as C(arch:hopper).
+      - Empty means every GPU.
+    type: list
+    elements: str
+    default: []
+  require_mig:
+    description:
+      - Fail when the driver is missing or no selected GPU supports MIG.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - gpu.mig.nvml
+  - gpu.mig.nvml.attributes_facts
+seealso:
+  - module: gpu.mig.mig_instances
+  - module: gpu.mig.mig_mode
+"""
+
+EXAMPLES = r"""
+- name: Gather MIG facts
+  gpu.mig.mig_facts:
+
+- name: Show each GPU's MIG mode
+  ansible.builtin.debug:
+    msg: "{{ item.index }} {{ item.name }}: MIG {{ item.mig.current }}"
+  loop: "{{ ansible_facts.nvidia_mig.gpus }}"
+
+- name: Audit only the Hopper GPUs, failing on hosts without MIG
+  gpu.mig.mig_facts:
+    gpus: ["arch:hopper"]
+    require_mig: true
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: dict
+  contains:
+    nvidia_mig:
+      description: Everything known about the host's NVIDIA GPUs and MIG.
+      returned: always
+      type: dict
+      contains:
+        driver:
+          description: Driver state and versions. C(loaded=false) with C(error) when NVML cannot start.
+          returned: always
+          type: dict
+          sample: {"loaded": true, "error": null, "driver_version": "550.90.07", "cuda_driver_version": "12.4", "nvml_version": "12.550.90.07"}
+        gpus:
+          description:
+            - One entry per selected GPU, ordered by index.
+            - C(mig) holds C(supported), C(current) and C(pending) (booleans; null when MIG is not supported).
+            - C(profiles) is the GPU-instance profile table read live from NVML (C(id), C(name), C(slices), C(memory_slices),
+              C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placements)).
+            - C(gpu_instances) lists each GPU instance (C(id), C(profile_id), C(profile), C(placement), C(memory_mib)) with
+              its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes)).
+            - C(processes) lists compute processes (C(pid), C(used_memory_mib), C(gpu_instance_id), C(compute_instance_id)).
+          returned: always
+          type: list
+          elements: dict
+          sample:
+            - index: 0
+              uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000
+              name: NVIDIA A100-SXM4-40GB
+              pci_bus_id: "00000000:07:00.0"
+              pci_device_id: "0x20B010DE"
+              architecture: ampere
+              compute_capability: "8.0"
+              memory: {total_mib: 40960, used_mib: 0, free_mib: 40960}
+              mig: {supported: true, current: true, pending: true}
+              profiles:
+                - {id: 5, name: 4g.20gb, slices: 4, memory_slices: 4, memory_mib: 20096, total: 1, free: 0,
+                   placements: [{start: 0, size: 4}]}
+              gpu_instances:
+                - id: 1
+                  profile_id: 5
+                  profile: 4g.20gb
+                  placement: {start: 0, size: 4}
+                  memory_mib: 20096
+                  compute_instances:
+                    - {id: 0, profile: 4g.20gb, uuid: MIG-8b5c41e2-0000-4000-8000-000000000000, memory_mib: 20096, processes: []}
+                  processes: []
+              processes: []
+        summary:
+          description: Counts over the selected GPUs.
+          returned: always
+          type: dict
+          sample: {"gpu_count": 1, "mig_capable": 1, "mig_enabled": 1, "mig_change_pending": 0, "gpu_instances": 1,
+                   "compute_instances": 1, "processes": 0}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.gpu.mig.plugins.module_utils import _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
+
+
+def run(module: AnsibleModule) -> dict:
+    """Gather, select and check; returns the nvidia_mig facts."""
+    facts = _nvml.gather()
+    try:
+        facts["gpus"] = select_gpus(facts["gpus"], module.params["gpus"])
+    except SelectorError as err:
+        module.fail_json(msg=str(err))
+    facts["summary"] = _nvml.summarize(facts["gpus"])
+    if module.params["require_mig"]:
+        if not facts["driver"]["loaded"]:
+            module.fail_json(msg=facts["driver"]["error"], nvidia_mig=facts)
+        if not facts["summary"]["mig_capable"]:
+            names = ", ".join(f"GPU {g['index']} ({g['name']})" for g in facts["gpus"]) or "none"
+            module.fail_json(
+                msg=f"require_mig: no selected GPU supports MIG (found: {names}); run on A100, A30, H100, H200 or B200 hosts",
+                nvidia_mig=facts,
+            )
+    return facts
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "gpus": {"type": "list", "elements": "str", "default": []},
+            "require_mig": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+    if not _nvml.HAS_PYNVML:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
+    try:
+        facts = run(module)
+    except _nvml.NvmlError as err:
+        module.fail_json(msg=err.msg)
+    module.exit_json(changed=False, ansible_facts={"nvidia_mig": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+#!/usr/bin/python
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Enable or disable MIG mode on NVIDIA GPUs, as each GPU generation needs."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mig_mode
+short_description: Enable or disable MIG mode on NVIDIA GPUs
+version_added: 0.1.0
+description:
+  - Sets the MIG mode of the selected GPUs through NVML, touching only GPUs whose mode differs.
+  - Hopper and later (H100, H200, B200) switch at once; the module refuses while processes use the GPU.
+    The mode is lost on reboot, so the boot applier of the C(mig_persist) role sets it again.
+  - Ampere (A100, A30) needs a GPU reset. NVML resets an idle GPU itself; while clients hold the GPU the change
+    stays pending and the module returns RV(pending_reset=true) with the PIDs. With O(reset=true) it resets only the
+    GPUs whose mode changed, one by one, and refuses while clients hold them. The mode persists over reboot.
+  - GPUs without MIG support are skipped when selected by C(all), product name or architecture, and are an error
+    when selected by index, UUID or PCI bus id.
+author:
+  - gpu.mig maintainers (@gpu-mig)
+options:
+  gpus:
+    description:
+      - Which GPUs to set; each item is an index, GPU UUID, PCI bus id, product name, C(arch:<generation>) or C(all).
+    type: list
+    elements: str
+    default: [all]
+  state:
+    description:
+      - The MIG mode wanted.
+    type: str
+    choices: [enabled, disabled]
+    default: enabled
+  reset:
+    description:
+      - Ampere only. Reset each GPU whose mode change is still pending, using C(nvidia-smi --gpu-reset) (NVML has no reset
+        call). Refused while processes use that GPU.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - gpu.mig.nvml
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details:
+      - Predicts the mode after the run, including which Ampere GPUs stay pending. In a VM whose hypervisor does not
+        expose GPU reset, NVML keeps an idle Ampere GPU pending too; check mode cannot see that.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: partial
+    details: An Ampere change that waits for a reset returns RV(pending_reset=true) and no change on later runs until reset.
+seealso:
+  - module: gpu.mig.mig_facts
+  - module: gpu.mig.mig_instances
+"""
+
+EXAMPLES = r"""
+- name: Enable MIG on every MIG-capable GPU
+  gpu.mig.mig_mode:
+    state: enabled
+  register: mig
+
+- name: Enable MIG on the A100s and reset them (their clients were stopped before)
+  gpu.mig.mig_mode:
+    gpus: ["NVIDIA A100-SXM4-40GB"]
+    state: enabled
+    reset: true
+
+- name: Disable MIG on GPU 3
+  gpu.mig.mig_mode:
+    gpus: [3]
+    state: disabled
+"""
+
+RETURN = r"""
+gpus:
+  description: One entry per selected MIG-capable GPU.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - index: 0
+      uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000
+      name: NVIDIA A100-SXM4-40GB
+      before: {current: false, pending: false}
+      after: {current: false, pending: true}
+      set_mode: true
+      reset: false
+      pending_reset: true
+      pids: [4242]
+      changed: true
+pending_reset:
+  description: True when at least one GPU's change waits for a reset or reboot.
+  returned: always
+  type: bool
+  sample: false
+skipped:
+  description: GPUs without MIG support that the selectors matched (index, name).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{index: 1, name: NVIDIA L4}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.gpu.mig.plugins.module_utils import _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, matches, select_gpus
+
+
+def _explicit(selector) -> bool:
+    """Index, UUID or bus id: the user named this very GPU."""
+    text = str(selector).strip().lower()
+    return text.isdigit() or text.startswith("gpu-") or (":" in text and "." in text)
+
+
+def plan(module: AnsibleModule, gpus: list[dict]) -> tuple[list, list]:
+    """Validate everything and plan every GPU before the first change."""
+    selected = select_gpus(gpus, module.params["gpus"])
+    enabled = module.params["state"] == "enabled"
+    steps, skipped, errors = [], [], []
+    for gpu in selected:
+        if not gpu["mig"]["supported"]:
+            named = [s for s in module.params["gpus"] if _explicit(s) and matches(gpu, s)]
+            if named:
+                errors.append(f"GPU {gpu['index']} ({gpu['name']}) does not support MIG; remove {named[0]!r} from gpus")
+            skipped.append({"index": gpu["index"], "name": gpu["name"]})
+            continue
+        try:
+            steps.append(plan_gpu(gpu, enabled, module.params["reset"]))
+        except ModeError as err:
+            errors.append(str(err))
+    if errors:
+        module.fail_json(msg="; ".join(errors), changed=False)
+    return steps, skipped
+
+
+def execute(module: AnsibleModule, nvml: _nvml.Nvml, steps: list, gpus: dict) -> list[dict]:
+    """Run the planned calls and report what each GPU actually reached."""
+    results = []
+    enabled = module.params["state"] == "enabled"
+    for step in steps:
+        try:
+            if step.set_mode:
+                nvml.set_mig_mode(step.index, enabled)
+            mode = nvml.mig_mode(step.index)
+        except _nvml.NvmlError as err:
+            done = ", ".join(f"GPU {r['index']}" for r in results if r["changed"]) or "none"
+            module.fail_json(
+                msg=f"{err.msg} (already changed before this failure: {done})", changed=done != "none", gpus=results
+            )
+        if step.reset and mode["current"] != enabled:
+            nvidia_smi = module.get_bin_path("nvidia-smi", required=True)
+            rc, out, err = module.run_command([nvidia_smi, "--gpu-reset", "-i", gpus[step.index]["pci_bus_id"]])
+            if rc != 0:
+                module.fail_json(
+                    msg=f"GPU {step.index} ({step.uuid}): reset failed: {(err or out).strip()}; "
+                    "stop the GPU's clients (nvidia-persistenced, DCGM, nvidia_drm users) and retry, or reboot",
+                    changed=bool(results) or step.set_mode,
+                )
+            mode = nvml.mig_mode(step.index)
+        after = {"current": mode["current"], "pending": mode["pending"]}
+        result = step.to_dict()
+        result.update(after=after, pending_reset=after["current"] != enabled)
+        results.append(result)
+    return results
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "gpus": {"type": "list", "elements": "str", "default": ["all"]},
+            "state": {"type": "str", "choices": ["enabled", "disabled"], "default": "enabled"},
+            "reset": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+    if not _nvml.HAS_PYNVML:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
+    try:
+        with _nvml.Nvml() as nvml:
+            gpus = [nvml.gpu(i) for i in range(nvml.count())]
+            try:
+                steps, skipped = plan(module, gpus)
+            except SelectorError as err:
+                module.fail_json(msg=str(err))
+            if module.check_mode:
+                results = [s.to_dict() for s in steps]
+            else:
+                results = execute(module, nvml, steps, {g["index"]: g for g in gpus})
+    except _nvml.NvmlError as err:
+        module.fail_json(msg=err.msg)
+    changed = any(s.changed for s in steps)
+    diff = {
+        "before": {f"GPU {r['index']}": r["before"] for r in results},
+        "after": {f"GPU {r['index']}": r["after"] for r in results},
+    }
+    module.exit_json(
+        changed=changed,
+        gpus=results,
+        pending_reset=any(r["pending_reset"] for r in results),
+        skipped=skipped,
+        diff=diff,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Make the simulated NVML importable and share its ``sim_host`` fixture with every unit test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulator"))
+
+from nvmlsim.testing import sim_host  # noqa: E402
+
+__all__ = ["sim_host"]

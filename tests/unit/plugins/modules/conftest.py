@@ -1,0 +1,25 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Run a module's main() in-process and capture what it returns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+
+@pytest.fixture
+def run_module(capsys):
+    """``run_module(module, args)`` -> (result dict, failed) for a module's main()."""
+
+    def runner(module, args: dict, check_mode: bool = False, diff: bool = False) -> tuple[dict, bool]:
+        args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
+        with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
+            module.main()
+        result = json.loads(capsys.readouterr().out)
+        return result, exit_info.value.code != 0
+
+    return runner
