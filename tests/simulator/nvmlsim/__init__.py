@@ -1,0 +1,37 @@
+"""Simulated NVML: patches the installed pynvml so that it talks to a simulated host directory.
+
+``install(pynvml, root)`` replaces the functions listed in ``api.REPLACEMENTS`` on the pynvml module
+in place; constants, structures, handle types and exceptions stay pynvml's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ORIGINALS: dict[str, Any] = {}  # pynvml's own functions, saved before the first install
+
+
+def _str_wrapper_code(pynvml_module: ModuleType) -> Any:
+    """Code object of pynvml's convertStrBytes wrapper (to tell which functions it decorates)."""
+    return pynvml_module.convertStrBytes(len).__code__
+
+
+def install(pynvml_module: ModuleType, root: Path | str) -> ModuleType:
+    """Patch ``pynvml_module`` to simulate the host at ``root``; returns the module."""
+    from nvmlsim import api  # imports pynvml; deferred so that importing nvmlsim stays cheap
+
+    api.configure(root)
+    str_code = _str_wrapper_code(pynvml_module)
+    for name, func in api.REPLACEMENTS.items():
+        original = ORIGINALS.setdefault(name, getattr(pynvml_module, name))
+        wrapped = pynvml_module.convertStrBytes(func) if original.__code__ is str_code else func
+        setattr(pynvml_module, name, wrapped)
+    return pynvml_module
+
+
+def uninstall(pynvml_module: ModuleType) -> None:
+    """Put pynvml's own functions back."""
+    for name, original in ORIGINALS.items():
+        setattr(pynvml_module, name, original)

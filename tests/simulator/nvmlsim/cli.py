@@ -1,0 +1,203 @@
+"""``migsim``: create and drive simulated GPU hosts and fleets."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pynvml
+import yaml
+
+from nvmlsim import hosts, state
+
+SIMULATOR = Path(__file__).resolve().parent.parent
+REPO = SIMULATOR.parent.parent
+
+# Default fleet mix: kind -> HostSpec arguments (CLI syntax).
+FLEET_KINDS: dict[str, list[str]] = {
+    "a100": ["--gpu", "A100-SXM4-40GB:mig=on", "--gpu", "A100-SXM4-40GB:mig=on", "--instance", "0:4g.20gb@0",
+             "--instance", "0:2g.10gb@4", "--process", "0:1:0:4242:1200:tritonserver"],
+    "h100": ["--gpu", "H100-80GB", "--gpu", "H100-80GB"],
+    "a30": ["--gpu", "A30:mig=on", "--driver", "535.183.01"],
+    "l4": ["--gpu", "L4"],
+    "nodriver": ["--gpu", "A100-SXM4-40GB", "--no-driver"],
+    "h200": ["--gpu", "H200", "--driver", "550.90.07"],
+    "b200": ["--gpu", "B200", "--driver", "570.133.20"],
+    "olddriver": ["--gpu", "H200", "--driver", "535.161.07"],
+}  # fmt: skip
+
+
+def _error(code_name: str) -> int:
+    value = getattr(pynvml, code_name, None)
+    if not code_name.startswith("NVML_ERROR_") or not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"unknown NVML error {code_name!r}")
+    return value
+
+
+def _spec(args: argparse.Namespace) -> hosts.HostSpec:
+    driver_state = "no_library" if args.no_driver else "not_loaded" if args.driver_not_loaded else "loaded"
+    return hosts.HostSpec(
+        gpus=[hosts.GpuSpec.parse(g) for g in args.gpu],
+        hostname=args.hostname,
+        driver=args.driver,
+        cuda=hosts.parse_cuda(args.cuda) if args.cuda else None,
+        driver_state=driver_state,
+        vm_passthrough=args.vm_passthrough,
+        unprivileged=args.unprivileged,
+        instances=args.instance,
+        processes=[hosts.Process.parse(p) for p in args.process],
+    )
+
+
+def cmd_host(args: argparse.Namespace) -> None:
+    """Create a host directory."""
+    hosts.build(args.dir, _spec(args))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    """Print the host state as JSON."""
+    print(state.read(args.dir).snapshot())
+
+
+def cmd_reboot(args: argparse.Namespace) -> None:
+    """Reboot the host."""
+    state.reboot(args.dir)
+
+
+def cmd_fault(args: argparse.Namespace) -> None:
+    """Inject, mark lost, or clear faults."""
+    with state.transaction(args.dir) as host:
+        if args.clear:
+            host.persistent["faults"] = []
+        if args.lost:
+            host.live(args.gpu)["lost"] = True
+        if args.call:
+            fault = {"call": args.call, "error": args.error, "times": args.times, "gpu": args.gpu}
+            host.persistent["faults"].append(fault)
+
+
+def cmd_process(args: argparse.Namespace) -> None:
+    """Attach or detach a process."""
+    with state.transaction(args.dir) as host:
+        if args.action == "add":
+            hosts.add_process(host, hosts.Process.parse(args.spec))
+        else:
+            hosts.remove_process(host, int(args.spec))
+
+
+def wrapper_script(host_dir: Path) -> str:
+    """Interpreter wrapper that makes ``import pynvml`` talk to ``host_dir``."""
+    q = shlex.quote
+    boot = f"{SIMULATOR / 'boot'}:{REPO / '.build' / 'collections'}"
+    return (
+        "#!/usr/bin/env bash\n"
+        f"exec env MIGSIM_ROOT={q(str(host_dir))} MIGSIM_PYTHON={q(sys.executable)} "
+        f'PYTHONPATH={q(boot)}${{PYTHONPATH:+:$PYTHONPATH}} PATH={q(str(SIMULATOR / "bin"))}:"$PATH" '
+        f'{q(sys.executable)} "$@"\n'
+    )
+
+
+def cmd_fleet(args: argparse.Namespace) -> None:
+    """Create N hosts of a heterogeneous mix plus an Ansible inventory."""
+    base = Path(args.dir).resolve()
+    if base.exists() and any(base.iterdir()):
+        if not args.force:
+            raise SystemExit(f"migsim: {base} is not empty (use --force to replace it)")
+        shutil.rmtree(base)
+    kinds = args.mix.split(",") if args.mix else list(FLEET_KINDS)
+    unknown = sorted(set(kinds) - set(FLEET_KINDS))
+    if unknown:
+        raise SystemExit(f"migsim: unknown fleet kinds {unknown}; known: {', '.join(FLEET_KINDS)}")
+    if args.seed is not None:
+        random.Random(args.seed).shuffle(kinds)
+    inventory: dict[str, dict] = {}
+    for number in range(args.hosts):
+        kind = kinds[number % len(kinds)]
+        name = f"sim{number:02d}-{kind}"
+        host_dir = base / name
+        hosts.build(host_dir, _spec(PARSER.parse_args(["host", str(host_dir), "--hostname", name, *FLEET_KINDS[kind]])))
+        wrapper = host_dir / "python"
+        wrapper.write_text(wrapper_script(host_dir))
+        wrapper.chmod(0o755)
+        inventory[name] = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": str(wrapper),
+            "migsim_root": str(host_dir),
+        }
+    text = yaml.safe_dump({"all": {"children": {"simulated_gpu_hosts": {"hosts": inventory}}}}, sort_keys=True)
+    (base / "inventory.yml").write_text(text)
+    print(base / "inventory.yml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    host = sub.add_parser("host", help="create a simulated host")
+    host.add_argument("dir")
+    host.add_argument("--gpu", action="append", required=True, help="MODEL[:mig=on|off] (repeat per GPU)")
+    host.add_argument("--hostname", help="host name (default: the directory name); seeds UUIDs")
+    drivers = host.add_mutually_exclusive_group()
+    drivers.add_argument("--driver", default="550.90.07", help="driver version (default 550.90.07)")
+    drivers.add_argument("--no-driver", action="store_true", help="no libnvidia-ml: nvmlInit -> LibraryNotFound")
+    drivers.add_argument("--driver-not-loaded", action="store_true", help="nvmlInit -> DriverNotLoaded")
+    host.add_argument("--cuda", help="CUDA version such as 12.4 (default: the driver branch's)")
+    host.add_argument("--vm-passthrough", action="store_true", help="GPU reset not possible (VM pass-through)")
+    host.add_argument("--unprivileged", action="store_true", help="mutating calls fail with NO_PERMISSION")
+    host.add_argument("--instance", action="append", default=[], help="GPU:PROFILE[@START] (GI + default CI)")
+    host.add_argument("--process", action="append", default=[], help="GPU[:GI[:CI]]:PID:MIB[:NAME]")
+    host.set_defaults(func=cmd_host)
+
+    for name, func, text in (("show", cmd_show, "print the state as JSON"), ("reboot", cmd_reboot, "reboot")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("dir")
+        cmd.set_defaults(func=func)
+
+    fault = sub.add_parser("fault", help="inject NVML failures")
+    fault.add_argument("dir")
+    fault.add_argument("--call", help="pynvml function name, e.g. nvmlDeviceCreateGpuInstanceWithPlacement")
+    fault.add_argument("--error", type=_error, default=pynvml.NVML_ERROR_UNKNOWN, help="NVML_ERROR_* name")
+    fault.add_argument("--times", type=int, default=1)
+    fault.add_argument("--gpu", type=int, help="only calls on this GPU index")
+    fault.add_argument("--lost", action="store_true", help="GPU --gpu fell off the bus (until reboot)")
+    fault.add_argument("--clear", action="store_true", help="remove all injected faults")
+    fault.set_defaults(func=cmd_fault)
+
+    process = sub.add_parser("process", help="attach or detach a process")
+    process.add_argument("dir")
+    process.add_argument("action", choices=("add", "remove"))
+    process.add_argument("spec", help="add: GPU[:GI[:CI]]:PID:MIB[:NAME]; remove: PID")
+    process.set_defaults(func=cmd_process)
+
+    fleet = sub.add_parser("fleet", help="create N hosts and an inventory")
+    fleet.add_argument("--dir", required=True)
+    fleet.add_argument("--hosts", type=int, default=len(FLEET_KINDS))
+    fleet.add_argument("--mix", help=f"comma-separated kinds (default all: {','.join(FLEET_KINDS)})")
+    fleet.add_argument("--force", action="store_true", help="replace a non-empty directory")
+    fleet.add_argument("--seed", type=int, help="shuffle the mix order reproducibly")
+    fleet.set_defaults(func=cmd_fleet)
+    return parser
+
+
+PARSER = _parser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = PARSER.parse_args(argv)
+    if args.command == "fault" and args.lost and args.gpu is None:
+        PARSER.error("--lost needs --gpu")
+    try:
+        args.func(args)
+    except (state.NoHostError, ValueError, KeyError, IndexError, pynvml.NVMLError) as err:
+        print(f"migsim: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Build simulated hosts: GPUs, driver, MIG layouts and processes."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pynvml
+
+from nvmlsim import mig, models, state
+from nvmlsim.state import Host
+
+PCI_BUSES = (0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD)  # DGX A100 layout
+# CUDA driver API version shipped with each driver branch (nvidia-smi's "CUDA Version").
+CUDA_BY_BRANCH = {
+    450: 11000, 455: 11010, 460: 11020, 465: 11030, 470: 11040, 495: 11050, 510: 11060, 515: 11070,
+    520: 11080, 525: 12000, 530: 12010, 535: 12020, 545: 12030, 550: 12040, 555: 12050, 560: 12060,
+    565: 12070, 570: 12080, 575: 12090, 580: 13000,
+}  # fmt: skip
+DRIVER_STATES = ("loaded", "not_loaded", "no_library")
+
+
+@dataclass
+class GpuSpec:
+    """One GPU to install: model name (or alias) and initial MIG mode."""
+
+    model: str
+    mig: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> GpuSpec:
+        """``MODEL[:mig=on|off]``."""
+        name, _, option = text.partition(":")
+        if option and option not in ("mig=on", "mig=off"):
+            raise ValueError(f"bad GPU option {option!r} in {text!r} (expected mig=on or mig=off)")
+        return cls(name, option == "mig=on")
+
+
+@dataclass
+class Process:
+    """A process holding a GPU (optionally inside a MIG GPU/compute instance)."""
+
+    gpu: int
+    pid: int
+    used_mib: int
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
+    name: str = "python3"
+
+    @classmethod
+    def parse(cls, text: str) -> Process:
+        """``GPU[:GI[:CI]]:PID:MIB[:NAME]`` (a GI without CI means CI 0)."""
+        fields = text.split(":")
+        name = fields.pop() if fields and not fields[-1].isdigit() else "python3"
+        if not 3 <= len(fields) <= 5 or not all(f.isdigit() for f in fields):
+            raise ValueError(f"bad process {text!r}; expected GPU[:GI[:CI]]:PID:MIB[:NAME]")
+        numbers = [int(f) for f in fields]
+        gpu, *ids, pid, used = numbers
+        gi = ids[0] if ids else None
+        ci = (ids[1] if len(ids) > 1 else 0) if ids else None
+        return cls(gpu, pid, used, gi, ci, name)
+
+    def record(self) -> dict[str, Any]:
+        """JSON form stored in the volatile state."""
+        return {
+            "pid": self.pid,
+            "used_mib": self.used_mib,
+            "gpu_instance_id": self.gpu_instance_id,
+            "compute_instance_id": self.compute_instance_id,
+            "name": self.name,
+        }
+
+
+@dataclass
+class HostSpec:
+    """Everything ``migsim host`` accepts."""
+
+    gpus: list[GpuSpec]
+    hostname: str | None = None
+    driver: str = "550.90.07"
+    cuda: int | None = None
+    driver_state: str = "loaded"
+    vm_passthrough: bool = False
+    unprivileged: bool = False
+    instances: list[str] = field(default_factory=list)  # GPU:PROFILE[@START]
+    processes: list[Process] = field(default_factory=list)
+
+
+def cuda_for(driver: str) -> int:
+    """CUDA version of a driver branch (the newest branch at or below it)."""
+    branch = int(driver.split(".")[0])
+    return max((v for b, v in CUDA_BY_BRANCH.items() if b <= branch), default=11000)
+
+
+def parse_cuda(text: str) -> int:
+    """ "12.4" -> 12040."""
+    major, _, minor = text.partition(".")
+    return int(major) * 1000 + int(minor or 0) * 10
+
+
+def gpu_record(hostname: str, index: int, spec: GpuSpec) -> dict[str, Any]:
+    """Persistent identity of one GPU, deterministic from host name and index."""
+    gpu_model = models.lookup(spec.model)
+    mode = int(spec.mig and gpu_model.mig_mode_persists_reboot and models.is_mig_capable(gpu_model))
+    digest = hashlib.sha256(f"{hostname}/{index}".encode()).hexdigest()
+    return {
+        "model": gpu_model.name,
+        "uuid": "GPU-" + str(uuid.uuid5(mig.UUID_NAMESPACE, f"{hostname}/gpu/{index}")),
+        "serial": str(int(digest, 16))[:13],
+        "pci_bus_id": f"00000000:{PCI_BUSES[index % len(PCI_BUSES)] + index // len(PCI_BUSES):02X}:00.0",
+        "pci_device_id": (gpu_model.pci_device_ids or ("0x000010DE",))[0],
+        "pci_subsystem_id": "0x147E10DE",
+        "persistence_mode": pynvml.NVML_FEATURE_ENABLED,
+        "mig": {"current": mode, "pending": mode},
+    }
+
+
+def create_instance(host: Host, text: str) -> None:
+    """``GPU:PROFILE[@START]``: a GPU instance (profile name or id) with its default compute instance."""
+    where, _, profile = text.partition(":")
+    profile, _, start = profile.partition("@")
+    index = int(where)
+    gpu_model = mig.require_mig(host, index)
+    prof = gpu_model.profile(profile)
+    if prof is None:
+        raise ValueError(f"GPU {index} ({gpu_model.name}) has no MIG profile {profile!r}")
+    gi = mig.create_gpu_instance(host, index, prof.id, int(start) if start else None)
+    default = next(c for c in prof.compute_profiles if c.default)
+    mig.create_compute_instance(host, index, gi["id"], default.id)
+
+
+def add_process(host: Host, proc: Process) -> None:
+    """Attach a process; its GPU/compute instance must exist."""
+    if proc.gpu_instance_id is not None:
+        mig.find_compute_instance(host, proc.gpu, proc.gpu_instance_id, proc.compute_instance_id)
+    host.live(proc.gpu)["processes"].append(proc.record())
+
+
+def remove_process(host: Host, pid: int) -> None:
+    """Detach a process from every GPU; KeyError if no GPU has it."""
+    found = False
+    for index in range(len(host.gpus)):
+        live = host.live(index)
+        kept = [p for p in live["processes"] if p["pid"] != pid]
+        found |= len(kept) != len(live["processes"])
+        live["processes"] = kept
+    if not found:
+        raise KeyError(f"no process {pid}")
+
+
+def build(root: Path | str, spec: HostSpec) -> Host:
+    """Create (or replace) a host directory from ``spec``."""
+    root = Path(root)
+    hostname = spec.hostname or root.name
+    if spec.driver_state not in DRIVER_STATES:
+        raise ValueError(f"driver state must be one of {DRIVER_STATES}")
+    persistent = {
+        "hostname": hostname,
+        "driver": {"state": spec.driver_state, "version": spec.driver, "cuda": spec.cuda or cuda_for(spec.driver)},
+        "vm_passthrough": spec.vm_passthrough,
+        "unprivileged": spec.unprivileged,
+        "faults": [],
+        "gpus": [gpu_record(hostname, i, g) for i, g in enumerate(spec.gpus)],
+    }
+    state.create(root, persistent)
+    with state.transaction(root) as host:
+        for index, gpu in enumerate(spec.gpus):
+            if gpu.mig:
+                mig.require_mig(host, index, enabled=False)
+                mig.mode_record(host, index).update(current=1, pending=1)
+        for text in spec.instances:
+            create_instance(host, text)
+        for proc in spec.processes:
+            add_process(host, proc)
+    return state.read(root)

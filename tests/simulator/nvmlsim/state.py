@@ -1,0 +1,157 @@
+"""Simulated host state: persistence, locking and boot detection.
+
+A host is a directory ``ROOT``. What survives a reboot (GPU identity, the Ampere MIG mode kept in the
+InfoROM, fault injection) lives in ``ROOT/var/lib/migsim/host.json``; what a reboot clears (instances,
+the Hopper MIG mode, processes, lost GPUs) lives in ``ROOT/run/migsim/state.json``. A missing volatile
+file means the host has just booted: the first access applies pending Ampere modes and starts empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PERSISTENT = Path("var/lib/migsim/host.json")
+VOLATILE = Path("run/migsim/state.json")
+LOCK = Path("var/lib/migsim/lock")
+FORMAT = 1
+
+
+class NoHostError(RuntimeError):
+    """Raised when a directory holds no simulated host."""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (temporary file in the same directory, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as stream:
+        json.dump(data, stream, indent=1, sort_keys=True)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open() as stream:
+            return json.load(stream)
+    except FileNotFoundError:
+        return None
+
+
+def fresh_gpu_state() -> dict[str, Any]:
+    """Volatile state of one GPU right after boot."""
+    return {"mig": {"current": 0, "pending": 0}, "gpu_instances": [], "processes": [], "lost": False}
+
+
+class Host:
+    """Both halves of one host's state, as plain JSON-able dicts."""
+
+    def __init__(self, root: Path, persistent: dict[str, Any], volatile: dict[str, Any]) -> None:
+        self.root = root
+        self.persistent = persistent
+        self.volatile = volatile
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        """Persistent per-GPU records (model, identity, InfoROM MIG mode)."""
+        return self.persistent["gpus"]
+
+    def live(self, index: int) -> dict[str, Any]:
+        """Volatile per-GPU record (instances, processes, volatile MIG mode)."""
+        return self.volatile["gpus"][index]
+
+    def snapshot(self) -> str:
+        """Canonical text of the whole state (change detection, ``migsim show``)."""
+        return json.dumps({"persistent": self.persistent, "volatile": self.volatile}, indent=1, sort_keys=True)
+
+    def boot(self) -> None:
+        """Start from a cold boot: apply pending persistent modes, forget everything volatile."""
+        self.persistent["boots"] += 1
+        for gpu in self.gpus:
+            gpu["mig"]["current"] = gpu["mig"]["pending"]
+        self.volatile = {"gpus": [fresh_gpu_state() for _ in self.gpus], "serial": 0}
+
+    def next_serial(self) -> int:
+        """A number unique within this boot (MIG UUIDs of re-created instances differ)."""
+        self.volatile["serial"] += 1
+        return self.volatile["serial"]
+
+
+def _load(root: Path) -> tuple[Host, bool]:
+    persistent = _read_json(root / PERSISTENT)
+    if persistent is None:
+        raise NoHostError(f"{root} holds no simulated host (no {PERSISTENT}); create one with 'migsim host'")
+    volatile = _read_json(root / VOLATILE)
+    host = Host(root, persistent, volatile or {})
+    if volatile is None:
+        host.boot()
+    return host, volatile is None
+
+
+def save(host: Host) -> None:
+    """Write both halves (caller holds the lock)."""
+    _write_json(host.root / PERSISTENT, host.persistent)
+    _write_json(host.root / VOLATILE, host.volatile)
+
+
+@contextlib.contextmanager
+def locked(root: Path | str) -> Iterator[None]:
+    """Exclusive host lock around a read-modify-write."""
+    path = Path(root) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(stream, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def transaction(root: Path | str) -> Iterator[Host]:
+    """Load the host under the lock, yield it for changes, write it back if anything changed."""
+    root = Path(root)
+    with locked(root):
+        host, booted = _load(root)
+        before = "" if booted else host.snapshot()
+        yield host
+        if host.snapshot() != before:
+            save(host)
+
+
+def read(root: Path | str) -> Host:
+    """Current state for a read-only call (lock-free: writers replace files atomically)."""
+    root = Path(root)
+    host, booted = _load(root)
+    if booted:  # first access after boot: persist the boot under the lock
+        with transaction(root) as host:
+            pass
+    return host
+
+
+def create(root: Path | str, persistent: dict[str, Any]) -> Host:
+    """Create a host from its persistent record, replacing any previous state, and boot it."""
+    root = Path(root)
+    with locked(root):
+        (root / VOLATILE).unlink(missing_ok=True)
+        persistent.setdefault("format", FORMAT)
+        persistent.setdefault("boots", 0)
+        host = Host(root, persistent, {})
+        host.boot()
+        save(host)
+    return host
+
+
+def reboot(root: Path | str) -> None:
+    """Simulate a reboot: drop the volatile state; the next access boots the host."""
+    root = Path(root)
+    with locked(root):
+        _load(root)
+        (root / VOLATILE).unlink(missing_ok=True)
