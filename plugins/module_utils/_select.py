@@ -14,9 +14,13 @@ class SelectorError(ValueError):
 
 
 def _bus_id(text: str) -> str:
-    """Normalise '07:00.0' and '00000000:07:00.0' to the full upper-case form."""
-    text = text.strip().upper()
-    return text if text.count(":") == 2 else "00000000:" + text
+    """Normalise '07:00.0', '0000:07:00.0' (lspci) and '00000000:07:00.0' (NVML) to NVML's form."""
+    parts = text.strip().upper().split(":")
+    try:
+        domain = int(parts[0], 16) if len(parts) == 3 else 0
+    except ValueError:
+        return text.strip().upper()
+    return f"{domain:08X}:{':'.join(parts[-2:])}"
 
 
 def matches(gpu: dict, selector) -> bool:
@@ -36,7 +40,7 @@ def matches(gpu: dict, selector) -> bool:
     if ":" in text and "." in text:
         return _bus_id(gpu["pci_bus_id"]) == _bus_id(text)
     name = gpu["name"].lower()
-    return lowered in (name, name.removeprefix("nvidia "))
+    return lowered in (name, name[len("nvidia ") :] if name.startswith("nvidia ") else name)
 
 
 def select_gpus(gpus: list[dict], selectors) -> list[dict]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
 
 GPUS = [
@@ -48,6 +49,7 @@ def indices(selectors):
         (["GPU-BBBB"], [1]),
         (["0f:00.0"], [1]),
         (["00000000:47:00.0"], [2]),
+        (["0000:47:00.0"], [2]),
         (["NVIDIA H100 80GB HBM3"], [1, 2]),
         (["a100-sxm4-40gb"], [0]),
         (["arch:hopper"], [1, 2]),

@@ -1,0 +1,1310 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""MIG layout core: spec validation, placement solver and diff planner (PRIVATE to the collection).
+
+Pure: no I/O. Input is plain data (a layout spec, ``mig_facts`` per-GPU facts, catalog models); output is a ``Plan``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from ansible_collections.gpu.mig.plugins.module_utils import _select as _select_mod
+
+if TYPE_CHECKING:
+    from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuInstanceProfile, GpuModel
+
+SLOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_BUS_ID_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$", re.IGNORECASE)
+_ENTRY_KEYS = ("gpus", "mig_enabled", "slots")
+_SLOT_KEYS = ("name", "profile", "placement", "compute_instances")
+_CI_KEYS = ("name", "profile")
+DEFAULT_CI = "default"
+
+# Action kinds, in the order a plan runs them.
+DESTROY_CI = "destroy_ci"
+DESTROY_GI = "destroy_gi"
+MIG_MODE = "mig_mode"
+CREATE_GI = "create_gi"
+CREATE_CI = "create_ci"
+_PHASES = (DESTROY_CI, DESTROY_GI, MIG_MODE, CREATE_GI, CREATE_CI)
+
+
+class LayoutError(ValueError):
+    """An invalid, infeasible or unsafe layout; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = "%d problems in the MIG layout:\n" % len(self.problems) + "\n".join("- " + p for p in self.problems)
+        super().__init__(text)
+
+
+def _raise_if(problems: Sequence[str]) -> None:
+    if problems:
+        raise LayoutError(problems)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _unknown_keys(data: Mapping, allowed: Sequence[str], where: str) -> list[str]:
+    return [
+        "%s: unknown key %r; allowed keys: %s" % (where, key, ", ".join(allowed)) for key in data if key not in allowed
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU selectors (matching itself is _select.matches, shared with mig_mode)
+
+
+def _check_selector(value: Any) -> str | None:
+    """Why ``value`` is not a GPU selector, or None."""
+    if _is_int(value):
+        return None if value >= 0 else "GPU index %d is negative" % value
+    if not isinstance(value, str) or not value.strip():
+        return "%r is not a GPU selector (all, an index, GPU-<uuid>, a PCI bus id, a product name, arch:<x>)" % (value,)
+    if value.strip().casefold().startswith("mig-"):
+        return "%r is a MIG device UUID; select the parent GPU by its GPU-<uuid>" % value
+    return None
+
+
+def _names_one_gpu(value: Any) -> bool:
+    """True for selectors that name at most one GPU: an index, a GPU UUID or a PCI bus id."""
+    text = str(value).strip().casefold()
+    return _is_int(value) or text.isdigit() or text.startswith("gpu-") or bool(_BUS_ID_RE.match(text))
+
+
+def _facts_view(gpu: GpuState) -> dict[str, Any]:
+    return {
+        "index": gpu.index,
+        "uuid": gpu.uuid,
+        "pci_bus_id": gpu.pci_bus_id,
+        "name": gpu.name,
+        "architecture": gpu.architecture,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layout spec
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """A compute instance wanted inside a slot's GPU instance."""
+
+    name: str
+    profile: str | int  # "default", a CI profile name ("1c.3g.20gb") or a CI profile id
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """A named GPU instance wanted on a GPU."""
+
+    name: str
+    profile: str | int  # GI profile name ("3g.20gb") or id (9)
+    placement: int | None = None  # pinned start memory slice
+    compute_instances: tuple[ComputeSpec, ...] | None = None  # None: the GI's default (whole) compute instance
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One layout entry: which GPUs, their MIG mode and their slots."""
+
+    position: int  # 1-based, for messages
+    gpus: tuple[int | str, ...]  # selectors as written
+    mig_enabled: bool
+    slots: tuple[SlotSpec, ...]
+
+    @property
+    def label(self) -> str:
+        return "entry %d (gpus: %s)" % (self.position, ", ".join(str(g) for g in self.gpus))
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A validated (GPU-independent) desired layout."""
+
+    entries: tuple[EntrySpec, ...]
+
+
+def _parse_cis(raw: Any, where: str, problems: list[str]) -> tuple[ComputeSpec, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        problems.append("%s: compute_instances must be a list of {name, profile}" % where)
+        return None
+    cis = []
+    for pos, item in enumerate(raw):
+        ci_where = "%s compute instance %d" % (where, pos + 1)
+        if isinstance(item, (str, int)) and not isinstance(item, bool):
+            item = {"profile": item}
+        if not isinstance(item, dict):
+            problems.append("%s: must be a mapping {name, profile}" % ci_where)
+            continue
+        problems.extend(_unknown_keys(item, _CI_KEYS, ci_where))
+        name = item.get("name", "ci%d" % pos)
+        if not isinstance(name, str) or not SLOT_NAME_RE.match(name):
+            problems.append("%s: name %r must match %s" % (ci_where, name, SLOT_NAME_RE.pattern))
+        cis.append(ComputeSpec(str(name), item.get("profile", DEFAULT_CI)))
+    names = [ci.name for ci in cis]
+    problems.extend(
+        "%s: compute instance name %r is used twice" % (where, n) for n in sorted(set(names)) if names.count(n) > 1
+    )
+    return tuple(cis)
+
+
+def _parse_slot(raw: Any, where: str, problems: list[str]) -> SlotSpec | None:
+    if not isinstance(raw, dict):
+        problems.append("%s: must be a mapping {name, profile, placement, compute_instances}" % where)
+        return None
+    problems.extend(_unknown_keys(raw, _SLOT_KEYS, where))
+    name, profile, placement = raw.get("name"), raw.get("profile"), raw.get("placement")
+    if not isinstance(name, str) or not SLOT_NAME_RE.match(name):
+        problems.append("%s: name %r must match %s (e.g. 'chat')" % (where, name, SLOT_NAME_RE.pattern))
+        return None
+    where = "%s ('%s')" % (where, name)
+    if not (isinstance(profile, str) and profile) and not _is_int(profile):
+        problems.append("%s: profile is required (a name such as '3g.20gb' or a profile id)" % where)
+    if placement is not None and not (_is_int(placement) and placement >= 0):
+        problems.append("%s: placement %r must be a start memory slice (an integer >= 0)" % (where, placement))
+    cis = _parse_cis(raw.get("compute_instances"), where, problems)
+    return SlotSpec(name, profile, placement, cis)
+
+
+def _parse_entry(raw: Any, position: int, problems: list[str]) -> EntrySpec | None:
+    where = "entry %d" % position
+    if not isinstance(raw, dict):
+        problems.append("%s: must be a mapping {gpus, mig_enabled, slots}" % where)
+        return None
+    problems.extend(_unknown_keys(raw, _ENTRY_KEYS, where))
+    if "gpus" not in raw:
+        problems.append("%s: 'gpus' is required (e.g. gpus: all, gpus: 0, gpus: GPU-<uuid>)" % where)
+        return None
+    raw_gpus = raw["gpus"] if isinstance(raw["gpus"], list) else [raw["gpus"]]
+    problems.extend("%s: %s" % (where, why) for why in map(_check_selector, raw_gpus) if why)
+    if not raw_gpus:
+        problems.append("%s: 'gpus' is an empty list" % where)
+    enabled = raw.get("mig_enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append("%s: mig_enabled must be true or false, not %r" % (where, enabled))
+    raw_slots = raw.get("slots") or []
+    if not isinstance(raw_slots, list):
+        problems.append("%s: slots must be a list" % where)
+        raw_slots = []
+    if enabled is False and raw_slots:
+        problems.append(
+            "%s: mig_enabled is false but %d slots are given; drop the slots or enable MIG" % (where, len(raw_slots))
+        )
+    slots = [_parse_slot(s, "%s slot %d" % (where, i + 1), problems) for i, s in enumerate(raw_slots)]
+    return EntrySpec(position, tuple(raw_gpus), enabled is not False, tuple(s for s in slots if s))
+
+
+def parse_layout(data: Any) -> LayoutSpec:
+    """Validate the GPU-independent shape of a layout (a list of entries); raise LayoutError listing every problem."""
+    if isinstance(data, LayoutSpec):
+        return data
+    if not isinstance(data, list):
+        raise LayoutError(
+            ["the layout must be a list of entries {gpus, mig_enabled, slots}, not %s" % type(data).__name__]
+        )
+    problems: list[str] = []
+    entries = [_parse_entry(raw, pos + 1, problems) for pos, raw in enumerate(data)]
+    _raise_if(problems)
+    return LayoutSpec(tuple(e for e in entries if e))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Current state (from mig_facts)
+
+
+@dataclass(frozen=True)
+class ComputeInstanceState:
+    """An existing compute instance."""
+
+    id: int
+    profile_id: int | None
+    profile: str
+    uuid: str | None = None
+    processes: tuple[int, ...] | None = None  # None: unknown, the GPU instance's processes count
+
+
+@dataclass(frozen=True)
+class GpuInstanceState:
+    """An existing GPU instance with its placement and compute instances."""
+
+    id: int
+    profile_id: int
+    profile: str
+    start: int
+    size: int
+    compute_instances: tuple[ComputeInstanceState, ...] = ()
+    processes: tuple[int, ...] = ()
+
+    def occupies(self) -> frozenset[int]:
+        """Memory slices this instance occupies."""
+        return frozenset(range(self.start, self.start + self.size))
+
+    def busy_pids(self) -> tuple[int, ...]:
+        """PIDs running in this GPU instance or any of its compute instances."""
+        pids = set(self.processes)
+        for ci in self.compute_instances:
+            pids.update(ci.processes or ())
+        return tuple(sorted(pids))
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as ``mig_facts`` reports it (only what the planner needs)."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str = ""
+    architecture: str = ""
+    pci_device_id: str | None = None  # "0x20B010DE", for mig-parted device-filter
+    mig_supported: bool = False
+    mig_current: bool = False
+    mig_pending: bool = False
+    gpu_instances: tuple[GpuInstanceState, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "GPU %d (%s, %s)" % (self.index, self.uuid, self.name)
+
+
+def _mode(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().casefold() in ("enabled", "enable", "true", "on", "1", "yes")
+    return bool(value)
+
+
+def _pids(raw: Any) -> tuple[int, ...]:
+    return tuple(sorted({int(p["pid"]) if isinstance(p, dict) else int(p) for p in raw or ()}))
+
+
+def _ci_from_facts(d: Mapping) -> ComputeInstanceState:
+    procs = d.get("processes")
+    return ComputeInstanceState(
+        id=int(d["id"]),
+        profile_id=None if d.get("profile_id") is None else int(d["profile_id"]),
+        profile=str(d.get("profile") or ""),
+        uuid=d.get("uuid"),
+        processes=None if procs is None else _pids(procs),
+    )
+
+
+def _gi_from_facts(d: Mapping) -> GpuInstanceState:
+    placement = d.get("placement") or {}
+    return GpuInstanceState(
+        id=int(d["id"]),
+        profile_id=int(d["profile_id"]),
+        profile=str(d.get("profile") or ""),
+        start=int(placement["start"]),
+        size=int(placement["size"]),
+        compute_instances=tuple(sorted((_ci_from_facts(c) for c in d.get("compute_instances") or ()), key=_by_id)),
+        processes=_pids(d.get("processes")),
+    )
+
+
+def _by_id(obj: Any) -> int:
+    return obj.id
+
+
+def gpu_state_from_facts(d: Mapping) -> GpuState:
+    """Build a GpuState from one GPU of ``mig_facts`` (``{index, uuid, name, pci_bus_id, architecture, mig, ...}``)."""
+    try:
+        mig = d.get("mig") or {}
+        return GpuState(
+            index=int(d["index"]),
+            uuid=str(d["uuid"]),
+            name=str(d.get("name") or ""),
+            pci_bus_id=str(d.get("pci_bus_id") or ""),
+            architecture=str(d.get("architecture") or ""),
+            pci_device_id=d.get("pci_device_id"),
+            mig_supported=bool(mig.get("supported", False)),
+            mig_current=_mode(mig.get("current")),
+            mig_pending=_mode(mig.get("pending", mig.get("current"))),
+            gpu_instances=tuple(sorted((_gi_from_facts(g) for g in d.get("gpu_instances") or ()), key=_by_id)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LayoutError(["GPU facts %r are malformed (%s: %s)" % (d.get("index"), type(exc).__name__, exc)]) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolution: spec x GPUs x models -> per-GPU targets
+
+
+@dataclass(frozen=True)
+class _CiWant:
+    name: str
+    profile: str
+    profile_id: int | None  # None: the GI's default CI, id unknown to the catalog
+    slices: int
+
+    def matches(self, ci: ComputeInstanceState) -> bool:
+        if self.profile_id is not None and ci.profile_id is not None:
+            return self.profile_id == ci.profile_id
+        return self.profile == ci.profile
+
+
+@dataclass(frozen=True)
+class _SlotWant:
+    name: str
+    profile: GpuInstanceProfile
+    placement: int | None
+    cis: tuple[_CiWant, ...]
+
+
+@dataclass(frozen=True)
+class _Target:
+    gpu: GpuState
+    model: GpuModel
+    entry: EntrySpec
+    slots: tuple[_SlotWant, ...]
+    valid: bool  # every slot resolved without a problem: worth checking capacity and placement
+
+
+def _profile_names(items: Iterable[Any]) -> str:
+    return ", ".join("%s (id %d)" % (p.name, p.id) for p in items)
+
+
+def _default_ci(profile: GpuInstanceProfile, name: str) -> _CiWant:
+    for cp in profile.compute_profiles:
+        if cp.default:
+            return _CiWant(name, cp.name, cp.id, cp.slice_count)
+    return _CiWant(name, profile.name, None, profile.compute_slices)
+
+
+def _resolve_cis(slot: SlotSpec, profile: GpuInstanceProfile, where: str, problems: list[str]) -> tuple[_CiWant, ...]:
+    if slot.compute_instances is None:
+        return (_default_ci(profile, "ci0"),)
+    wants = []
+    for ci in slot.compute_instances:
+        if ci.profile == DEFAULT_CI or ci.profile == profile.name:
+            wants.append(_default_ci(profile, ci.name))
+            continue
+        found = next(
+            (
+                cp
+                for cp in profile.compute_profiles
+                if ci.profile in (cp.name, cp.id) or (isinstance(ci.profile, str) and ci.profile == str(cp.id))
+            ),
+            None,
+        )
+        if found is None:
+            valid = _profile_names(profile.compute_profiles) or "none in the catalog; use 'default'"
+            problems.append(
+                "%s: compute instance profile %r is not valid in %s; valid: %s"
+                % (where, ci.profile, profile.name, valid)
+            )
+            continue
+        wants.append(_CiWant(ci.name, found.name, found.id, found.slice_count))
+    for cp in profile.compute_profiles:
+        count = sum(1 for w in wants if w.profile_id == cp.id)
+        if count > cp.max_instances:
+            problems.append(
+                "%s: %d compute instances of %s, at most %d fit in %s"
+                % (where, count, cp.name, cp.max_instances, profile.name)
+            )
+    slices = sum(w.slices for w in wants)
+    if slices > profile.compute_slices:
+        problems.append(
+            "%s: compute instances need %d compute slices, %s has %d; use fewer or smaller compute instances"
+            % (where, slices, profile.name, profile.compute_slices)
+        )
+    return tuple(wants)
+
+
+def _resolve_slot(
+    slot: SlotSpec, entry: EntrySpec, gpu: GpuState, model: GpuModel, problems: list[str], per_gpu: bool
+) -> _SlotWant | None:
+    """``per_gpu``: the entry selects several MIG GPUs on this host, so each gets ``<name>-gpu<index>``."""
+    name = "%s-gpu%d" % (slot.name, gpu.index) if per_gpu else slot.name
+    where = "%s slot '%s' on %s" % (entry.label, name, gpu.label)
+    if not SLOT_NAME_RE.match(name):
+        problems.append("%s: the per-GPU slot name is longer than 63 characters; shorten '%s'" % (where, slot.name))
+    profile = model.profile(slot.profile)
+    if profile is None:
+        problems.append(
+            "%s: unknown profile %r for %s; valid: %s"
+            % (where, slot.profile, model.name, _profile_names(model.profiles))
+        )
+        return None
+    if slot.placement is not None and slot.placement not in profile.placement_starts:
+        problems.append(
+            "%s: placement %d is not a valid start for %s; valid starts: %s"
+            % (where, slot.placement, profile.name, ", ".join(str(s) for s in profile.placement_starts))
+        )
+    return _SlotWant(name, profile, slot.placement, _resolve_cis(slot, profile, where, problems))
+
+
+def _select(entry: EntrySpec, gpus: Sequence[GpuState], problems: list[str]) -> list[GpuState]:
+    """GPUs an entry picks; a single-GPU selector matching nothing is a problem, ``all`` skips non-MIG GPUs."""
+    views = [(g, _facts_view(g)) for g in gpus]
+    for sel in entry.gpus:
+        if _names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _, v in views):
+            have = ", ".join("%d (%s, %s)" % (g.index, g.uuid, g.pci_bus_id) for g in gpus) or "none"
+            problems.append("%s: no GPU on this host matches selector %r; GPUs: %s" % (entry.label, sel, have))
+    picked = [g for g, v in views if any(_select_mod.matches(v, sel) for sel in entry.gpus)]
+    if any(str(sel).strip().casefold() == "all" for sel in entry.gpus):
+        picked = [g for g in picked if g.mig_supported]
+    return picked
+
+
+def _resolve(
+    spec: LayoutSpec, gpus: Sequence[GpuState], models: Mapping[int, GpuModel | None]
+) -> tuple[list[_Target], list[str]]:
+    problems: list[str] = []
+    owner: dict[int, EntrySpec] = {}
+    targets: list[_Target] = []
+    for entry in spec.entries:
+        picked = _select(entry, gpus, problems)
+        per_gpu = sum(1 for g in picked if g.mig_supported) > 1
+        for gpu in picked:
+            if gpu.index in owner:
+                problems.append(
+                    "%s is selected by both %s and %s; each GPU may be selected by one entry, narrow a selector"
+                    % (gpu.label, owner[gpu.index].label, entry.label)
+                )
+                continue
+            owner[gpu.index] = entry
+            model = models.get(gpu.index)
+            if not gpu.mig_supported:
+                if entry.mig_enabled:
+                    problems.append(
+                        "%s selects %s, which does not support MIG; remove it from the selector"
+                        % (entry.label, gpu.label)
+                    )
+                continue
+            if model is None:
+                problems.append(
+                    "%s: no MIG profile table for %s; the caller must pass its catalog model" % (entry.label, gpu.label)
+                )
+                continue
+            known = len(problems)
+            slots = [_resolve_slot(s, entry, gpu, model, problems, per_gpu) for s in entry.slots]
+            targets.append(_Target(gpu, model, entry, tuple(s for s in slots if s), len(problems) == known))
+    uses: dict[str, list[str]] = {}
+    for target in targets:
+        for slot in target.slots:
+            uses.setdefault(slot.name, []).append("entry %d on GPU %d" % (target.entry.position, target.gpu.index))
+    problems.extend(
+        "slot name '%s' is used %d times (%s); slot names must be unique on a host because services are pinned by"
+        " slot name" % (name, len(where), ", ".join(where))
+        for name, where in uses.items()
+        if len(where) > 1
+    )
+    return sorted(targets, key=lambda t: t.gpu.index), problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Placement solver
+
+
+def _profile_key(profile: GpuInstanceProfile) -> tuple[int, int, int]:
+    return (-profile.memory_slices, -profile.compute_slices, profile.id)
+
+
+def _capacity_problem(model: GpuModel, profiles: Sequence[GpuInstanceProfile]) -> str | None:
+    """Why a multiset of profiles cannot fit on ``model`` by counting alone, or None."""
+    for prof in {p.id: p for p in profiles}.values():
+        count = sum(1 for p in profiles if p.id == prof.id)
+        if count > prof.max_instances:
+            return "%d instances of %s requested, at most %d fit" % (count, prof.name, prof.max_instances)
+    if len(profiles) > model.max_gpu_instances:
+        return "needs %d GPU instances, the GPU allows %d" % (len(profiles), model.max_gpu_instances)
+    compute = sum(p.compute_slices for p in profiles)
+    if compute > model.compute_slices:
+        return "needs %d compute slices, the GPU has %d" % (compute, model.compute_slices)
+    memory = sum(p.placement_size for p in profiles)
+    if memory > model.memory_slices:
+        return "needs %d memory slices, the GPU has %d" % (memory, model.memory_slices)
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _ranked(model: GpuModel) -> tuple[GpuInstanceProfile, ...]:
+    return tuple(sorted(model.profiles, key=_profile_key))
+
+
+def _free_score(model: GpuModel, used: frozenset[int], chosen: Sequence[GpuInstanceProfile]) -> tuple[int, ...]:
+    """How much is still placeable afterwards: free starts per profile, biggest profiles first."""
+    compute_left = model.compute_slices - sum(p.compute_slices for p in chosen)
+    room = len(chosen) < model.max_gpu_instances
+    score = []
+    for prof in _ranked(model):
+        fits = (
+            room
+            and prof.compute_slices <= compute_left
+            and sum(1 for p in chosen if p.id == prof.id) < prof.max_instances
+        )
+        score.append(sum(1 for s in prof.placement_starts if not prof.occupies(s) & used) if fits else 0)
+    return tuple(score)
+
+
+@functools.lru_cache(maxsize=4096)
+def _solve(
+    model: GpuModel, demands: tuple[tuple[int, int | None], ...], existing: frozenset[tuple[int, int]]
+) -> tuple[int, ...] | None:
+    profiles = {p.id: p for p in model.profiles}
+    wanted = [profiles[pid] for pid, _ in demands]
+    if _capacity_problem(model, wanted):
+        return None
+    used: frozenset[int] = frozenset()
+    for pid, pin in demands:
+        if pin is not None:
+            occ = profiles[pid].occupies(pin)
+            if occ & used or pin not in profiles[pid].placement_starts:
+                return None
+            used |= occ
+    groups: dict[int, list[int]] = {}
+    for i, (pid, pin) in enumerate(demands):
+        if pin is None:
+            groups.setdefault(pid, []).append(i)
+    order = sorted(groups, key=lambda pid: (-profiles[pid].placement_size, len(profiles[pid].placement_starts), pid))
+    best: list[Any] = [None, None]  # score, starts
+
+    def search(level: int, used: frozenset[int], starts: dict[int, int]) -> None:
+        if level == len(order):
+            final = [starts.get(i, pin) for i, (_, pin) in enumerate(demands)]
+            kept = sum(1 for i, (pid, _) in enumerate(demands) if (pid, final[i]) in existing)
+            score = (kept, _free_score(model, used, wanted))
+            if best[0] is None or score > best[0]:
+                best[0], best[1] = score, tuple(final)
+            return
+        prof = profiles[order[level]]
+        idxs = groups[order[level]]
+        free = [s for s in prof.placement_starts if not prof.occupies(s) & used]
+        for combo in itertools.combinations(free, len(idxs)):
+            occ = [prof.occupies(s) for s in combo]
+            union = frozenset().union(*occ)
+            if len(union) == sum(len(o) for o in occ):
+                search(level + 1, used | union, {**starts, **{i: combo[k] for k, i in enumerate(idxs)}})
+
+    search(0, used, {})
+    return best[1]
+
+
+def solve_placements(
+    model: GpuModel,
+    demands: Sequence[tuple[GpuInstanceProfile, int | None]],
+    existing: Iterable[tuple[int, int]] = (),
+) -> tuple[int, ...] | None:
+    """Choose a start for each (profile, pinned start or None); None when no placement fits.
+
+    Exact search: maximizes the demands that land on an ``existing`` (profile id, start) instance, then the room left
+    for the biggest profiles; same-profile unpinned demands take ascending starts in the order given. Memoized.
+    """
+    key = tuple((prof.id, pin) for prof, pin in demands)
+    return _solve(model, key, frozenset(existing))
+
+
+def _smaller(model: GpuModel, profile: GpuInstanceProfile) -> GpuInstanceProfile | None:
+    suffix = profile.name.partition("+")[2]
+    size = (profile.compute_slices, profile.memory_slices)
+    smaller = [
+        p
+        for p in model.profiles
+        if p.name.partition("+")[2] == suffix and (p.compute_slices, p.memory_slices) < size and p.max_instances > 0
+    ]
+    return max(smaller, key=lambda p: (p.compute_slices, p.memory_slices, -p.id), default=None)
+
+
+def _feasible(model: GpuModel, slots: Sequence[_SlotWant]) -> bool:
+    return solve_placements(model, [(s.profile, s.placement) for s in slots]) is not None
+
+
+def _edits(model: GpuModel, slots: Sequence[_SlotWant]) -> list[tuple[str, list[_SlotWant]]]:
+    """Single-slot edits, best first: shrink a slot (losing the fewest slices), then drop the smallest slot."""
+    shrinks = []
+    for i, slot in enumerate(slots):
+        smaller = _smaller(model, slot.profile)
+        if smaller is not None:
+            loss = (
+                slot.profile.compute_slices - smaller.compute_slices,
+                slot.profile.memory_slices - smaller.memory_slices,
+            )
+            edit = "shrink '%s' %s -> %s" % (slot.name, slot.profile.name, smaller.name)
+            shrinks.append(
+                (loss, i, edit, [*slots[:i], replace(slot, profile=smaller, placement=None), *slots[i + 1 :]])
+            )
+    drops = sorted(
+        (
+            (s.profile.compute_slices, s.profile.memory_slices),
+            i,
+            "drop '%s' (%s)" % (s.name, s.profile.name),
+            [*slots[:i], *slots[i + 1 :]],
+        )
+        for i, s in enumerate(slots)
+    )
+    return [(edit, new) for _, _, edit, new in sorted(shrinks, key=lambda t: t[:2])] + [(e, n) for _, _, e, n in drops]
+
+
+def _propose(model: GpuModel, slots: Sequence[_SlotWant]) -> tuple[list[str], list[_SlotWant]]:
+    """Nearest feasible layout by greedy single-slot edits (a feasible one-edit fix if any, else drop the largest)."""
+    edits: list[str] = []
+    current = list(slots)
+    while current and not _feasible(model, current):
+        options = _edits(model, current)
+        fixed = next(((e, n) for e, n in options if _feasible(model, n)), None)
+        if fixed is None:  # no single edit fits: drop the largest slot and look again
+            fixed = options[-1]
+        edits.append(fixed[0])
+        current = fixed[1]
+    return edits, current
+
+
+def _describe(slots: Sequence[_SlotWant]) -> str:
+    return ", ".join(
+        "%s: %s%s" % (s.name, s.profile.name, "" if s.placement is None else "@%d" % s.placement) for s in slots
+    )
+
+
+def _infeasible_message(target: _Target) -> str:
+    model, slots = target.model, target.slots
+    reason = _capacity_problem(model, [s.profile for s in slots])
+    if reason is None:
+        pins = " with the pinned placements" if any(s.placement is not None for s in slots) else ""
+        reason = "no placement of %s fits%s" % ("+".join(s.profile.name for s in slots), pins)
+    edits, proposal = _propose(model, slots)
+    return "%s on %s: infeasible layout (%s); nearest feasible layout: %s -> [%s]" % (
+        target.entry.label,
+        target.gpu.label,
+        reason,
+        "; ".join(edits),
+        _describe(proposal) or "no slots",
+    )
+
+
+def _target_problems(target: _Target) -> list[str]:
+    problems = []
+    pinned = [s for s in target.slots if s.placement is not None]
+    for a, b in itertools.combinations(pinned, 2):
+        if a.profile.occupies(a.placement) & b.profile.occupies(b.placement):
+            problems.append(
+                "%s on %s: slots '%s' (%s@%d) and '%s' (%s@%d) have overlapping placements; move or unpin one"
+                % (
+                    target.entry.label,
+                    target.gpu.label,
+                    a.name,
+                    a.profile.name,
+                    a.placement,
+                    b.name,
+                    b.profile.name,
+                    b.placement,
+                )
+            )
+    by_profile: dict[int, list[_SlotWant]] = {}
+    for slot in target.slots:
+        by_profile.setdefault(slot.profile.id, []).append(slot)
+    for group in by_profile.values():
+        prof = group[0].profile
+        if len(group) > prof.max_instances:
+            problems.append(
+                "%s on %s: too many %s instances (%d: %s); %s allows at most %d, remove %d"
+                % (
+                    target.entry.label,
+                    target.gpu.label,
+                    prof.name,
+                    len(group),
+                    ", ".join(s.name for s in group),
+                    target.model.name,
+                    prof.max_instances,
+                    len(group) - prof.max_instances,
+                )
+            )
+    if not problems and not _feasible(target.model, target.slots):
+        problems.append(_infeasible_message(target))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan. For CI actions ``placement``/``gi_profile_id`` identify the parent GI (``gi_id`` None: new)."""
+
+    op: str  # destroy_ci | destroy_gi | mig_mode | create_gi | create_ci
+    gpu_index: int
+    gpu_uuid: str
+    slot: str | None = None
+    gi_id: int | None = None
+    ci_id: int | None = None
+    ci_name: str | None = None
+    profile: str | None = None
+    profile_id: int | None = None
+    placement: tuple[int, int] | None = None  # (start, size) of the GI
+    gi_profile_id: int | None = None
+    enable: bool | None = None
+    needs_reset: bool = False
+    busy_pids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "gpu_index": self.gpu_index,
+            "gpu_uuid": self.gpu_uuid,
+            "slot": self.slot,
+            "gi_id": self.gi_id,
+            "ci_id": self.ci_id,
+            "ci_name": self.ci_name,
+            "profile": self.profile,
+            "profile_id": self.profile_id,
+            "placement": None if self.placement is None else {"start": self.placement[0], "size": self.placement[1]},
+            "gi_profile_id": self.gi_profile_id,
+            "enable": self.enable,
+            "needs_reset": self.needs_reset,
+            "busy_pids": list(self.busy_pids),
+        }
+
+
+@dataclass(frozen=True)
+class CiAssignment:
+    """A slot's compute instance: existing (``ci_id``/``mig_uuid``) or to be created (None)."""
+
+    name: str
+    profile: str
+    profile_id: int | None
+    ci_id: int | None
+    mig_uuid: str | None
+
+
+@dataclass(frozen=True)
+class SlotAssignment:
+    """Where a slot lives after the plan: GPU, profile, placement, and its GI id when it already exists."""
+
+    name: str
+    gpu_index: int
+    gpu_uuid: str
+    profile: str
+    profile_id: int
+    start: int
+    size: int
+    gi_id: int | None
+    compute_instances: tuple[CiAssignment, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_index": self.gpu_index,
+            "gpu_uuid": self.gpu_uuid,
+            "profile": self.profile,
+            "profile_id": self.profile_id,
+            "placement": {"start": self.start, "size": self.size},
+            "gi_id": self.gi_id,
+            "compute_instances": [
+                {
+                    "name": c.name,
+                    "profile": c.profile,
+                    "profile_id": c.profile_id,
+                    "ci_id": c.ci_id,
+                    "mig_uuid": c.mig_uuid,
+                }
+                for c in self.compute_instances
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """Per-GPU summary: mode change, GI ids kept and destroyed, slots created, and the diff rendering."""
+
+    index: int
+    uuid: str
+    name: str
+    mig_before: bool
+    mig_after: bool
+    needs_reset: bool
+    keep: tuple[int, ...]
+    destroy: tuple[int, ...]
+    create: tuple[str, ...]
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "uuid": self.uuid,
+            "name": self.name,
+            "mig_enabled": {"before": self.mig_before, "after": self.mig_after},
+            "needs_reset": self.needs_reset,
+            "keep": list(self.keep),
+            "destroy": list(self.destroy),
+            "create": list(self.create),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered actions (destroys, mode changes, creates) plus slot mapping and per-GPU summaries."""
+
+    actions: tuple[Action, ...]
+    slots: tuple[SlotAssignment, ...]
+    gpus: tuple[GpuPlan, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def diff(self) -> dict[str, Any]:
+        """Ansible diff-mode ``{before, after}``: per selected GPU, its mode and one line per GPU instance."""
+
+        def side(after: bool) -> str:
+            lines = []
+            for g in self.gpus:
+                enabled = g.mig_after if after else g.mig_before
+                lines.append("GPU %d %s: mig %s" % (g.index, g.uuid, "enabled" if enabled else "disabled"))
+                lines.extend("  " + line for line in (g.after if after else g.before))
+            return "\n".join(lines) + "\n"
+
+        return {"before": side(False), "after": side(True)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "actions": [a.to_dict() for a in self.actions],
+            "slots": {s.name: s.to_dict() for s in self.slots},
+            "gpus": [g.to_dict() for g in self.gpus],
+            "diff": self.diff(),
+        }
+
+
+def _render(profile: str, start: int, gi_id: int | None, slot: str | None, ci_profiles: Iterable[str]) -> str:
+    return "%s @%d gi=%s slot=%s ci=[%s]" % (
+        profile,
+        start,
+        "new" if gi_id is None else gi_id,
+        slot or "-",
+        ", ".join(sorted(ci_profiles)),
+    )
+
+
+def _ci_diff(
+    wants: Sequence[_CiWant], have: Sequence[ComputeInstanceState]
+) -> tuple[list[tuple[_CiWant, ComputeInstanceState | None]], list[ComputeInstanceState]]:
+    """Pair wanted CIs with existing ones (by profile, lowest id first); return pairs and the CIs left to destroy."""
+    free = list(have)
+    pairs: list[tuple[_CiWant, ComputeInstanceState | None]] = []
+    for want in wants:
+        match = next((ci for ci in free if want.matches(ci)), None)
+        if match is not None:
+            free.remove(match)
+        pairs.append((want, match))
+    return pairs, free
+
+
+def _same_split(slot: _SlotWant, gi: GpuInstanceState) -> bool:
+    pairs, extra = _ci_diff(slot.cis, gi.compute_instances)
+    return not extra and all(ci is not None for _, ci in pairs)
+
+
+def _pair_by_split(
+    slots: Sequence[_SlotWant], starts: Sequence[int], existing: Mapping[tuple[int, int], GpuInstanceState]
+) -> list[int]:
+    """Reassign starts among same-profile unpinned slots: an existing GI goes to the first slot whose CI split it
+    already has, the other starts pair up with the other slots; slots with equal splits take ascending starts in
+    the order written, so a converged GPU maps back to the same slots and writing order never causes changes."""
+    result = list(starts)
+    groups: dict[int, list[int]] = {}
+    for i, slot in enumerate(slots):
+        if slot.placement is None:
+            groups.setdefault(slot.profile.id, []).append(i)
+    for pid, idxs in groups.items():
+        todo, spare = list(idxs), []
+        for start in sorted(starts[i] for i in idxs):
+            gi = existing.get((pid, start))
+            match = next((i for i in todo if gi is not None and _same_split(slots[i], gi)), None)
+            if match is None:
+                spare.append(start)
+            else:
+                todo.remove(match)
+                result[match] = start
+        for i, start in zip(todo, spare):  # noqa: B905 - same length by construction; strict= needs Python 3.10
+            result[i] = start
+        by_split: dict[tuple, list[int]] = {}
+        for i in idxs:
+            by_split.setdefault(tuple(sorted((w.profile, w.profile_id or -1) for w in slots[i].cis)), []).append(i)
+        for same in by_split.values():  # canonical: equal slots take ascending starts in the order written
+            for i, start in zip(same, sorted(result[i] for i in same)):  # noqa: B905 - same length
+                result[i] = start
+    return result
+
+
+class _GpuPlanner:
+    """Builds the actions, slot assignments and summary of one selected GPU."""
+
+    def __init__(self, target: _Target) -> None:
+        self.gpu, self.model, self.target = target.gpu, target.model, target
+        self.actions: dict[str, list[Action]] = {phase: [] for phase in _PHASES}
+        self.slots: list[SlotAssignment] = []
+
+    def act(self, op: str, **fields: Any) -> None:
+        self.actions[op].append(Action(op, self.gpu.index, self.gpu.uuid, **fields))
+
+    def destroy_ci(self, gi: GpuInstanceState, ci: ComputeInstanceState, slot: str | None) -> None:
+        busy = ci.processes if ci.processes is not None else gi.processes
+        self.act(DESTROY_CI, slot=slot, gi_id=gi.id, ci_id=ci.id, profile=ci.profile, profile_id=ci.profile_id,
+                 placement=(gi.start, gi.size), gi_profile_id=gi.profile_id, busy_pids=busy)  # fmt: skip
+
+    def destroy_gi(self, gi: GpuInstanceState, slot: str | None) -> None:
+        for ci in gi.compute_instances:
+            self.destroy_ci(gi, ci, slot)
+        self.act(DESTROY_GI, slot=slot, gi_id=gi.id, profile=gi.profile, profile_id=gi.profile_id,
+                 placement=(gi.start, gi.size), busy_pids=gi.busy_pids())  # fmt: skip
+
+    def place_slot(self, slot: _SlotWant, start: int, gi: GpuInstanceState | None) -> str:
+        """Keep or create the slot's GI at ``start`` and reconcile its CIs; return its diff line."""
+        prof, placement = slot.profile, (start, slot.profile.placement_size)
+        pairs, extra = _ci_diff(slot.cis, gi.compute_instances if gi else ())
+        gi_id = gi.id if gi else None
+        if gi is None:
+            self.act(CREATE_GI, slot=slot.name, profile=prof.name, profile_id=prof.id, placement=placement)
+        for ci in extra:
+            self.destroy_ci(gi, ci, slot.name)
+        for want, _ in sorted((p for p in pairs if p[1] is None), key=lambda p: -p[0].slices):
+            self.act(CREATE_CI, slot=slot.name, gi_id=gi_id, ci_name=want.name, profile=want.profile,
+                     profile_id=want.profile_id, placement=placement, gi_profile_id=prof.id)  # fmt: skip
+        self.slots.append(
+            SlotAssignment(
+                slot.name,
+                self.gpu.index,
+                self.gpu.uuid,
+                prof.name,
+                prof.id,
+                start,
+                placement[1],
+                gi_id,
+                tuple(
+                    CiAssignment(w.name, w.profile, w.profile_id, c.id if c else None, c.uuid if c else None)
+                    for w, c in pairs
+                ),
+            )
+        )
+        return _render(slot.profile.name, start, gi_id, slot.name, (w.profile for w in slot.cis))
+
+    def plan(self) -> GpuPlan:
+        gpu, want_on = self.gpu, self.target.entry.mig_enabled
+        slots = self.target.slots if want_on else ()
+        existing = gpu.gpu_instances if gpu.mig_current else ()
+        starts = _pair_by_split(
+            slots,
+            solve_placements(
+                self.model, [(s.profile, s.placement) for s in slots], ((g.profile_id, g.start) for g in existing)
+            ),
+            {(g.profile_id, g.start): g for g in existing},
+        )
+        placed = [
+            (
+                slot,
+                starts[i],
+                next((g for g in existing if (g.profile_id, g.start) == (slot.profile.id, starts[i])), None),
+            )
+            for i, slot in enumerate(slots)
+        ]
+        kept = {gi.id: slot.name for slot, _, gi in placed if gi is not None}
+        for gi in existing:
+            if gi.id not in kept:
+                displacing = (s.name for s, start, _ in placed if s.profile.occupies(start) & gi.occupies())
+                self.destroy_gi(gi, next(displacing, None))
+        needs_reset = gpu.mig_current != want_on and self.model.mig_enable_requires_reset
+        if (gpu.mig_current, gpu.mig_pending) != (want_on, want_on):
+            self.act(MIG_MODE, enable=want_on, needs_reset=needs_reset)
+        after = sorted((start, self.place_slot(slot, start, gi)) for slot, start, gi in placed)
+        before = sorted(
+            (g.start, _render(g.profile, g.start, g.id, kept.get(g.id), (c.profile for c in g.compute_instances)))
+            for g in existing
+        )
+        return GpuPlan(
+            gpu.index,
+            gpu.uuid,
+            gpu.name,
+            gpu.mig_current,
+            want_on,
+            needs_reset,
+            tuple(sorted(kept)),
+            tuple(g.id for g in existing if g.id not in kept),
+            tuple(slot.name for slot, _, gi in placed if gi is None),
+            tuple(line for _, line in before),
+            tuple(line for _, line in after),
+        )
+
+
+def plan_layout(layout: LayoutSpec | list, gpus: Sequence[GpuState], models: Mapping[int, GpuModel | None]) -> Plan:
+    """Validate ``layout`` against the host's GPUs and plan the minimal change; raise LayoutError listing every problem.
+
+    ``models`` maps GPU index to its catalog model (read live from NVML on real hardware); GPUs no entry selects are
+    left untouched, and on a selected GPU every instance no slot asks for is destroyed.
+    """
+    spec = parse_layout(layout)
+    targets, problems = _resolve(spec, gpus, models)
+    for target in targets:
+        if target.valid:
+            problems.extend(_target_problems(target))
+    _raise_if(problems)
+    planners = [_GpuPlanner(t) for t in targets]
+    summaries = tuple(p.plan() for p in planners)
+    actions = tuple(a for phase in _PHASES for p in planners for a in p.actions[phase])
+    return Plan(actions, tuple(s for p in planners for s in p.slots), summaries)
+
+
+def check_busy(plan: Plan, force: bool = False) -> tuple[str, ...]:
+    """Refuse a plan that destroys instances with running processes (LayoutError naming them) unless ``force``.
+
+    With ``force`` the same messages come back, for the caller to print as warnings.
+    """
+    messages = tuple(
+        "GPU %d (%s): %s %s%s (%s) has running processes %s; %s"
+        % (
+            a.gpu_index,
+            a.gpu_uuid,
+            "compute instance" if a.op == DESTROY_CI else "GPU instance",
+            a.ci_id if a.op == DESTROY_CI else a.gi_id,
+            " in GPU instance %d" % a.gi_id if a.op == DESTROY_CI else "",
+            a.profile,
+            ", ".join(str(p) for p in a.busy_pids),
+            "slot '%s' needs it destroyed" % a.slot if a.slot else "no slot asks for it",
+        )
+        for a in plan.actions
+        if a.busy_pids
+    )
+    if messages and not force:
+        raise LayoutError([*messages, "stop those processes or re-run with force to destroy the instances anyway"])
+    return messages
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Simulation and rendering
+
+
+def _next_id(used: Iterable[int], first: int) -> int:
+    taken = set(used)
+    return next(i for i in itertools.count(first) if i not in taken)
+
+
+def _apply_action(gpu: GpuState, action: Action) -> GpuState:
+    gis = {g.id: g for g in gpu.gpu_instances}
+    if action.op == MIG_MODE:
+        if gis and not action.enable:
+            raise LayoutError(["GPU %d: MIG disabled while GPU instances %s exist" % (gpu.index, sorted(gis))])
+        return replace(gpu, mig_current=action.enable, mig_pending=action.enable)
+    if action.op == DESTROY_GI:
+        gi = gis.pop(action.gi_id)
+        if gi.compute_instances:
+            raise LayoutError(["GPU %d: GPU instance %d destroyed while it has compute instances" % (gpu.index, gi.id)])
+    elif action.op == CREATE_GI:
+        start, size = action.placement
+        if not gpu.mig_current or any(g.start < start + size and start < g.start + g.size for g in gis.values()):
+            raise LayoutError(
+                ["GPU %d: cannot create %s at %d (MIG off or overlap)" % (gpu.index, action.profile, start)]
+            )
+        new = GpuInstanceState(_next_id(gis, 1), action.profile_id, action.profile, start, size)
+        gis[new.id] = new
+    else:
+        gi = (
+            gis.get(action.gi_id)
+            if action.gi_id is not None
+            else next(
+                g
+                for g in gis.values()
+                if (g.start, g.size) == action.placement and g.profile_id == action.gi_profile_id
+            )
+        )
+        cis = {c.id: c for c in gi.compute_instances}
+        if action.op == DESTROY_CI:
+            cis.pop(action.ci_id)
+        else:
+            new_ci = ComputeInstanceState(_next_id(cis, 0), action.profile_id, action.profile)
+            cis[new_ci.id] = new_ci
+        gis[gi.id] = replace(gi, compute_instances=tuple(sorted(cis.values(), key=_by_id)))
+    return replace(gpu, gpu_instances=tuple(sorted(gis.values(), key=_by_id)))
+
+
+def apply_plan_to_state(gpus: Sequence[GpuState], plan: Plan) -> tuple[GpuState, ...]:
+    """Predict the GPUs after ``plan`` runs (mode changes take effect, i.e. any reset happened; new CIs have no UUID).
+
+    Raises LayoutError when an action is impossible on the given state (the plan does not belong to it).
+    """
+    by_index = {g.index: g for g in gpus}
+    for action in plan.actions:
+        try:
+            by_index[action.gpu_index] = _apply_action(by_index[action.gpu_index], action)
+        except (KeyError, StopIteration) as exc:
+            raise LayoutError(["%s on GPU %d: no such GPU or instance" % (action.op, action.gpu_index)]) from exc
+    return tuple(by_index[g.index] for g in gpus)
+
+
+def _slug(profile: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", profile.casefold()).strip("-")
+
+
+def layout_from_state(gpus: Sequence[GpuState]) -> list[dict[str, Any]]:
+    """Render the current state as a layout (one entry per MIG-capable GPU, slots ``gpu<i>-<profile>-<n>`` pinned).
+
+    Planning this layout against the same state is a no-op. The default CI is the one named like its GI profile.
+    """
+    entries = []
+    for gpu in gpus:
+        if not gpu.mig_supported:
+            continue
+        counters: dict[str, int] = {}
+        slots = []
+        for gi in sorted(gpu.gpu_instances, key=lambda g: g.start) if gpu.mig_current else ():
+            n = counters[gi.profile] = counters.get(gi.profile, -1) + 1
+            slot: dict[str, Any] = {
+                "name": "gpu%d-%s-%d" % (gpu.index, _slug(gi.profile), n),
+                "profile": gi.profile,
+                "placement": gi.start,
+            }
+            if [c.profile for c in gi.compute_instances] != [gi.profile]:
+                slot["compute_instances"] = [
+                    {"profile": c.profile_id if c.profile_id is not None else c.profile} for c in gi.compute_instances
+                ]
+            slots.append(slot)
+        entries.append({"gpus": gpu.index, "mig_enabled": gpu.mig_current, "slots": slots})
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mig-parted config conversion
+
+_MP_TOP_KEYS = ("version", "mig-configs")
+_MP_ENTRY_KEYS = ("devices", "device-filter", "mig-enabled", "mig-devices")
+_MP_CI_RE = re.compile(r"^(\d+)c\.(\d+g\..+)$")
+
+
+def _mp_filter_matches(filters: Sequence[str], gpu: GpuState, model: GpuModel | None) -> bool:
+    ids = {
+        i.casefold() for i in ([gpu.pci_device_id] if gpu.pci_device_id else (model.pci_device_ids if model else ()))
+    }
+    return any(f.split(":", 1)[0].strip().casefold() in ids for f in filters)
+
+
+def _mp_slots(
+    devices: Mapping, gpu: GpuState, model: GpuModel, where: str, problems: list[str]
+) -> list[dict[str, Any]]:
+    """mig-devices -> slots: plain profiles one slot each; ``Nc.Mg.XXgb`` CIs packed first-fit into ``Mg.XXgb`` GIs."""
+    plain: list[str] = []
+    packs: dict[str, list[Any]] = {}
+    for key, count in devices.items():
+        if not _is_int(count) or count < 0:
+            problems.append("%s: mig-devices[%r] count must be an integer >= 0, not %r" % (where, key, count))
+            continue
+        match = _MP_CI_RE.match(str(key))
+        gi_profile = model.profile(match.group(2) if match else str(key))
+        ci = next((c for c in gi_profile.compute_profiles if c.name == key), None) if gi_profile and match else None
+        if match and ci is None:
+            problems.append(
+                "%s: mig-devices key %r is not a compute instance profile of %s (GPU %d)"
+                % (where, key, model.name, gpu.index)
+            )
+            continue
+        if ci is None or ci.default:
+            plain.extend([gi_profile.name if gi_profile else str(key)] * count)
+        else:
+            packs.setdefault(gi_profile.name, []).extend([ci] * count)
+    counters: dict[str, int] = {}
+    slots: list[dict[str, Any]] = []
+
+    def add(profile: str, cis: list[Any] | None) -> None:
+        n = counters[profile] = counters.get(profile, -1) + 1
+        slot: dict[str, Any] = {"name": "gpu%d-%s-%d" % (gpu.index, _slug(profile), n), "profile": profile}
+        if cis is not None:
+            slot["compute_instances"] = [{"profile": c.name} for c in cis]
+        slots.append(slot)
+
+    for profile in plain:
+        add(profile, None)
+    for gi_name, cis in packs.items():
+        capacity = model.profile(gi_name).compute_slices
+        bins: list[list[Any]] = []
+        for ci in sorted(cis, key=lambda c: (-c.slice_count, c.id)):
+            target = next(
+                (
+                    b
+                    for b in bins
+                    if sum(c.slice_count for c in b) + ci.slice_count <= capacity and b.count(ci) < ci.max_instances
+                ),
+                None,
+            )
+            if target is None:
+                bins.append([ci])
+            else:
+                target.append(ci)
+        for packed in bins:
+            add(gi_name, packed)
+    return slots
+
+
+def layout_from_mig_parted(
+    config: Mapping, config_name: str, gpus: Sequence[GpuState], models: Mapping[int, GpuModel | None]
+) -> list[dict[str, Any]]:
+    """Convert a parsed mig-parted ``v1`` config (one named config) into layout entries, one per matched GPU.
+
+    Unmatched GPUs are untouched; non-MIG GPUs are skipped under ``devices: all``. Slots are named
+    ``gpu<index>-<profile>-<n>``. Raise LayoutError listing every problem.
+    """
+    problems = _unknown_keys(config, _MP_TOP_KEYS, "mig-parted config")
+    if config.get("version") != "v1":
+        problems.append("mig-parted config: version must be 'v1', not %r" % config.get("version"))
+    configs = config.get("mig-configs") or {}
+    if config_name not in configs:
+        problems.append(
+            "mig-parted config: no config named %r; available: %s" % (config_name, ", ".join(sorted(configs)) or "none")
+        )
+    _raise_if(problems)
+    entries: list[dict[str, Any]] = []
+    owner: dict[int, str] = {}
+    for pos, raw in enumerate(configs[config_name] or []):
+        where = "mig-configs.%s[%d]" % (config_name, pos)
+        if not isinstance(raw, dict):
+            problems.append("%s: must be a mapping with devices and mig-enabled" % where)
+            continue
+        problems.extend(_unknown_keys(raw, _MP_ENTRY_KEYS, where))
+        for key in ("devices", "mig-enabled"):
+            if key not in raw:
+                problems.append("%s: %r is required" % (where, key))
+        devices, enabled = raw.get("devices", "all"), raw.get("mig-enabled", False)
+        filters = raw.get("device-filter") or []
+        filters = [filters] if isinstance(filters, str) else list(filters)
+        mig_devices = raw.get("mig-devices") or {}
+        if not isinstance(enabled, bool):
+            problems.append("%s: mig-enabled must be true or false" % where)
+        if not enabled and mig_devices:
+            problems.append("%s: mig-enabled is false but mig-devices is not empty" % where)
+        if devices == "all":
+            picked = [g for g in gpus if g.mig_supported]
+        elif isinstance(devices, list) and all(_is_int(d) for d in devices):
+            picked = [g for g in gpus if g.index in devices]
+            problems.extend(
+                "%s: device %d does not exist on this host" % (where, d)
+                for d in devices
+                if d not in {g.index for g in gpus}
+            )
+        else:
+            problems.append("%s: devices must be 'all' or a list of GPU indices, not %r" % (where, devices))
+            continue
+        for gpu in picked:
+            model = models.get(gpu.index)
+            if filters and not _mp_filter_matches(filters, gpu, model):
+                continue
+            if gpu.index in owner:
+                problems.append(
+                    "%s and %s both select GPU %d; mig-parted configs must not overlap"
+                    % (owner[gpu.index], where, gpu.index)
+                )
+                continue
+            owner[gpu.index] = where
+            slots = _mp_slots(mig_devices, gpu, model, where, problems) if model and enabled else []
+            entries.append({"gpus": gpu.index, "mig_enabled": bool(enabled), "slots": slots})
+    _raise_if(problems)
+    return entries
