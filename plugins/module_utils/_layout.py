@@ -451,7 +451,7 @@ def _select(entry: EntrySpec, gpus: Sequence[GpuState], problems: list[str]) -> 
     """GPUs an entry picks; a single-GPU selector matching nothing is a problem, ``all`` skips non-MIG GPUs."""
     views = [(g, _facts_view(g)) for g in gpus]
     for sel in entry.gpus:
-        if _names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _, v in views):
+        if _names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _unused, v in views):
             have = ", ".join("%d (%s, %s)" % (g.index, g.uuid, g.pci_bus_id) for g in gpus) or "none"
             problems.append("%s: no GPU on this host matches selector %r; GPUs: %s" % (entry.label, sel, have))
     picked = [g for g, v in views if any(_select_mod.matches(v, sel) for sel in entry.gpus)]
@@ -556,7 +556,7 @@ def _solve(
     model: GpuModel, demands: tuple[tuple[int, int | None], ...], existing: frozenset[tuple[int, int]]
 ) -> tuple[int, ...] | None:
     profiles = {p.id: p for p in model.profiles}
-    wanted = [profiles[pid] for pid, _ in demands]
+    wanted = [profiles[pid] for pid, _unused in demands]
     if _capacity_problem(model, wanted):
         return None
     used: frozenset[int] = frozenset()
@@ -575,8 +575,8 @@ def _solve(
 
     def search(level: int, used: frozenset[int], starts: dict[int, int]) -> None:
         if level == len(order):
-            final = [starts.get(i, pin) for i, (_, pin) in enumerate(demands)]
-            kept = sum(1 for i, (pid, _) in enumerate(demands) if (pid, final[i]) in existing)
+            final = [starts.get(i, pin) for i, (_unused, pin) in enumerate(demands)]
+            kept = sum(1 for i, (pid, _unused) in enumerate(demands) if (pid, final[i]) in existing)
             score = (kept, _free_score(model, used, wanted))
             if best[0] is None or score > best[0]:
                 best[0], best[1] = score, tuple(final)
@@ -646,7 +646,9 @@ def _edits(model: GpuModel, slots: Sequence[_SlotWant]) -> list[tuple[str, list[
         )
         for i, s in enumerate(slots)
     )
-    return [(edit, new) for _, _, edit, new in sorted(shrinks, key=lambda t: t[:2])] + [(e, n) for _, _, e, n in drops]
+    return [(edit, new) for _unused, _unused2, edit, new in sorted(shrinks, key=lambda t: t[:2])] + [
+        (e, n) for _unused3, _unused4, e, n in drops
+    ]
 
 
 def _propose(model: GpuModel, slots: Sequence[_SlotWant]) -> tuple[list[str], list[_SlotWant]]:
@@ -905,7 +907,7 @@ def _ci_diff(
 
 def _same_split(slot: _SlotWant, gi: GpuInstanceState) -> bool:
     pairs, extra = _ci_diff(slot.cis, gi.compute_instances)
-    return not extra and all(ci is not None for _, ci in pairs)
+    return not extra and all(ci is not None for _unused, ci in pairs)
 
 
 def _pair_by_split(
@@ -971,7 +973,7 @@ class _GpuPlanner:
             self.act(CREATE_GI, slot=slot.name, profile=prof.name, profile_id=prof.id, placement=placement)
         for ci in extra:
             self.destroy_ci(gi, ci, slot.name)
-        for want, _ in sorted((p for p in pairs if p[1] is None), key=lambda p: -p[0].slices):
+        for want, _unused in sorted((p for p in pairs if p[1] is None), key=lambda p: -p[0].slices):
             self.act(CREATE_CI, slot=slot.name, gi_id=gi_id, ci_name=want.name, profile=want.profile,
                      profile_id=want.profile_id, placement=placement, gi_profile_id=prof.id)  # fmt: skip
         self.slots.append(
@@ -1011,10 +1013,10 @@ class _GpuPlanner:
             )
             for i, slot in enumerate(slots)
         ]
-        kept = {gi.id: slot.name for slot, _, gi in placed if gi is not None}
+        kept = {gi.id: slot.name for slot, _unused, gi in placed if gi is not None}
         for gi in existing:
             if gi.id not in kept:
-                displacing = (s.name for s, start, _ in placed if s.profile.occupies(start) & gi.occupies())
+                displacing = (s.name for s, start, _unused in placed if s.profile.occupies(start) & gi.occupies())
                 self.destroy_gi(gi, next(displacing, None))
         needs_reset = gpu.mig_current != want_on and self.model.mig_enable_requires_reset
         if (gpu.mig_current, gpu.mig_pending) != (want_on, want_on):
@@ -1033,9 +1035,9 @@ class _GpuPlanner:
             needs_reset,
             tuple(sorted(kept)),
             tuple(g.id for g in existing if g.id not in kept),
-            tuple(slot.name for slot, _, gi in placed if gi is None),
-            tuple(line for _, line in before),
-            tuple(line for _, line in after),
+            tuple(slot.name for slot, _unused, gi in placed if gi is None),
+            tuple(line for _unused, line in before),
+            tuple(line for _unused, line in after),
         )
 
 

@@ -13,8 +13,6 @@ import contextlib
 import ctypes
 import traceback
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog
-
 try:
     import pynvml
 
@@ -27,8 +25,6 @@ except ImportError:  # pragma: no cover - exercised by ansible-test's import san
 
 ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada", 9: "hopper"}
 ARCHITECTURES.update({10: "blackwell", 13: "rubin"})
-# Generations whose MIG mode change needs a GPU reset and persists in the GPU over reboot.
-RESET_ARCHITECTURES = frozenset({"ampere"})
 
 # NVML return code -> (problem, remedy). Codes are pynvml's NVML_ERROR_* values.
 _REMEDIES = {
@@ -351,46 +347,6 @@ class Nvml:
             }
             for p in procs
         ]
-
-    def live_model(self, index: int, gpu: dict) -> _catalog.GpuModel:
-        """The GPU's catalog read live from NVML (compute profiles from the shipped data when known)."""
-        shipped = _catalog.find_model(gpu["name"])
-        shipped_cis = {p.id: p.compute_profiles for p in shipped.profiles} if shipped else {}
-        profiles = tuple(
-            _catalog.GpuInstanceProfile(
-                id=p["id"],
-                nvml_index=p["nvml_index"],
-                name=p["name"],
-                compute_slices=p["slices"],
-                memory_slices=p["memory_slices"],
-                memory_mib=p["memory_mib"],
-                sm_count=p["sm_count"],
-                max_instances=p["total"],
-                placement_starts=tuple(pl["start"] for pl in p["placements"]),
-                placement_size=p["memory_slices"],
-                copy_engines=p["copy_engines"],
-                decoders=p["decoders"],
-                encoders=p["encoders"],
-                jpeg=p["jpeg"],
-                ofa=p["ofa"],
-                compute_profiles=shipped_cis.get(p["id"], ()),
-            )
-            for p in gpu["profiles"]
-        )
-        major, minor = (int(x) for x in gpu["compute_capability"].split("."))
-        return _catalog.GpuModel(
-            name=gpu["name"],
-            architecture=gpu["architecture"],
-            compute_capability=(major, minor),
-            memory_mib=gpu["memory"]["total_mib"],
-            memory_slices=max((s + p.placement_size for p in profiles for s in p.placement_starts), default=0),
-            compute_slices=max((p.compute_slices for p in profiles), default=0),
-            max_gpu_instances=max((p.max_instances for p in profiles), default=0),
-            mig_enable_requires_reset=gpu["architecture"] in RESET_ARCHITECTURES,
-            mig_mode_persists_reboot=gpu["architecture"] in RESET_ARCHITECTURES,
-            min_driver=shipped.min_driver if shipped else "0",
-            profiles=profiles,
-        )
 
     # ---------------------------------------------------------------- changes
     def set_mig_mode(self, index: int, enabled: bool) -> int | None:

@@ -117,6 +117,7 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.gpu.mig.plugins.module_utils import _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
 

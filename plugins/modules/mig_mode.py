@@ -110,6 +110,7 @@ skipped:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.gpu.mig.plugins.module_utils import _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
 from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, matches, select_gpus

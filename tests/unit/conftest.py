@@ -10,6 +10,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulator"))
 
-from nvmlsim.testing import sim_host  # noqa: E402
+from nvmlsim.testing import sim_host
 
 __all__ = ["sim_host"]

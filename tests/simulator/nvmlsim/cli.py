@@ -7,12 +7,13 @@ import random
 import shlex
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pynvml
 import yaml
 
-from nvmlsim import hosts, state
+from nvmlsim import hosts, procs, state
 
 SIMULATOR = Path(__file__).resolve().parent.parent
 REPO = SIMULATOR.parent.parent
@@ -20,7 +21,7 @@ REPO = SIMULATOR.parent.parent
 # Default fleet mix: kind -> HostSpec arguments (CLI syntax).
 FLEET_KINDS: dict[str, list[str]] = {
     "a100": ["--gpu", "A100-SXM4-40GB:mig=on", "--gpu", "A100-SXM4-40GB:mig=on", "--instance", "0:4g.20gb@0",
-             "--instance", "0:2g.10gb@4", "--process", "0:1:0:4242:1200:tritonserver"],
+             "--instance", "0:2g.10gb@4", "--process", "0:1:0:1200:tritonserver"],
     "h100": ["--gpu", "H100-80GB", "--gpu", "H100-80GB"],
     "a30": ["--gpu", "A30:mig=on", "--driver", "535.183.01"],
     "l4": ["--gpu", "L4"],
@@ -50,6 +51,7 @@ def _spec(args: argparse.Namespace) -> hosts.HostSpec:
         unprivileged=args.unprivileged,
         instances=args.instance,
         processes=[hosts.Process.parse(p) for p in args.process],
+        lifetime=args.lifetime,
     )
 
 
@@ -81,12 +83,28 @@ def cmd_fault(args: argparse.Namespace) -> None:
 
 
 def cmd_process(args: argparse.Namespace) -> None:
-    """Attach or detach a process."""
+    """Spawn and attach a process (prints its PID), or kill and detach one."""
     with state.transaction(args.dir) as host:
         if args.action == "add":
-            hosts.add_process(host, hosts.Process.parse(args.spec))
+            print(hosts.add_process(host, hosts.Process.parse(args.spec), args.lifetime))
         else:
             hosts.remove_process(host, int(args.spec))
+
+
+def host_dirs(path: Path) -> list[Path]:
+    """``path`` if it is a host, else the hosts directly under it (a fleet)."""
+    if (path / state.PERSISTENT).is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if (p / state.PERSISTENT).is_file()) if path.is_dir() else []
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    """Kill the processes of a host, or of every host of a fleet."""
+    found = host_dirs(Path(args.dir))
+    if not found:
+        raise state.NoHostError(f"{args.dir} holds no simulated host or fleet")
+    for host_dir in found:
+        state.stop_processes(host_dir)
 
 
 def wrapper_script(host_dir: Path) -> str:
@@ -107,6 +125,8 @@ def cmd_fleet(args: argparse.Namespace) -> None:
     if base.exists() and any(base.iterdir()):
         if not args.force:
             raise SystemExit(f"migsim: {base} is not empty (use --force to replace it)")
+        for old in host_dirs(base):
+            state.stop_processes(old)
         shutil.rmtree(base)
     kinds = args.mix.split(",") if args.mix else list(FLEET_KINDS)
     unknown = sorted(set(kinds) - set(FLEET_KINDS))
@@ -119,7 +139,8 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         kind = kinds[number % len(kinds)]
         name = f"sim{number:02d}-{kind}"
         host_dir = base / name
-        hosts.build(host_dir, _spec(PARSER.parse_args(["host", str(host_dir), "--hostname", name, *FLEET_KINDS[kind]])))
+        argv = ["host", str(host_dir), "--hostname", name, "--lifetime", str(args.lifetime), *FLEET_KINDS[kind]]
+        hosts.build(host_dir, _spec(PARSER.parse_args(argv)))
         wrapper = host_dir / "python"
         wrapper.write_text(wrapper_script(host_dir))
         wrapper.chmod(0o755)
@@ -131,6 +152,22 @@ def cmd_fleet(args: argparse.Namespace) -> None:
     text = yaml.safe_dump({"all": {"children": {"simulated_gpu_hosts": {"hosts": inventory}}}}, sort_keys=True)
     (base / "inventory.yml").write_text(text)
     print(base / "inventory.yml")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _lifetime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lifetime",
+        type=_positive,
+        default=procs.DEFAULT_LIFETIME,
+        help=f"seconds a spawned process lives at most (default {procs.DEFAULT_LIFETIME})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,7 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     host.add_argument("--vm-passthrough", action="store_true", help="GPU reset not possible (VM pass-through)")
     host.add_argument("--unprivileged", action="store_true", help="mutating calls fail with NO_PERMISSION")
     host.add_argument("--instance", action="append", default=[], help="GPU:PROFILE[@START] (GI + default CI)")
-    host.add_argument("--process", action="append", default=[], help="GPU[:GI[:CI]]:PID:MIB[:NAME]")
+    host.add_argument(
+        "--process", action="append", default=[], help="GPU[:GI[:CI]]:MIB[:NAME] (spawns a real 'sleep' process)"
+    )
+    _lifetime_option(host)
     host.set_defaults(func=cmd_host)
 
     for name, func, text in (("show", cmd_show, "print the state as JSON"), ("reboot", cmd_reboot, "reboot")):
@@ -170,8 +210,13 @@ def _parser() -> argparse.ArgumentParser:
     process = sub.add_parser("process", help="attach or detach a process")
     process.add_argument("dir")
     process.add_argument("action", choices=("add", "remove"))
-    process.add_argument("spec", help="add: GPU[:GI[:CI]]:PID:MIB[:NAME]; remove: PID")
+    process.add_argument("spec", help="add: GPU[:GI[:CI]]:MIB[:NAME] (prints the spawned PID); remove: PID (killed)")
+    _lifetime_option(process)
     process.set_defaults(func=cmd_process)
+
+    stop = sub.add_parser("stop", help="kill the spawned processes of a host or fleet (before deleting it)")
+    stop.add_argument("dir", help="a host directory or a fleet directory")
+    stop.set_defaults(func=cmd_stop)
 
     fleet = sub.add_parser("fleet", help="create N hosts and an inventory")
     fleet.add_argument("--dir", required=True)
@@ -179,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--mix", help=f"comma-separated kinds (default all: {','.join(FLEET_KINDS)})")
     fleet.add_argument("--force", action="store_true", help="replace a non-empty directory")
     fleet.add_argument("--seed", type=int, help="shuffle the mix order reproducibly")
+    _lifetime_option(fleet)
     fleet.set_defaults(func=cmd_fleet)
     return parser
 
@@ -189,6 +235,8 @@ PARSER = _parser()
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = PARSER.parse_args(argv)
+    # Spawned processes are meant to outlive this command (init reaps them): no warning at exit.
+    warnings.filterwarnings("ignore", r"subprocess \d+ is still running", ResourceWarning)
     if args.command == "fault" and args.lost and args.gpu is None:
         PARSER.error("--lost needs --gpu")
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pynvml
 
-from nvmlsim import mig, models, state
+from nvmlsim import mig, models, procs, state
 from nvmlsim.state import Host
 
 PCI_BUSES = (0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD)  # DGX A100 layout
@@ -33,7 +33,7 @@ class GpuSpec:
     @classmethod
     def parse(cls, text: str) -> GpuSpec:
         """``MODEL[:mig=on|off]``."""
-        name, _, option = text.partition(":")
+        name, _sep, option = text.partition(":")
         if option and option not in ("mig=on", "mig=off"):
             raise ValueError(f"bad GPU option {option!r} in {text!r} (expected mig=on or mig=off)")
         return cls(name, option == "mig=on")
@@ -41,32 +41,38 @@ class GpuSpec:
 
 @dataclass
 class Process:
-    """A process holding a GPU (optionally inside a MIG GPU/compute instance)."""
+    """A process holding a GPU (optionally inside a MIG GPU/compute instance).
+
+    The PID is not chosen: ``add_process`` spawns a real process (``procs.spawn``) and records its
+    PID and start time.
+    """
 
     gpu: int
-    pid: int
     used_mib: int
     gpu_instance_id: int | None = None
     compute_instance_id: int | None = None
     name: str = "python3"
+    pid: int | None = None
+    start_time: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> Process:
-        """``GPU[:GI[:CI]]:PID:MIB[:NAME]`` (a GI without CI means CI 0)."""
+        """``GPU[:GI[:CI]]:MIB[:NAME]`` (a GI without CI means CI 0)."""
         fields = text.split(":")
         name = fields.pop() if fields and not fields[-1].isdigit() else "python3"
-        if not 3 <= len(fields) <= 5 or not all(f.isdigit() for f in fields):
-            raise ValueError(f"bad process {text!r}; expected GPU[:GI[:CI]]:PID:MIB[:NAME]")
+        if not 2 <= len(fields) <= 4 or not all(f.isdigit() for f in fields):
+            raise ValueError(f"bad process {text!r}; expected GPU[:GI[:CI]]:MIB[:NAME] (the PID is spawned)")
         numbers = [int(f) for f in fields]
-        gpu, *ids, pid, used = numbers
+        gpu, *ids, used = numbers
         gi = ids[0] if ids else None
         ci = (ids[1] if len(ids) > 1 else 0) if ids else None
-        return cls(gpu, pid, used, gi, ci, name)
+        return cls(gpu, used, gi, ci, name)
 
     def record(self) -> dict[str, Any]:
         """JSON form stored in the volatile state."""
         return {
             "pid": self.pid,
+            "start_time": self.start_time,
             "used_mib": self.used_mib,
             "gpu_instance_id": self.gpu_instance_id,
             "compute_instance_id": self.compute_instance_id,
@@ -87,6 +93,7 @@ class HostSpec:
     unprivileged: bool = False
     instances: list[str] = field(default_factory=list)  # GPU:PROFILE[@START]
     processes: list[Process] = field(default_factory=list)
+    lifetime: int = procs.DEFAULT_LIFETIME  # seconds the spawned processes live at most
 
 
 def cuda_for(driver: str) -> int:
@@ -97,7 +104,7 @@ def cuda_for(driver: str) -> int:
 
 def parse_cuda(text: str) -> int:
     """ "12.4" -> 12040."""
-    major, _, minor = text.partition(".")
+    major, _sep, minor = text.partition(".")
     return int(major) * 1000 + int(minor or 0) * 10
 
 
@@ -120,8 +127,8 @@ def gpu_record(hostname: str, index: int, spec: GpuSpec) -> dict[str, Any]:
 
 def create_instance(host: Host, text: str) -> None:
     """``GPU:PROFILE[@START]``: a GPU instance (profile name or id) with its default compute instance."""
-    where, _, profile = text.partition(":")
-    profile, _, start = profile.partition("@")
+    where, _sep, profile = text.partition(":")
+    profile, _sep, start = profile.partition("@")
     index = int(where)
     gpu_model = mig.require_mig(host, index)
     prof = gpu_model.profile(profile)
@@ -132,21 +139,26 @@ def create_instance(host: Host, text: str) -> None:
     mig.create_compute_instance(host, index, gi["id"], default.id)
 
 
-def add_process(host: Host, proc: Process) -> None:
-    """Attach a process; its GPU/compute instance must exist."""
+def add_process(host: Host, proc: Process, lifetime: int = procs.DEFAULT_LIFETIME) -> int:
+    """Spawn a real process holding the GPU (its GPU/compute instance must exist); returns its PID."""
+    live = host.live(proc.gpu)  # IndexError for an unknown GPU, before anything is spawned
     if proc.gpu_instance_id is not None:
         mig.find_compute_instance(host, proc.gpu, proc.gpu_instance_id, proc.compute_instance_id)
-    host.live(proc.gpu)["processes"].append(proc.record())
+    proc.pid, proc.start_time = procs.spawn(lifetime)
+    live["processes"].append(proc.record())
+    return proc.pid
 
 
 def remove_process(host: Host, pid: int) -> None:
-    """Detach a process from every GPU; KeyError if no GPU has it."""
+    """Kill a process (SIGKILL) and detach it from every GPU; KeyError if no GPU has it."""
     found = False
     for index in range(len(host.gpus)):
         live = host.live(index)
-        kept = [p for p in live["processes"] if p["pid"] != pid]
-        found |= len(kept) != len(live["processes"])
-        live["processes"] = kept
+        for record in live["processes"]:
+            if record["pid"] == pid:
+                procs.kill(record)
+                found = True
+        live["processes"] = [p for p in live["processes"] if p["pid"] != pid]
     if not found:
         raise KeyError(f"no process {pid}")
 
@@ -166,13 +178,20 @@ def build(root: Path | str, spec: HostSpec) -> Host:
         "gpus": [gpu_record(hostname, i, g) for i, g in enumerate(spec.gpus)],
     }
     state.create(root, persistent)
-    with state.transaction(root) as host:
-        for index, gpu in enumerate(spec.gpus):
-            if gpu.mig:
-                mig.require_mig(host, index, enabled=False)
-                mig.mode_record(host, index).update(current=1, pending=1)
-        for text in spec.instances:
-            create_instance(host, text)
-        for proc in spec.processes:
-            add_process(host, proc)
+    spawned: list[dict[str, Any]] = []
+    try:
+        with state.transaction(root) as host:
+            for index, gpu in enumerate(spec.gpus):
+                if gpu.mig:
+                    mig.require_mig(host, index, enabled=False)
+                    mig.mode_record(host, index).update(current=1, pending=1)
+            for text in spec.instances:
+                create_instance(host, text)
+            for proc in spec.processes:
+                add_process(host, proc, spec.lifetime)
+                spawned.append(proc.record())
+    except BaseException:
+        for record in spawned:  # not saved: nobody else could ever find them
+            procs.kill(record)
+        raise
     return state.read(root)

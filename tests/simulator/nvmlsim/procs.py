@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,8 @@ def spawn(lifetime: int = DEFAULT_LIFETIME) -> tuple[int, int]:
     """Start a detached, harmless process (``sleep LIFETIME``); returns (PID, start time)."""
     if lifetime <= 0:
         raise ValueError(f"process lifetime must be positive, not {lifetime}")
-    child = subprocess.Popen(  # noqa: S603 - fixed argv
-        ["sleep", str(int(lifetime))],  # noqa: S607 - sleep from PATH
+    child = subprocess.Popen(
+        ["sleep", str(int(lifetime))],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -77,9 +78,9 @@ def kill(record: dict[str, Any]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def reap(pids: set[int] | list[int]) -> None:
+def reap(pids: Iterable[int]) -> None:
     """Kill and reap processes this Python process spawned (only PIDs still in ``SPAWNED``)."""
-    for pid in pids:
+    for pid in list(pids):
         child = SPAWNED.pop(pid, None)
         if child is not None:
             child.kill()  # Popen signals only while the child is unreaped, i.e. still ours

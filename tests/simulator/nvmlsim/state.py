@@ -4,6 +4,9 @@ A host is a directory ``ROOT``. What survives a reboot (GPU identity, the Ampere
 InfoROM, fault injection) lives in ``ROOT/var/lib/migsim/host.json``; what a reboot clears (instances,
 the Hopper MIG mode, processes, lost GPUs) lives in ``ROOT/run/migsim/state.json``. A missing volatile
 file means the host has just booted: the first access applies pending Ampere modes and starts empty.
+
+Processes are real processes (see ``procs``): loading the state drops the records of those that have
+exited (the next write persists that), and a reboot kills the ones still running.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from nvmlsim import procs
 
 PERSISTENT = Path("var/lib/migsim/host.json")
 VOLATILE = Path("run/migsim/state.json")
@@ -43,6 +48,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             return json.load(stream)
     except FileNotFoundError:
         return None
+
+
+def _kill_processes(volatile: dict[str, Any] | None) -> None:
+    """Kill the recorded processes still running (a reboot or a replaced host ends them)."""
+    for gpu in (volatile or {}).get("gpus", []):
+        for record in gpu.get("processes", []):
+            procs.kill(record)
 
 
 def fresh_gpu_state() -> dict[str, Any]:
@@ -76,7 +88,7 @@ class Host:
         self.persistent["boots"] += 1
         for gpu in self.gpus:
             gpu["mig"]["current"] = gpu["mig"]["pending"]
-        self.volatile = {"gpus": [fresh_gpu_state() for _ in self.gpus], "serial": 0}
+        self.volatile = {"gpus": [fresh_gpu_state() for _gpu in self.gpus], "serial": 0}
 
     def next_serial(self) -> int:
         """A number unique within this boot (MIG UUIDs of re-created instances differ)."""
@@ -92,6 +104,9 @@ def _load(root: Path) -> tuple[Host, bool]:
     host = Host(root, persistent, volatile or {})
     if volatile is None:
         host.boot()
+    else:  # a process that exited released its GPU context, as with the real driver
+        for gpu in host.volatile.get("gpus", []):
+            gpu["processes"] = [p for p in gpu.get("processes", []) if procs.alive(p)]
     return host, volatile is None
 
 
@@ -121,9 +136,13 @@ def transaction(root: Path | str) -> Iterator[Host]:
     with locked(root):
         host, booted = _load(root)
         before = "" if booted else host.snapshot()
-        yield host
-        if host.snapshot() != before:
-            save(host)
+        committed = False
+        try:
+            yield host
+            committed = True
+        finally:  # an exception inside the block leaves the stored state as it was
+            if committed and host.snapshot() != before:
+                save(host)
 
 
 def read(root: Path | str) -> Host:
@@ -140,6 +159,7 @@ def create(root: Path | str, persistent: dict[str, Any]) -> Host:
     """Create a host from its persistent record, replacing any previous state, and boot it."""
     root = Path(root)
     with locked(root):
+        _kill_processes(_read_json(root / VOLATILE))
         (root / VOLATILE).unlink(missing_ok=True)
         persistent.setdefault("format", FORMAT)
         persistent.setdefault("boots", 0)
@@ -150,8 +170,17 @@ def create(root: Path | str, persistent: dict[str, Any]) -> Host:
 
 
 def reboot(root: Path | str) -> None:
-    """Simulate a reboot: drop the volatile state; the next access boots the host."""
+    """Simulate a reboot: kill the host's processes, drop the volatile state; the next access boots."""
     root = Path(root)
     with locked(root):
-        _load(root)
+        host, _booted = _load(root)
+        _kill_processes(host.volatile)
         (root / VOLATILE).unlink(missing_ok=True)
+
+
+def stop_processes(root: Path | str) -> None:
+    """Kill every recorded process of a host that still runs and drop the records."""
+    with transaction(root) as host:
+        _kill_processes(host.volatile)
+        for gpu in host.volatile["gpus"]:
+            gpu["processes"] = []

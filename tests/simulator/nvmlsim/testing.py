@@ -1,4 +1,8 @@
-"""Pytest helpers: simulated hosts with a patched pynvml (import the fixtures into a conftest)."""
+"""Pytest helpers: simulated hosts with a patched pynvml (import the fixtures into a conftest).
+
+Simulated processes are real ``sleep`` processes (``nvmlsim.procs``); the ``sim_host`` fixture kills
+the ones spawned during the test at teardown.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pynvml
 import pytest
 
 import nvmlsim
-from nvmlsim import hosts, state
+from nvmlsim import hosts, procs, state
 
 
 @dataclass
@@ -33,10 +37,10 @@ class SimHost:
         """Context manager yielding the host state for direct changes (processes, flags, faults)."""
         return state.transaction(self.root)
 
-    def add_process(self, text: str) -> None:
-        """Attach a process given as ``GPU[:GI[:CI]]:PID:MIB[:NAME]``."""
+    def add_process(self, text: str, lifetime: int = procs.DEFAULT_LIFETIME) -> int:
+        """Spawn a process holding ``GPU[:GI[:CI]]:MIB[:NAME]``; returns its PID."""
         with self.edit() as host:
-            hosts.add_process(host, hosts.Process.parse(text))
+            return hosts.add_process(host, hosts.Process.parse(text), lifetime)
 
     def fault(self, call: str, error: int, times: int = 1, gpu: int | None = None) -> None:
         """Make ``call`` fail with NVML code ``error`` ``times`` times (optionally only on GPU ``gpu``)."""
@@ -45,7 +49,11 @@ class SimHost:
 
 
 def make_sim_host(root: Path, *gpus: str, init: bool = True, **options: Any) -> SimHost:
-    """Build a host from ``MODEL[:mig=on]`` strings and HostSpec options, install the simulator on pynvml."""
+    """Build a host from ``MODEL[:mig=on]`` strings and HostSpec options, install the simulator on pynvml.
+
+    ``processes=["GPU[:GI[:CI]]:MIB[:NAME]", ...]`` spawns real processes; the caller must end them
+    (``procs.reap(procs.SPAWNED)``) unless the ``sim_host`` fixture does.
+    """
     processes = [hosts.Process.parse(p) for p in options.pop("processes", ())]
     hosts.build(root, hosts.HostSpec([hosts.GpuSpec.parse(g) for g in gpus], processes=processes, **options))
     nvmlsim.install(pynvml, root)
@@ -59,9 +67,11 @@ def sim_host(tmp_path: Path) -> Iterator[Callable[..., SimHost]]:
     """Factory fixture: ``sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb"])``.
 
     Each call creates a new host under tmp_path (named ``host0``, ``host1``...); the last one
-    created is what pynvml talks to. pynvml's own functions are restored afterwards.
+    created is what pynvml talks to. pynvml's own functions are restored afterwards, and every
+    process spawned during the test (``processes=``, ``add_process``) is killed.
     """
     count = 0
+    before = set(procs.SPAWNED)
 
     def factory(*gpus: str, **options: Any) -> SimHost:
         nonlocal count
@@ -69,5 +79,8 @@ def sim_host(tmp_path: Path) -> Iterator[Callable[..., SimHost]]:
         options.setdefault("hostname", f"host{count - 1}")
         return make_sim_host(tmp_path / options["hostname"], *gpus, **options)
 
-    yield factory
-    nvmlsim.uninstall(pynvml)
+    try:
+        yield factory
+    finally:
+        nvmlsim.uninstall(pynvml)
+        procs.reap(set(procs.SPAWNED) - before)

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pynvml
+import pytest
 import yaml
+
+from nvmlsim import procs, state
 
 SIMULATOR = Path(__file__).resolve().parents[3] / "tests" / "simulator"
 MIGSIM = SIMULATOR / "migsim"
@@ -22,9 +25,21 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
+@pytest.fixture(autouse=True)
+def _stop_host_processes(tmp_path):
+    """migsim spawns real processes in its own (exited) process: kill what the hosts still record."""
+    yield
+    for persistent in tmp_path.rglob(str(state.PERSISTENT)):
+        state.stop_processes(persistent.parents[len(state.PERSISTENT.parts) - 1])
+
+
+def _processes(host: Path) -> list[dict]:
+    return json.loads(run(MIGSIM, "show", host).stdout)["volatile"]["gpus"][0]["processes"]
+
+
 def test_help_lists_subcommands():
     out = run(MIGSIM, "--help").stdout
-    for command in ("host", "show", "reboot", "fault", "process", "fleet"):
+    for command in ("host", "show", "reboot", "fault", "process", "stop", "fleet"):
         assert command in out
 
 
@@ -44,12 +59,20 @@ def test_fault_and_process_commands(tmp_path):
     run(MIGSIM, "host", host, "--gpu", "A30")
     fault = ["--call", "nvmlDeviceSetMigMode", "--error", "NVML_ERROR_IN_USE", "--times", "2", "--gpu", "0"]
     assert run(MIGSIM, "fault", host, *fault).returncode == 0
-    assert run(MIGSIM, "process", host, "add", "0:123:512:python3").returncode == 0
-    state = json.loads(run(MIGSIM, "show", host).stdout)
-    assert state["persistent"]["faults"] == [{"call": "nvmlDeviceSetMigMode", "error": 19, "gpu": 0, "times": 2}]
-    assert state["volatile"]["gpus"][0]["processes"][0]["pid"] == 123
-    assert run(MIGSIM, "process", host, "remove", "123").returncode == 0
-    assert run(MIGSIM, "process", host, "remove", "123").returncode == 1
+    added = run(MIGSIM, "process", host, "add", "0:512:python3", "--lifetime", "60")
+    assert added.returncode == 0
+    pid = int(added.stdout)
+    shown = json.loads(run(MIGSIM, "show", host).stdout)
+    assert shown["persistent"]["faults"] == [{"call": "nvmlDeviceSetMigMode", "error": 19, "gpu": 0, "times": 2}]
+    (record,) = shown["volatile"]["gpus"][0]["processes"]
+    assert record["pid"] == pid and record["name"] == "python3" and procs.alive(record)
+    assert (procs.PROC / str(pid) / "cmdline").read_bytes() == b"sleep\x0060\x00"
+    assert run(MIGSIM, "process", host, "remove", str(pid)).returncode == 0
+    assert not procs.alive(record)  # killed (a zombie at most, until init reaps it)
+    assert run(MIGSIM, "process", host, "remove", str(pid)).returncode == 1
+    assert run(MIGSIM, "process", host, "add", "0:4242:512").returncode == 1  # old syntax: GI 4242 on a non-MIG GPU
+    assert run(MIGSIM, "process", host, "add", "0:1:0:4242:512").returncode == 1  # old syntax with a PID
+    assert _processes(host) == []
 
 
 def test_fleet_inventory_and_wrappers(tmp_path):
@@ -66,19 +89,29 @@ def test_fleet_inventory_and_wrappers(tmp_path):
         counts[name] = result.stdout.strip() if result.returncode == 0 else result.stderr.strip().splitlines()[-1]
     assert counts["sim00-a100"] == "2" and counts["sim03-l4"] == "1"
     assert "LibraryNotFound" in counts["sim04-nodriver"]
+    (triton,) = _processes(fleet / "sim00-a100")
+    assert triton["name"] == "tritonserver" and triton["gpu_instance_id"] == 1 and procs.alive(triton)
     assert run(MIGSIM, "fleet", "--dir", fleet).returncode != 0  # refuses to overwrite without --force
+    assert run(MIGSIM, "fleet", "--dir", fleet, "--hosts", "1", "--force").returncode == 0
+    assert not procs.alive(triton)  # the replaced host's process was killed
+    (triton,) = _processes(fleet / "sim00-a100")
+    assert procs.alive(triton)
+    assert run(MIGSIM, "stop", fleet).returncode == 0  # what to run before deleting a fleet
+    assert not procs.alive(triton) and _processes(fleet / "sim00-a100") == []
+    assert run(MIGSIM, "stop", tmp_path).returncode == 1  # neither a host nor a fleet
 
 
 def test_nvidia_smi_reset(tmp_path):
     host = tmp_path / "h"
-    run(MIGSIM, "host", host, "--gpu", "A100-SXM4-40GB", "--process", "0:55:100")
+    run(MIGSIM, "host", host, "--gpu", "A100-SXM4-40GB", "--process", "0:100")
+    (record,) = _processes(host)
     env = {"MIGSIM_ROOT": str(host)}
     code = "import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceSetMigMode(n.nvmlDeviceGetHandleByIndex(0), 1))"
     pending = run(sys.executable, "-c", code, env={**env, "PYTHONPATH": str(SIMULATOR / "boot")})
     assert pending.stdout.strip() == str(pynvml.NVML_ERROR_IN_USE)
     busy = run(SMI, "-r", "-i", "0", env=env)
     assert busy.returncode == 255 and "In use by another client" in busy.stdout
-    run(MIGSIM, "process", host, "remove", "55")
+    run(MIGSIM, "process", host, "remove", str(record["pid"]))
     done = run(SMI, "--gpu-reset", "-i", "00000000:07:00.0", env=env)
     assert done.returncode == 0 and "was successfully reset" in done.stdout
     assert json.loads(run(MIGSIM, "show", host).stdout)["persistent"]["gpus"][0]["mig"] == {"current": 1, "pending": 1}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import inspect
 
-import nvmlsim
 import pynvml
 import pytest
+
+import nvmlsim
 from nvmlsim import api
 
 REQUIRED = [

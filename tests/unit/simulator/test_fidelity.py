@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
+import time
 
 import pynvml as n
 import pytest
+
+from nvmlsim import hosts, procs
 
 A100_FREE_AFTER_4G = {"1g.5gb": 3, "1g.5gb+me": 1, "1g.10gb": 2, "2g.10gb": 1, "3g.20gb": 1, "4g.20gb": 0, "7g.40gb": 0}
 
@@ -32,6 +37,14 @@ def _create(dev, profile_id, start, size):
 def _placement(gi):
     info = n.nvmlGpuInstanceGetInfo(gi)
     return info.id, info.placement.start, info.placement.size
+
+
+def _wait_until_listed(dev, pids, timeout=10.0):
+    """Poll NVML (as a caller that killed processes would) until it lists exactly ``pids``."""
+    deadline = time.monotonic() + timeout
+    while (listed := sorted(p.pid for p in n.nvmlDeviceGetComputeRunningProcesses(dev))) != pids:
+        assert time.monotonic() < deadline, f"NVML still lists {listed}"
+        time.sleep(0.01)
 
 
 def test_remaining_capacity_matches_real_a100(sim_host):
@@ -110,7 +123,7 @@ def test_documented_order_failure_19_19_14_9(sim_host):
 def test_h100_1g_fill_order_and_ids(sim_host):
     sim_host("H100-80GB:mig=on")
     dev = n.nvmlDeviceGetHandleByIndex(0)
-    made = [_placement(n.nvmlDeviceCreateGpuInstance(dev, 19)) for _ in range(7)]
+    made = [_placement(n.nvmlDeviceCreateGpuInstance(dev, 19)) for _count in range(7)]
     assert [gi_id for gi_id, _s, _z in made] == [13, 11, 12, 7, 8, 9, 10]
     assert [start for _i, start, _z in made] == [6, 4, 5, 0, 1, 2, 3]
 
@@ -123,7 +136,7 @@ def test_compute_instances_split_and_capacity(sim_host):
     one = n.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi, n.NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE, shared)
     assert (one.sliceCount, one.instanceCount, one.name) == (1, 3, "MIG 1c.3g.20gb")
     assert n.nvmlGpuInstanceGetComputeInstanceRemainingCapacity(gi, one.id) == 3
-    cis = [n.nvmlGpuInstanceCreateComputeInstance(gi, one.id) for _ in range(3)]
+    cis = [n.nvmlGpuInstanceCreateComputeInstance(gi, one.id) for _count in range(3)]
     assert [(i.id, i.placement.start) for i in map(n.nvmlComputeInstanceGetInfo, cis)] == [(0, 0), (1, 1), (2, 2)]
     with pytest.raises(n.NVMLError_InsufficientResources):
         n.nvmlGpuInstanceCreateComputeInstance(gi, one.id)
@@ -141,7 +154,8 @@ def test_compute_instances_split_and_capacity(sim_host):
 
 
 def test_mig_device_handles(sim_host):
-    sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4"], processes=["0:2:0:99:500:vllm"])
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4"], processes=["0:2:0:500:vllm"])
+    (record,) = host.state().live(0)["processes"]
     dev = n.nvmlDeviceGetHandleByIndex(0)
     mig = n.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
     assert n.nvmlDeviceIsMigDeviceHandle(mig).value == 1 and n.nvmlDeviceIsMigDeviceHandle(dev).value == 0
@@ -152,13 +166,14 @@ def test_mig_device_handles(sim_host):
     assert n.nvmlDeviceGetUUID(n.nvmlDeviceGetHandleByUUID(n.nvmlDeviceGetUUID(mig))) == n.nvmlDeviceGetUUID(mig)
     assert n.nvmlDeviceGetIndex(n.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig)) == 0
     (proc,) = n.nvmlDeviceGetComputeRunningProcesses(mig)
-    assert (proc.pid, proc.gpuInstanceId, proc.computeInstanceId) == (99, 2, 0)
+    assert (proc.pid, proc.gpuInstanceId, proc.computeInstanceId) == (record["pid"], 2, 0)
+    assert record["name"] == "vllm"
     with pytest.raises(n.NVMLError_NotSupported):
         n.nvmlDeviceGetGpuInstanceId(dev)
 
 
 def test_busy_instances_are_in_use(sim_host):
-    sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@0"], processes=["0:1:0:42:100"])
+    sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@0"], processes=["0:1:0:100"])
     dev = n.nvmlDeviceGetHandleByIndex(0)
     gi = n.nvmlDeviceGetGpuInstanceById(dev, 1)
     ci = n.nvmlGpuInstanceGetComputeInstanceById(gi, 0)
@@ -169,11 +184,13 @@ def test_busy_instances_are_in_use(sim_host):
 
 
 def test_ampere_pending_flow_and_persistence(sim_host):
-    host = sim_host("A100-SXM4-40GB", processes=["0:7:100:nv-hostengine"])
+    host = sim_host("A100-SXM4-40GB", processes=["0:100:nv-hostengine"])
+    (record,) = host.state().live(0)["processes"]
     dev = n.nvmlDeviceGetHandleByIndex(0)
     assert n.nvmlDeviceSetMigMode(dev, n.NVML_DEVICE_MIG_ENABLE) == n.NVML_ERROR_IN_USE
     assert n.nvmlDeviceGetMigMode(dev) == [0, 1]
     host.reboot()
+    assert not procs.alive(record)  # a reboot ends every process
     assert n.nvmlDeviceGetMigMode(dev) == [1, 1]  # pending applied at boot
     n.nvmlDeviceCreateGpuInstance(dev, 19)
     host.reboot()
@@ -201,9 +218,63 @@ def test_hopper_switches_at_once_and_loses_mode_on_reboot(sim_host):
     assert n.nvmlDeviceGetMigMode(dev) == [1, 1]
     host.reboot()
     assert n.nvmlDeviceGetMigMode(dev) == [0, 0]
-    host.add_process("0:5:10")
+    pid = host.add_process("0:10")
     with pytest.raises(n.NVMLError_InUse):
         n.nvmlDeviceSetMigMode(dev, n.NVML_DEVICE_MIG_ENABLE)
+    os.kill(pid, signal.SIGTERM)  # what a caller forcing the change sends first
+    _wait_until_listed(dev, [])
+    assert n.nvmlDeviceSetMigMode(dev, n.NVML_DEVICE_MIG_ENABLE) == n.NVML_SUCCESS
+
+
+# --- processes are real processes --------------------------------------------------------------------
+
+
+def test_exited_process_releases_its_instance(sim_host):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@0", "0:3g.20gb@4"])
+    dev = n.nvmlDeviceGetHandleByIndex(0)
+    pid = host.add_process("0:1:0:100:python3")
+    other = host.add_process("0:2:0:200")
+    assert (procs.PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[0] == b"sleep"
+    gi = n.nvmlDeviceGetGpuInstanceById(dev, 1)
+    ci = n.nvmlGpuInstanceGetComputeInstanceById(gi, 0)
+    with pytest.raises(n.NVMLError_InUse):
+        n.nvmlComputeInstanceDestroy(ci)
+    os.kill(pid, signal.SIGKILL)
+    _wait_until_listed(dev, [other])  # our child stays a zombie until reaped: NVML drops it anyway
+    assert [p["pid"] for p in host.state().live(0)["processes"]] == [other]
+    n.nvmlComputeInstanceDestroy(ci)  # succeeds now, and prunes the dead record on disk
+    n.nvmlGpuInstanceDestroy(gi)
+    with pytest.raises(n.NVMLError_InUse):
+        n.nvmlGpuInstanceDestroy(n.nvmlDeviceGetGpuInstanceById(dev, 2))  # compute instance, process
+    assert "start_time" in host.state().live(0)["processes"][0]
+
+
+def test_reused_or_unverifiable_pid_is_not_ours(sim_host):
+    host = sim_host("A100-SXM4-40GB")
+    me = procs.stat(os.getpid())
+    assert me is not None
+    with host.edit() as state:  # same PID, other start time (a reused PID), and a record without one
+        state.live(0)["processes"] += [
+            {"pid": os.getpid(), "start_time": me[1] + 1, "used_mib": 1, "name": "x"},
+            {"pid": os.getpid(), "used_mib": 1, "name": "x"},
+        ]
+    assert n.nvmlDeviceGetComputeRunningProcesses(n.nvmlDeviceGetHandleByIndex(0)) == []
+    assert n.nvmlDeviceSetMigMode(n.nvmlDeviceGetHandleByIndex(0), n.NVML_DEVICE_MIG_ENABLE) == n.NVML_SUCCESS
+    host.reboot()  # kills only processes it can prove it spawned: we are still here
+
+
+def test_process_syntax_has_no_pid(sim_host):
+    assert hosts.Process.parse("0:1:2:300:vllm") == hosts.Process(0, 300, 1, 2, "vllm")
+    assert hosts.Process.parse("1:300") == hosts.Process(1, 300, None, None, "python3")
+    with pytest.raises(ValueError, match="GPU\\[:GI\\[:CI\\]\\]:MIB"):
+        hosts.Process.parse("0:1:0:4242:512")  # the old syntax with a PID
+    host = sim_host("A100-SXM4-40GB:mig=on")
+    before = dict(procs.SPAWNED)
+    with pytest.raises(n.NVMLError_NotFound):
+        host.add_process("0:3:0:100")  # no such instance: nothing spawned
+    with pytest.raises(IndexError):
+        host.add_process("5:100")
+    assert before == procs.SPAWNED  # nothing was spawned
 
 
 def test_volatile_and_persistent_files(sim_host):
@@ -281,7 +352,7 @@ def test_fault_injection_counts_down(sim_host):
     host.fault("nvmlDeviceCreateGpuInstanceWithPlacement", n.NVML_ERROR_INSUFFICIENT_RESOURCES, times=2, gpu=1)
     dev0, dev1 = n.nvmlDeviceGetHandleByIndex(0), n.nvmlDeviceGetHandleByIndex(1)
     _create(dev0, 19, 0, 1)  # other GPU unaffected
-    for _ in range(2):
+    for _attempt in range(2):
         with pytest.raises(n.NVMLError_InsufficientResources):
             _create(dev1, 19, 0, 1)
     assert host.state().persistent["faults"][0]["times"] == 0

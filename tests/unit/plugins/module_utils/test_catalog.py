@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ansible_collections.gpu.mig.plugins.module_utils import _catalog
 
 ROOT = Path(__file__).resolve().parents[4]

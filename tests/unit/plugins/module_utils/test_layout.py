@@ -45,7 +45,7 @@ def facts(index=0, model=A100, gis=(), mig=True, pending=None, supported=True, b
                     }
                     for ci_id, ci_name, pids in cis
                 ],
-                "processes": [{"pid": p} for _, _, pids in cis for p in pids],
+                "processes": [{"pid": p} for _unused, _unused2, pids in cis for p in pids],
             }
         )
     return {
@@ -309,8 +309,8 @@ def test_mix_that_fails_first_fit_in_written_order_solves():
 
 
 def test_new_small_instance_keeps_big_profiles_placeable():
-    (start,) = L.solve_placements(A100, [(A100.profile("1g.5gb"), None)])
-    assert start == 6  # leaves 4g.20gb, 3g.20gb@0 and three 2g.10gb starts free
+    starts = L.solve_placements(A100, [(A100.profile("1g.5gb"), None)])
+    assert starts == (6,)  # leaves 4g.20gb, 3g.20gb@0 and three 2g.10gb starts free
 
 
 def test_infeasible_returns_none():
@@ -413,7 +413,7 @@ def test_actions_are_ordered_destroys_first():
     ops = [(a.op, a.gpu_index) for a in p.actions]
     assert ops[:3] == [("destroy_ci", 0), ("destroy_ci", 0), ("destroy_gi", 0)]
     assert ops[3] == ("mig_mode", 1)
-    assert [o for o, _ in ops[4:]] == ["create_gi"] * 4 + ["create_ci"] * 4
+    assert [o for o, _unused in ops[4:]] == ["create_gi"] * 4 + ["create_ci"] * 4
     mode = p.actions[3]
     assert mode.enable is True and mode.needs_reset is False  # Hopper switches without reset
 
@@ -524,9 +524,9 @@ MP = {
 }
 
 
-def _mp(config=MP, name="edge"):
+def _mp(config=None, name="edge"):
     gpus = state(*MP_HOST)
-    return L.layout_from_mig_parted(config, name, gpus, models_for(gpus)), gpus
+    return L.layout_from_mig_parted(MP if config is None else config, name, gpus, models_for(gpus)), gpus
 
 
 def test_mig_parted_conversion():
@@ -561,7 +561,7 @@ def test_mig_parted_conversion():
 
 
 def test_mig_parted_all_skips_non_mig_gpus():
-    layout, _ = _mp(name="all-disabled")
+    layout, _unused = _mp(name="all-disabled")
     assert [e["gpus"] for e in layout] == [0, 1, 2]
 
 
@@ -617,10 +617,10 @@ def test_mig_parted_unknown_config_name_lists_available():
 def configurations(draw, model):
     """A random valid set of GPU instances: [(profile, start, [ci profile names])]."""
     used, compute, out = set(), 0, []
-    for _ in range(draw(st.integers(0, 7))):
+    for _unused in range(draw(st.integers(0, 7))):
         prof = draw(st.sampled_from(model.profiles))
         start = draw(st.sampled_from(prof.placement_starts))
-        count = sum(1 for p, _, _ in out if p.id == prof.id)
+        count = sum(1 for p, _unused, _unused2 in out if p.id == prof.id)
         if (
             prof.occupies(start) & used
             or compute + prof.compute_slices > model.compute_slices

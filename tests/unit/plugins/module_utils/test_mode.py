@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
 
 

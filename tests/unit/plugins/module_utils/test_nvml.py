@@ -8,7 +8,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _nvml
+from ansible_collections.gpu.mig.plugins.module_utils import _apply, _catalog, _nvml
 
 
 def facts(gpu: int = 0) -> dict:
@@ -53,17 +53,18 @@ def test_gpu_facts_identity_instances_and_mig_uuids(sim_host):
 def test_processes_carry_their_instance(sim_host):
     host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@0"])
     gi_id = host.state().live(0)["gpu_instances"][0]["id"]
-    host.add_process(f"0:{gi_id}:0:4242:1024")
+    pid = host.add_process(f"0:{gi_id}:0:1024")
     gpu = facts()
-    assert gpu["processes"] == [{"pid": 4242, "used_memory_mib": 1024, "gpu_instance_id": gi_id, "compute_instance_id": 0}]
+    assert gpu["processes"] == [
+        {"pid": pid, "used_memory_mib": 1024, "gpu_instance_id": gi_id, "compute_instance_id": 0}
+    ]
     assert gpu["gpu_instances"][0]["processes"] == gpu["processes"]
 
 
 def test_live_catalog_agrees_with_the_shipped_one(sim_host):
     sim_host("A100-SXM4-40GB:mig=on")
     gpu = facts()
-    with _nvml.Nvml() as nvml:
-        live = nvml.live_model(0, gpu)
+    live = _apply.live_model(gpu)
     shipped = _catalog.find_model("NVIDIA A100-SXM4-40GB")
     assert (live.memory_slices, live.compute_slices, live.max_gpu_instances) == (8, 7, 7)
     assert live.mig_enable_requires_reset
@@ -124,13 +125,15 @@ def test_create_and_destroy_round_trip(sim_host):
         nvml.destroy_compute_instance(0, gi_id, ci_id)
         nvml.destroy_gpu_instance(0, gi_id)
         assert nvml.gpu(0)["gpu_instances"] == []
-    assert [(gi["id"], gi["placement"]["start"], gi["compute_instances"][0]["id"]) for gi in created] == [(gi_id, 4, ci_id)]
+    assert [(gi["id"], gi["placement"]["start"], gi["compute_instances"][0]["id"]) for gi in created] == [
+        (gi_id, 4, ci_id)
+    ]
 
 
 def test_busy_instance_refuses_destroy_with_a_clear_message(sim_host):
     host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:7g.40gb"])
     gi_id = host.state().live(0)["gpu_instances"][0]["id"]
-    host.add_process(f"0:{gi_id}:0:77:100")
+    host.add_process(f"0:{gi_id}:0:100")
     with _nvml.Nvml() as nvml, pytest.raises(_nvml.NvmlError) as err:
         nvml.destroy_compute_instance(0, gi_id, 0)
     assert err.value.code == pynvml.NVML_ERROR_IN_USE
@@ -140,7 +143,10 @@ def test_busy_instance_refuses_destroy_with_a_clear_message(sim_host):
 
 def test_no_permission_says_become(sim_host):
     sim_host("H100-80GB", unprivileged=True)
-    with _nvml.Nvml() as nvml, pytest.raises(_nvml.NvmlError, match=r"enabling MIG failed: no permission.*become: true"):
+    with (
+        _nvml.Nvml() as nvml,
+        pytest.raises(_nvml.NvmlError, match=r"enabling MIG failed: no permission.*become: true"),
+    ):
         nvml.set_mig_mode(0, True)
 
 

@@ -23,3 +23,13 @@ def run_module(capsys):
         return result, exit_info.value.code != 0
 
     return runner
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(host)`` -> every state file of a simulated host, byte for byte."""
+
+    def take(host) -> dict:
+        return {p.relative_to(host.root): p.read_bytes() for p in sorted(host.root.rglob("*")) if p.is_file()}
+
+    return take

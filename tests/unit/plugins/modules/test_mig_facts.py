@@ -22,8 +22,8 @@ def test_reports_every_gpu_under_one_key(sim_host, run_module):
 
 def test_check_mode_returns_the_same_facts(sim_host, run_module):
     host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:1g.5gb"], init=False)
-    normal, _ = run_module(mig_facts, {})
-    checked, _ = run_module(mig_facts, {}, check_mode=True)
+    normal, _unused = run_module(mig_facts, {})
+    checked, _unused = run_module(mig_facts, {}, check_mode=True)
     assert checked["ansible_facts"] == normal["ansible_facts"]
     assert host.state().live(0)["gpu_instances"]  # nothing was removed
 

@@ -1,0 +1,263 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Apply a MIG layout through NVML: plan, refuse unsafe plans, execute, restore on failure (PRIVATE to the collection).
+
+Shared by the ``mig_instances`` module and the boot applier, so both run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _layout, _mode, _nvml
+
+
+class ApplyError(Exception):
+    """The layout could not be applied; ``result`` says what was done and what state was left behind."""
+
+    def __init__(self, msg: str, result: dict):
+        super().__init__(msg)
+        self.msg = msg
+        self.result = result
+
+
+def live_model(gpu: dict) -> _catalog.GpuModel:
+    """The GPU's catalog as NVML reported it in the facts; compute profiles come from the shipped data when known."""
+    shipped = _catalog.find_model(gpu["name"])
+    shipped_cis = {p.id: p.compute_profiles for p in shipped.profiles} if shipped else {}
+    profiles = tuple(
+        _catalog.GpuInstanceProfile(
+            id=p["id"],
+            nvml_index=p["nvml_index"],
+            name=p["name"],
+            compute_slices=p["slices"],
+            memory_slices=p["memory_slices"],
+            memory_mib=p["memory_mib"],
+            sm_count=p["sm_count"],
+            max_instances=p["total"],
+            placement_starts=tuple(pl["start"] for pl in p["placements"]),
+            placement_size=p["memory_slices"],
+            copy_engines=p["copy_engines"],
+            decoders=p["decoders"],
+            encoders=p["encoders"],
+            jpeg=p["jpeg"],
+            ofa=p["ofa"],
+            compute_profiles=shipped_cis.get(p["id"], ()),
+        )
+        for p in gpu["profiles"]
+    )
+    major, minor = (int(x) for x in gpu["compute_capability"].split("."))
+    return _catalog.GpuModel(
+        name=gpu["name"],
+        architecture=gpu["architecture"],
+        compute_capability=(major, minor),
+        memory_mib=gpu["memory"]["total_mib"],
+        memory_slices=max((s + p.placement_size for p in profiles for s in p.placement_starts), default=0),
+        compute_slices=max((p.compute_slices for p in profiles), default=0),
+        max_gpu_instances=max((p.max_instances for p in profiles), default=0),
+        mig_enable_requires_reset=gpu["architecture"] in _mode.RESET_ARCHITECTURES,
+        mig_mode_persists_reboot=gpu["architecture"] in _mode.RESET_ARCHITECTURES,
+        min_driver=shipped.min_driver if shipped else "0",
+        profiles=profiles,
+    )
+
+
+def read_host(nvml: _nvml.Nvml) -> tuple[list[dict], list[_layout.GpuState], dict]:
+    """Facts, planner states and catalog models (live from NVML, shipped data when MIG is off) of every GPU."""
+    facts = [nvml.gpu(i) for i in range(nvml.count())]
+    models = {}
+    for gpu in facts:
+        if not gpu["mig"]["supported"]:
+            models[gpu["index"]] = None
+            continue
+        live = live_model(gpu)
+        shipped = _catalog.find_model(gpu["name"])
+        models[gpu["index"]] = (
+            live if live.profiles and any(p.compute_profiles for p in live.profiles) else shipped or live
+        )
+    return facts, [_layout.gpu_state_from_facts(g) for g in facts], models
+
+
+def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
+    """MIG mode changes that would stay pending (Ampere with clients): mig_mode with reset must run first."""
+    problems = []
+    by_index = {g["index"]: g for g in facts}
+    for action in plan.actions:
+        if action.op != _layout.MIG_MODE:
+            continue
+        step = _mode.plan_gpu(by_index[action.gpu_index], action.enable, reset=False)
+        if step.pending_reset:
+            problems.append(
+                f"GPU {action.gpu_index} ({action.gpu_uuid}): turning MIG {'on' if action.enable else 'off'} needs a GPU "
+                f"reset while processes {list(step.pids)} hold the GPU; stop them and run gpu.mig.mig_mode with reset: true first"
+            )
+    return problems
+
+
+def _execute(nvml: _nvml.Nvml, plan: _layout.Plan) -> None:
+    """Run the plan's actions in order; compute instances of new GIs find their GI by placement."""
+    new_gi: dict[tuple[int, int, int], int] = {}
+    for action in plan.actions:
+        index = action.gpu_index
+        if action.op == _layout.DESTROY_CI:
+            nvml.destroy_compute_instance(index, action.gi_id, action.ci_id)
+        elif action.op == _layout.DESTROY_GI:
+            nvml.destroy_gpu_instance(index, action.gi_id)
+        elif action.op == _layout.MIG_MODE:
+            nvml.set_mig_mode(index, action.enable)
+            if nvml.mig_mode(index)["current"] != action.enable:
+                raise _nvml.NvmlError(
+                    f"{nvml.label(index)}: MIG mode change is pending a GPU reset; run gpu.mig.mig_mode with reset: true"
+                )
+        elif action.op == _layout.CREATE_GI:
+            start, size = action.placement
+            new_gi[(index, action.profile_id, start)] = nvml.create_gpu_instance(index, action.profile_id, start, size)
+        else:
+            gi_id = action.gi_id
+            if gi_id is None:
+                gi_id = new_gi[(index, action.gi_profile_id, action.placement[0])]
+            # Compute-instance profile ids equal their NVML_COMPUTE_INSTANCE_PROFILE_* index.
+            nvml.create_compute_instance(index, gi_id, action.profile_id)
+
+
+def _terminate(nvml: _nvml.Nvml, plan: _layout.Plan, grace: float) -> None:
+    """force: SIGTERM the processes holding instances to destroy, SIGKILL after ``grace`` s, until NVML drops them."""
+    gpus = sorted({a.gpu_index for a in plan.actions if a.busy_pids})
+    pids = sorted({pid for a in plan.actions for pid in a.busy_pids})
+    alive = pids
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as err:
+                raise _nvml.NvmlError(
+                    f"force: cannot signal process {pid} ({err}); run the task as root (become: true)"
+                ) from err
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            held = {p["pid"] for index in gpus for p in nvml.gpu(index)["processes"]}
+            alive = [pid for pid in alive if pid in held]
+        if not alive:
+            return
+    raise _nvml.NvmlError(
+        f"force: processes {alive} still hold their MIG instances after SIGKILL; nothing was destroyed"
+    )
+
+
+def slot_map(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
+    """Slot name -> where it lives now, with the MIG device UUID of each of its compute instances."""
+    by_index = {g["index"]: g for g in facts}
+    slots = {}
+    for slot in plan.slots:
+        gpu = by_index[slot.gpu_index]
+        gi = next(
+            (
+                g
+                for g in gpu["gpu_instances"]
+                if g["profile_id"] == slot.profile_id and g["placement"]["start"] == slot.start
+            ),
+            None,
+        )
+        cis = gi["compute_instances"] if gi else []
+        slots[slot.name] = {
+            "gpu_index": slot.gpu_index,
+            "gpu_uuid": slot.gpu_uuid,
+            "gpu_name": gpu["name"],
+            "profile": slot.profile,
+            "placement": {"start": slot.start, "size": slot.size},
+            "gpu_instance_id": gi["id"] if gi else None,
+            "compute_instance_id": cis[0]["id"] if cis else None,
+            "mig_uuid": cis[0]["uuid"] if cis else None,
+            "memory_mib": gi["memory_mib"] if gi else None,
+            "compute_instances": [{"id": c["id"], "profile": c["profile"], "mig_uuid": c["uuid"]} for c in cis],
+        }
+    return slots
+
+
+def _restore(nvml: _nvml.Nvml, original: list[dict]) -> tuple[bool, str]:
+    """Bring the host back to the layout found at the start; returns (restored, description)."""
+    try:
+        _facts, states, models = read_host(nvml)
+        plan = _layout.plan_layout(original, states, models)
+        _execute(nvml, plan)
+    except (_nvml.NvmlError, _layout.LayoutError) as err:
+        _facts, states, _models = read_host(nvml)
+        return False, f"restoring the layout found at the start failed too ({err}); left behind: {_describe(states)}"
+    recreated = [a.slot for a in plan.actions if a.op == _layout.CREATE_GI]
+    note = f"; re-created instances have new MIG UUIDs: {', '.join(recreated)}" if recreated else ""
+    return True, f"the layout found at the start was restored{note}"
+
+
+def _describe(states: list[_layout.GpuState]) -> str:
+    return "; ".join(
+        f"GPU {s.index}: "
+        + (", ".join(f"{g.profile}@{g.start} (GI {g.id})" for g in s.gpu_instances) or "no instances")
+        for s in states
+        if s.mig_supported
+    )
+
+
+def apply_layout(
+    nvml: _nvml.Nvml, layout: list, force: bool = False, check_mode: bool = False, grace: float = 10.0
+) -> dict:
+    """Plan ``layout`` against the host and (unless check mode) execute it.
+
+    Everything is validated before the first change. With ``force``, processes holding instances to destroy are
+    terminated first (SIGTERM, then SIGKILL after ``grace`` seconds). Raises LayoutError for invalid, infeasible or unsafe layouts
+    (nothing changed) and ApplyError when NVML fails midway (after restoring the layout found at the start, or
+    saying exactly what was left behind).
+    """
+    facts, states, models = read_host(nvml)
+    plan = _layout.plan_layout(layout, states, models)
+    warnings = list(_layout.check_busy(plan, force))
+    problems = _mode_problems(plan, facts)
+    if problems:
+        raise _layout.LayoutError(problems)
+    result = {
+        "changed": plan.changed,
+        "plan": plan.to_dict(),
+        "diff": plan.diff(),
+        "warnings": warnings,
+        "restored": False,
+    }
+    if check_mode or not plan.changed:
+        result.update(slots=_predicted_slots(plan, facts), facts=facts)
+        return result
+    try:
+        if warnings:
+            _terminate(nvml, plan, grace)
+        _execute(nvml, plan)
+    except _nvml.NvmlError as err:
+        restored, how = _restore(nvml, _layout.layout_from_state(states))
+        after, _states, _models = read_host(nvml)
+        result.update(restored=restored, facts=after, slots=slot_map(plan, after), changed=True)
+        raise ApplyError(f"{err.msg}; {how}", result) from err
+    after, _states, _models = read_host(nvml)
+    result.update(slots=slot_map(plan, after), facts=after)
+    return result
+
+
+def _predicted_slots(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
+    """Check mode: the slot map a real run would return, with UUIDs only for instances that are kept."""
+    slots = slot_map(plan, facts)
+    for slot in plan.slots:
+        if slot.gi_id is None:
+            entry = slots[slot.name]
+            entry.update(gpu_instance_id=None, compute_instance_id=None, mig_uuid=None, compute_instances=[])
+            entry["memory_mib"] = next(
+                (
+                    p["memory_mib"]
+                    for g in facts
+                    if g["index"] == slot.gpu_index
+                    for p in g["profiles"]
+                    if p["id"] == slot.profile_id
+                ),
+                None,
+            )
+    return slots

@@ -1,0 +1,242 @@
+#!/usr/bin/python
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Apply a declarative MIG layout with the minimal change."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: mig_instances
+short_description: Apply a declarative MIG layout with the minimal change
+version_added: 0.1.0
+description:
+  - Makes the MIG GPU and compute instances of the selected GPUs match a layout of named slots.
+  - GPU instances that already match a slot (profile, and placement when the slot pins one) are kept, so their MIG
+    UUIDs stay stable; only what differs is destroyed and created. New instances get explicit placements chosen so
+    that any feasible set of profiles applies whatever order it is written in.
+  - The whole plan is validated before the first change. Instances with running processes are never destroyed unless
+    O(force=true); the refusal names the slot, GPU, instance and PIDs.
+  - If NVML fails midway, the layout found at the start is restored and the failure says so; where that is impossible
+    the failure reports the exact state left behind.
+  - GPUs that no entry selects are left untouched; on a selected GPU every instance that no slot asks for is destroyed.
+author:
+  - gpu.mig maintainers (@gpu-mig)
+options:
+  layout:
+    description:
+      - The desired layout, a list of entries. See C(docs/layout.md) for the full reference.
+      - Each entry has C(gpus) (a selector or list of selectors; default C(all)), C(mig_enabled) (default V(true)) and
+        C(slots), a list of C(name), C(profile) (name such as C(3g.20gb) or profile id), optional C(placement) (start
+        memory slice) and optional C(compute_instances) (list of C(name), C(profile) such as C(1c.3g.20gb)).
+      - Slot names are unique per host and match C(^[a-z0-9][a-z0-9_-]{0,62}$).
+      - Mutually exclusive with O(mig_parted_config).
+    type: list
+    elements: dict
+  mig_parted_config:
+    description:
+      - A parsed NVIDIA mig-parted configuration (C(version=v1), C(mig-configs)), converted into a layout.
+      - Slots are named C(gpu<index>-<profile>-<n>).
+    type: dict
+  mig_parted_config_name:
+    description:
+      - The named configuration inside O(mig_parted_config) to apply.
+    type: str
+  state:
+    description:
+      - V(present) applies the layout; V(absent) destroys every instance on the GPUs selected by O(gpus).
+    type: str
+    choices: [present, absent]
+    default: present
+  gpus:
+    description:
+      - With O(state=absent), the GPUs to clear (index, UUID, PCI bus id, product name, C(arch:<generation>) or C(all)).
+    type: list
+    elements: str
+    default: [all]
+  force:
+    description:
+      - Destroy instances even when processes use them. NVML refuses to destroy a busy instance, so the processes that
+        hold instances to destroy are sent SIGTERM, then SIGKILL after O(force_grace) seconds.
+    type: bool
+    default: false
+  force_grace:
+    description:
+      - With O(force=true), seconds between SIGTERM and SIGKILL.
+    type: int
+    default: 10
+extends_documentation_fragment:
+  - gpu.mig.nvml
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Check mode returns the same plan that a real run executes.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: The layout of each selected GPU before and after, one line per GPU instance.
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: full
+seealso:
+  - module: gpu.mig.mig_facts
+  - module: gpu.mig.mig_mode
+"""
+
+EXAMPLES = r"""
+- name: A chat bot on a medium slice, a classifier and OCR on small ones (A100-40GB)
+  gpu.mig.mig_instances:
+    layout:
+      - gpus: ["NVIDIA A100-SXM4-40GB"]
+        slots:
+          - {name: chat, profile: 3g.20gb}
+          - {name: classifier, profile: 2g.10gb}
+          - {name: ocr, profile: 1g.5gb}
+  register: mig
+
+- name: Pin services to the slots' MIG UUIDs
+  ansible.builtin.debug:
+    msg: "chat runs on {{ mig.slots.chat.mig_uuid }}"
+
+- name: The same on H100-80GB, with the classifier split into two compute instances
+  gpu.mig.mig_instances:
+    layout:
+      - gpus: ["arch:hopper"]
+        slots:
+          - {name: chat, profile: 3g.40gb}
+          - name: classifier
+            profile: 2g.20gb
+            compute_instances: [{name: cls-a, profile: 1c.2g.20gb}, {name: cls-b, profile: 1c.2g.20gb}]
+          - {name: ocr, profile: 1g.10gb}
+
+- name: Bring a mig-parted config
+  gpu.mig.mig_instances:
+    mig_parted_config: "{{ lookup('ansible.builtin.file', 'mig-config.yaml') | from_yaml }}"
+    mig_parted_config_name: all-balanced
+
+- name: Remove every instance from GPU 2
+  gpu.mig.mig_instances:
+    state: absent
+    gpus: [2]
+"""
+
+RETURN = r"""
+slots:
+  description:
+    - Slot name to where it lives. C(mig_uuid) is the MIG device UUID of the slot's first compute instance
+      (null in check mode for instances that would be created).
+  returned: always
+  type: dict
+  sample:
+    chat:
+      gpu_index: 0
+      gpu_uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000
+      gpu_name: NVIDIA A100-SXM4-40GB
+      profile: 3g.20gb
+      placement: {start: 4, size: 4}
+      gpu_instance_id: 2
+      compute_instance_id: 0
+      mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000
+      memory_mib: 20096
+      compute_instances: [{id: 0, profile: 3g.20gb, mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000}]
+plan:
+  description:
+    - The plan as a value. C(actions) run in order (destroy compute instances, destroy GPU instances, MIG mode, create
+      GPU instances with explicit placements, create compute instances); C(gpus) summarises keep/destroy/create per GPU.
+  returned: always
+  type: dict
+  sample: {changed: true, actions: [{op: create_gi, gpu_index: 0, slot: ocr, profile: 1g.5gb, placement: {start: 6, size: 1}}]}
+restored:
+  description: True when a failure midway was rolled back to the layout found at the start.
+  returned: always
+  type: bool
+  sample: false
+warnings_busy:
+  description: With O(force=true), the busy instances that were destroyed anyway, with the PIDs that were terminated.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+ansible_facts:
+  description: The refreshed C(nvidia_mig) facts after the change (before it, in check mode).
+  returned: always
+  type: dict
+  contains:
+    nvidia_mig:
+      description: Same structure as gpu.mig.mig_facts returns.
+      returned: always
+      type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout, _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
+
+
+def desired_layout(module: AnsibleModule, nvml: _nvml.Nvml) -> list:
+    """The layout to apply: as given, converted from mig-parted, or 'no instances' for state=absent."""
+    params = module.params
+    if params["state"] == "absent":
+        facts = [nvml.gpu(i) for i in range(nvml.count())]
+        selected = [g for g in select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
+        return [{"gpus": g["uuid"], "slots": []} for g in selected]
+    if params["mig_parted_config"] is not None:
+        _facts, states, models = _apply.read_host(nvml)
+        return _layout.layout_from_mig_parted(
+            params["mig_parted_config"], params["mig_parted_config_name"], states, models
+        )
+    return params["layout"]
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "layout": {"type": "list", "elements": "dict"},
+            "mig_parted_config": {"type": "dict"},
+            "mig_parted_config_name": {"type": "str"},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "gpus": {"type": "list", "elements": "str", "default": ["all"]},
+            "force": {"type": "bool", "default": False},
+            "force_grace": {"type": "int", "default": 10},
+        },
+        mutually_exclusive=[("layout", "mig_parted_config")],
+        required_if=[("state", "present", ("layout", "mig_parted_config"), True)],
+        required_together=[("mig_parted_config", "mig_parted_config_name")],
+        supports_check_mode=True,
+    )
+    if not _nvml.HAS_PYNVML:
+        module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
+    system = {}
+    try:
+        with _nvml.Nvml() as nvml:
+            system = dict(nvml.system(), loaded=True, error=None)
+            layout = desired_layout(module, nvml)
+            result = _apply.apply_layout(
+                nvml, layout, module.params["force"], module.check_mode, grace=module.params["force_grace"]
+            )
+    except (_layout.LayoutError, SelectorError) as err:
+        module.fail_json(msg=str(err), changed=False)
+    except _apply.ApplyError as err:
+        module.fail_json(msg=err.msg, **_returns(err.result, system))
+    except _nvml.NvmlError as err:
+        module.fail_json(msg=err.msg)
+    module.exit_json(**_returns(result, system))
+
+
+def _returns(result: dict, system: dict) -> dict:
+    gpus = result["facts"]
+    return {
+        "changed": result["changed"],
+        "slots": result["slots"],
+        "plan": result["plan"],
+        "restored": result["restored"],
+        "warnings_busy": result["warnings"],
+        "diff": result["diff"],
+        "ansible_facts": {"nvidia_mig": {"driver": system, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""mig_instances against the simulated NVML: order-free solving, stable UUIDs, exact check mode, safe failures."""
+
+from __future__ import annotations
+
+import pynvml
+import pytest
+
+from ansible_collections.gpu.mig.plugins.modules import mig_instances
+
+SEED = [
+    {"name": "chat", "profile": "3g.20gb"},
+    {"name": "classifier", "profile": "2g.10gb"},
+    {"name": "ocr", "profile": "1g.5gb"},
+]
+
+
+def layout(slots, gpus=0):
+    return {"layout": [{"gpus": gpus, "slots": slots}]}
+
+
+@pytest.mark.parametrize("order", [["3g.20gb", "4g.20gb"], ["4g.20gb", "3g.20gb"]])
+def test_any_feasible_order_applies(sim_host, run_module, order):
+    sim_host("A100-SXM4-40GB:mig=on", init=False)
+    slots = [{"name": f"s{i}", "profile": p} for i, p in enumerate(order)]
+    result, failed = run_module(mig_instances, layout(slots))
+    assert not failed, result.get("msg")
+    assert result["changed"] is True
+    assert sorted(s["profile"] for s in result["slots"].values()) == ["3g.20gb", "4g.20gb"]
+    assert all(s["mig_uuid"].startswith("MIG-") for s in result["slots"].values())
+    again, _unused = run_module(mig_instances, layout(slots))
+    assert again["changed"] is False and again["slots"] == result["slots"]
+
+
+def test_changing_one_slot_of_three_keeps_the_other_uuids(sim_host, run_module):
+    sim_host("A100-SXM4-40GB:mig=on", init=False)
+    first, _unused = run_module(mig_instances, layout(SEED))
+    changed = [SEED[0], SEED[1], {"name": "ocr", "profile": "1g.10gb"}]
+    second, failed = run_module(mig_instances, layout(changed))
+    assert not failed, second.get("msg")
+    for name in ("chat", "classifier"):
+        assert second["slots"][name]["mig_uuid"] == first["slots"][name]["mig_uuid"]
+    assert second["slots"]["ocr"]["mig_uuid"] != first["slots"]["ocr"]["mig_uuid"]
+    assert second["slots"]["ocr"]["profile"] == "1g.10gb"
+
+
+def test_check_mode_predicts_the_real_plan_and_changes_nothing(sim_host, run_module, snapshot):
+    host = sim_host("H100-80GB:mig=on", instances=["0:1g.10gb@6"], init=False)
+    spec = layout([{"name": "chat", "profile": "3g.40gb"}, {"name": "ocr", "profile": "1g.10gb"}])
+    before = snapshot(host)
+    checked, _unused = run_module(mig_instances, spec, check_mode=True)
+    assert snapshot(host) == before
+    real, _unused = run_module(mig_instances, spec)
+    assert checked["plan"] == real["plan"] and checked["changed"] is real["changed"] is True
+    assert checked["slots"]["ocr"]["mig_uuid"] == real["slots"]["ocr"]["mig_uuid"]  # kept instance
+    assert checked["slots"]["chat"]["mig_uuid"] is None and real["slots"]["chat"]["mig_uuid"].startswith("MIG-")
+
+
+def test_diff_mode_shows_before_and_after(sim_host, run_module):
+    sim_host("A100-SXM4-40GB:mig=on", init=False)
+    result, _unused = run_module(mig_instances, layout(SEED), check_mode=True, diff=True)
+    assert "3g.20gb" not in result["diff"]["before"] and "3g.20gb" in result["diff"]["after"]
+    assert "slot=chat" in result["diff"]["after"]
+
+
+def test_busy_instance_is_refused_naming_slot_gpu_instance_and_pids(sim_host, run_module, snapshot):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:7g.40gb"], init=False)
+    gi_id = host.state().live(0)["gpu_instances"][0]["id"]
+    pid = host.add_process(f"0:{gi_id}:0:512")
+    before = snapshot(host)
+    result, failed = run_module(mig_instances, layout(SEED))
+    assert failed and result["changed"] is False
+    assert str(pid) in result["msg"] and "GPU 0 (GPU-" in result["msg"] and "slot 'chat'" in result["msg"]
+    assert "force" in result["msg"]
+    assert snapshot(host) == before
+    forced, failed = run_module(mig_instances, dict(layout(SEED), force=True))
+    assert not failed and forced["changed"] and str(pid) in forced["warnings_busy"][0]
+
+
+def test_infeasible_layout_fails_before_any_change_and_proposes(sim_host, run_module, snapshot):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:1g.5gb@0"], init=False)
+    before = snapshot(host)
+    slots = [{"name": "a", "profile": "4g.20gb"}, {"name": "b", "profile": "4g.20gb"}]
+    result, failed = run_module(mig_instances, layout(slots))
+    assert failed and result["changed"] is False and "4g.20gb" in result["msg"]
+    assert snapshot(host) == before
+
+
+@pytest.mark.parametrize(
+    ("slots", "expected"),
+    [
+        ([{"name": "a", "profile": "9g.99gb"}], "9g.99gb"),
+        ([{"name": "a", "profile": "1g.5gb"}, {"name": "a", "profile": "1g.5gb"}], "'a'"),
+        ([{"name": "Bad Name", "profile": "1g.5gb"}], "Bad Name"),
+        ([{"name": "a", "profile": "3g.20gb", "placement": 2}], "placement"),
+    ],
+)
+def test_invalid_slots_are_clear_errors(sim_host, run_module, snapshot, slots, expected):
+    host = sim_host("A100-SXM4-40GB:mig=on", init=False)
+    before = snapshot(host)
+    result, failed = run_module(mig_instances, layout(slots))
+    assert failed and expected in result["msg"]
+    assert snapshot(host) == before
+
+
+def test_failed_create_restores_the_starting_layout_and_rerun_converges(sim_host, run_module):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4", "0:1g.5gb@0"], init=False)
+    start = {(g["profile_id"], g["start"]) for g in host.state().live(0)["gpu_instances"]}
+    host.fault("nvmlDeviceCreateGpuInstanceWithPlacement", pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, times=1)
+    spec = layout([{"name": "big", "profile": "4g.20gb"}, {"name": "small", "profile": "2g.10gb"}])
+    result, failed = run_module(mig_instances, spec)
+    assert failed and result["restored"] is True and "restored" in result["msg"]
+    assert {(g["profile_id"], g["start"]) for g in host.state().live(0)["gpu_instances"]} == start
+    rerun, failed = run_module(mig_instances, spec)
+    assert not failed and rerun["changed"]
+    assert sorted(s["profile"] for s in rerun["slots"].values()) == ["2g.10gb", "4g.20gb"]
+
+
+def test_state_absent_clears_and_is_idempotent(sim_host, run_module):
+    sim_host("A100-SXM4-40GB:mig=on", "H100-80GB:mig=on", instances=["0:1g.5gb", "1:1g.10gb"], init=False)
+    result, failed = run_module(mig_instances, {"state": "absent", "gpus": ["0"]})
+    assert not failed and result["changed"]
+    gpus = result["ansible_facts"]["nvidia_mig"]["gpus"]
+    assert gpus[0]["gpu_instances"] == [] and len(gpus[1]["gpu_instances"]) == 1
+    again, _unused = run_module(mig_instances, {"state": "absent", "gpus": ["0"]})
+    assert again["changed"] is False
+
+
+def test_hopper_mig_is_enabled_on_the_way(sim_host, run_module):
+    sim_host("H100-80GB", init=False)
+    result, failed = run_module(mig_instances, layout([{"name": "chat", "profile": "3g.40gb"}]))
+    assert not failed and result["slots"]["chat"]["mig_uuid"].startswith("MIG-")
+
+
+def test_busy_ampere_mode_change_points_to_mig_mode(sim_host, run_module):
+    host = sim_host("A100-SXM4-40GB", processes=["0:100"], init=False)
+    pid = host.state().live(0)["processes"][0]["pid"]
+    result, failed = run_module(mig_instances, layout([{"name": "chat", "profile": "3g.20gb"}]))
+    assert failed and f"processes [{pid}]" in result["msg"] and "gpu.mig.mig_mode with reset: true" in result["msg"]
+
+
+def test_mig_parted_config_is_converted(sim_host, run_module):
+    sim_host("A100-SXM4-40GB:mig=on", init=False)
+    config = {
+        "version": "v1",
+        "mig-configs": {
+            "balanced": [
+                {"devices": "all", "mig-enabled": True, "mig-devices": {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1}}
+            ]
+        },
+    }
+    result, failed = run_module(mig_instances, {"mig_parted_config": config, "mig_parted_config_name": "balanced"})
+    assert not failed, result.get("msg")
+    assert sorted(s["profile"] for s in result["slots"].values()) == ["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
