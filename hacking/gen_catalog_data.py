@@ -292,50 +292,25 @@ def build(data: dict) -> dict:
     return {name: _model(ref, model) for name, model in ref.models.items()}
 
 
-def _literal(value, indent: int, prefix: str, suffix: str) -> list[str]:
-    """Render value as ruff-format-stable source lines (one line if it fits, else one item per line)."""
-    pad = " " * indent
-    flat = _flat(value)
-    if len(pad) + len(prefix) + len(flat) + len(suffix) <= LINE_LENGTH or not isinstance(value, (dict, list, str)):
-        return [f"{pad}{prefix}{flat}{suffix}"]
-    if isinstance(value, str):  # parenthesized, as implicit concatenation where one line is too long
-        chunks = _wrap(value, LINE_LENGTH - indent - 6)
-        return [f"{pad}{prefix}(", *(f"{pad}    {_flat(c)}" for c in chunks), f"{pad}){suffix}"]
-    opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
-    lines = [f"{pad}{prefix}{opening}"]
-    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
-    for key, item in items:
-        lines += _literal(item, indent + 4, "" if key is None else f"{json.dumps(key)}: ", ",")
-    return [*lines, f"{pad}{closing}{suffix}"]
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    """Split text at spaces into pieces of at most width characters (spaces kept at the piece ends)."""
-    if len(text) <= width:
-        return [text]
-    chunks = [""]
-    for word in text.split(" "):
-        if chunks[-1] and len(chunks[-1]) + len(word) + 1 > width:
-            chunks.append("")
-        chunks[-1] += word + " "
-    chunks[-1] = chunks[-1][:-1]
-    return chunks
-
-
-def _flat(value) -> str:
+def _check_plain(value) -> None:
+    """Strings go into a Python string literal unescaped, so they must hold no quote or backslash."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)}: {_flat(v)}" for k, v in value.items()) + "}"
+        value = list(value.values())
     if isinstance(value, list):
-        return "[" + ", ".join(_flat(v) for v in value) + "]"
-    if isinstance(value, str):
-        if '"' in value or "\\" in value:
-            raise CatalogError(f"string needs escaping, keep it plain: {value!r}")
-        return json.dumps(value, ensure_ascii=False)
-    return repr(value)
+        for item in value:
+            _check_plain(item)
+    elif isinstance(value, str) and ('"' in value or "\\" in value):
+        raise CatalogError(f"string needs escaping, keep it plain: {value!r}")
 
 
 def render_module(models: dict) -> str:
-    return HEADER + "\n".join(_literal(models, 0, "MODELS = ", "")) + "\n"
+    """JSON in a string: json.loads is far cheaper than compiling a large literal (modules run without .pyc)."""
+    _check_plain(models)
+    lines = []
+    for line in json.dumps(models, indent=1, ensure_ascii=True).splitlines():
+        chunks = [line[i : i + LINE_LENGTH] for i in range(0, len(line), LINE_LENGTH)] or [""]
+        lines.append("\\\n".join(chunks))  # a backslash-newline inside the string joins the pieces again
+    return HEADER + 'MODELS_JSON = """\n' + "\n".join(lines) + '\n"""\n'
 
 
 def render_docs(models: dict) -> str:

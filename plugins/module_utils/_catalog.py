@@ -9,9 +9,10 @@ On a real GPU the catalog is read live from NVML by ``_nvml``; the shipped table
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from ansible_collections.gpu.mig.plugins.module_utils._catalog_data import MODELS as _MODELS
+from ansible_collections.gpu.mig.plugins.module_utils._catalog_data import MODELS_JSON
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def _model(data: dict) -> GpuModel:
     return GpuModel(**values)
 
 
-MODELS: dict[str, GpuModel] = {name: _model(data) for name, data in _MODELS.items()}
+MODELS: dict[str, GpuModel] = {name: _model(data) for name, data in json.loads(MODELS_JSON).items()}
 
 
 def find_model(product_name: str) -> GpuModel | None:

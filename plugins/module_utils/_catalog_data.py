@@ -5,2379 +5,2914 @@
 
 from __future__ import annotations
 
-MODELS = {
-    "NVIDIA A100-SXM4-40GB": {
-        "name": "NVIDIA A100-SXM4-40GB",
-        "architecture": "ampere",
-        "compute_capability": [8, 0],
-        "memory_mib": 40960,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": True,
-        "mig_mode_persists_reboot": True,
-        "min_driver": "450.80.02",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.5gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 4864,
-                "sm_count": 14,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 0,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.5gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.5gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 4864,
-                "sm_count": 14,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.5gb+me",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib as 1g.5gb (same slices, 4.75 GiB at driver 580.126.09); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.10gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 9984,
-                "sm_count": 14,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.10gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib as 2g.10gb (same slices, 9.75 GiB at driver 580.126.09); default CI id 7 as seen on "
-                    "NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.10gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 9984,
-                "sm_count": 28,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.10gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.10gb", "slice_count": 2, "sm_count": 28, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.20gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 20096,
-                "sm_count": 42,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.20gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.20gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.20gb", "slice_count": 3, "sm_count": 42, "max_instances": 1, "default": True},
-                ],
-                "note": "memory_mib as 4g.20gb (same slices, 19.62 GiB at driver 580.126.09)",
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.20gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 20096,
-                "sm_count": 56,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.20gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.20gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.20gb", "slice_count": 4, "sm_count": 56, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.40gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 40325,
-                "sm_count": 98,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 7,
-                "decoders": 5,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.40gb",
-                        "slice_count": 3,
-                        "sm_count": 42,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.40gb",
-                        "slice_count": 4,
-                        "sm_count": 56,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 4, "name": "7g.40gb", "slice_count": 7, "sm_count": 98, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 39.38 GiB x 1024 (driver 580.126.09); CI values by NVML convention: 1c.7g.40gb "
-                    "(id/sm_count/max_instances), 2c.7g.40gb (id/sm_count/max_instances), 3c.7g.40gb "
-                    "(id/sm_count/max_instances), 4c.7g.40gb (id/max_instances), 7g.40gb (id)"
-                ),
-            },
-        ],
-        "aliases": ["A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB"],
-        "pci_device_ids": ["0x20B010DE", "0x20F110DE", "0x20B110DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver 580.126.09)",
-            "variant NVIDIA A100-PCIE-40GB (0x20F110DE, 0x20B110DE): profile table not separately confirmed",
-        ],
-    },
-    "NVIDIA A100-SXM4-80GB": {
-        "name": "NVIDIA A100-SXM4-80GB",
-        "architecture": "ampere",
-        "compute_capability": [8, 0],
-        "memory_mib": 81920,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": True,
-        "mig_mode_persists_reboot": True,
-        "min_driver": "450.80.02",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.10gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9728,
-                "sm_count": 14,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 0,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.10gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 9.5 GiB x 1024 (driver 550.54.14); CI "
-                    "values by NVML convention: 1g.10gb (sm_count)"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.10gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9728,
-                "sm_count": 14,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.10gb+me",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 9.5 GiB x 1024 (driver 550.54.14); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.20gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 19968,
-                "sm_count": 14,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.20gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 19.5 GiB x 1024 (driver 550.54.14); "
-                    "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.20gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 19968,
-                "sm_count": 28,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.20gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.20gb", "slice_count": 2, "sm_count": 28, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 19.5 GiB x 1024 (driver 550.54.14); CI "
-                    "values by NVML convention: 1c.2g.20gb, 2g.20gb (sm_count)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.40gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 40192,
-                "sm_count": 42,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.40gb", "slice_count": 3, "sm_count": 42, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.40gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 40192,
-                "sm_count": 56,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.40gb", "slice_count": 4, "sm_count": 56, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.80gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 80640,
-                "sm_count": 98,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 7,
-                "decoders": 5,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.80gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.80gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.80gb",
-                        "slice_count": 3,
-                        "sm_count": 42,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.80gb",
-                        "slice_count": 4,
-                        "sm_count": 56,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 4, "name": "7g.80gb", "slice_count": 7, "sm_count": 98, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 78.75 GiB x 1024 (driver 550.54.14); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-        ],
-        "aliases": ["NVIDIA A100 80GB PCIe"],
-        "pci_device_ids": ["0x20B210DE", "0x20B510DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver 550.54.14)",
-            "variant NVIDIA A100 80GB PCIe (0x20B510DE): profile table not separately confirmed",
-        ],
-    },
-    "NVIDIA A30": {
-        "name": "NVIDIA A30",
-        "architecture": "ampere",
-        "compute_capability": [8, 0],
-        "memory_mib": 24576,
-        "memory_slices": 4,
-        "compute_slices": 4,
-        "max_gpu_instances": 4,
-        "mig_enable_requires_reset": True,
-        "mig_mode_persists_reboot": True,
-        "min_driver": "460.73.01",
-        "profiles": [
-            {
-                "id": 14,
-                "nvml_index": 0,
-                "name": "1g.6gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 5952,
-                "sm_count": 14,
-                "max_instances": 4,
-                "placement_starts": [0, 1, 2, 3],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.6gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 21,
-                "nvml_index": 7,
-                "name": "1g.6gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 5952,
-                "sm_count": 14,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.6gb+me",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib as 1g.6gb (same slices, 5.81 GiB at driver 535.183.01); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 1,
-                "name": "2g.12gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 11968,
-                "sm_count": 28,
-                "max_instances": 2,
-                "placement_starts": [0, 2],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.12gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.12gb", "slice_count": 2, "sm_count": 28, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 6,
-                "nvml_index": 8,
-                "name": "2g.12gb+me",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 11968,
-                "sm_count": 28,
-                "max_instances": 1,
-                "placement_starts": [0, 2],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.12gb+me",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2g.12gb+me",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib as 2g.12gb (same slices, 11.69 GiB at driver 535.183.01); CI profiles by NVML "
-                    "convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 3,
-                "name": "4g.24gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 24003,
-                "sm_count": 56,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.24gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.24gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.24gb", "slice_count": 4, "sm_count": 56, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 23.44 GiB x 1024 (driver 535.183.01); CI profiles by NVML convention (none in "
-                    "reference)"
-                ),
-            },
-        ],
-        "aliases": ["A30"],
-        "pci_device_ids": ["0x20B710DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver 535.183.01)",
-            "min_driver: R460 (>= 460.73.01); 1g.6gb+me from R470; 2g.12gb+me from R525",
-        ],
-    },
-    "NVIDIA H100 80GB HBM3": {
-        "name": "NVIDIA H100 80GB HBM3",
-        "architecture": "hopper",
-        "compute_capability": [9, 0],
-        "memory_mib": 81559,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "525.85.12",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.10gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9984,
-                "sm_count": 16,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.10gb", "slice_count": 1, "sm_count": 16, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 9.75 GiB x 1024 (driver unstated); CI values by NVML convention: 1g.10gb (sm_count)"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.10gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9984,
-                "sm_count": 16,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.10gb+me",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib = 9.75 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.20gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 20091,
-                "sm_count": 26,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.20gb", "slice_count": 1, "sm_count": 26, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 19.62 GiB x 1024 (driver unstated); default CI id 7 as seen on NVIDIA GH200 480GB "
-                    "(1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.20gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 20091,
-                "sm_count": 32,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.20gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.20gb", "slice_count": 2, "sm_count": 32, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 19.62 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in "
-                    "reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.40gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 40448,
-                "sm_count": 60,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 3,
-                "encoders": 0,
-                "jpeg": 3,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.40gb", "slice_count": 3, "sm_count": 60, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 39.5 GiB x 1024 (driver unstated); CI values by NVML convention: 1c.3g.40gb "
-                    "(id/sm_count/max_instances), 2c.3g.40gb, 3g.40gb"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.40gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 40448,
-                "sm_count": 64,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 4,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.40gb", "slice_count": 4, "sm_count": 64, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib = 39.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.80gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 81152,
-                "sm_count": 132,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 8,
-                "decoders": 7,
-                "encoders": 0,
-                "jpeg": 7,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.80gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.80gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.80gb",
-                        "slice_count": 3,
-                        "sm_count": 48,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.80gb",
-                        "slice_count": 4,
-                        "sm_count": 64,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.80gb",
-                        "slice_count": 7,
-                        "sm_count": 132,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib = 79.25 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in "
-                    "reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x233010DE"],
-        "notes": ["memory_mib as nvidia-smi reports it (driver unstated)"],
-    },
-    "NVIDIA H100 PCIe": {
-        "name": "NVIDIA H100 PCIe",
-        "architecture": "hopper",
-        "compute_capability": [9, 0],
-        "memory_mib": 81559,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "525.85.12",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.10gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9984,
-                "sm_count": 14,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.10gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.10gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 9984,
-                "sm_count": 14,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.10gb+me",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib as 1g.10gb (same slices, 9.75 GiB at "
-                    "driver 570.169); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.20gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 20091,
-                "sm_count": 14,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.20gb", "slice_count": 1, "sm_count": 14, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 19.62 GiB x 1024 (driver 570.169); "
-                    "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.20gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 20091,
-                "sm_count": 30,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.20gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.20gb", "slice_count": 2, "sm_count": 30, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 19.62 GiB x 1024 (driver 570.169); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.40gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 40448,
-                "sm_count": 46,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 3,
-                "encoders": 0,
-                "jpeg": 3,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.40gb", "slice_count": 3, "sm_count": 46, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 39.5 GiB x 1024 (driver 570.169); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.40gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 40448,
-                "sm_count": 62,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 4,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.40gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.40gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.40gb", "slice_count": 4, "sm_count": 62, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 39.5 GiB x 1024 (driver 570.169); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.80gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 81152,
-                "sm_count": 114,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 8,
-                "decoders": 7,
-                "encoders": 0,
-                "jpeg": 7,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.80gb",
-                        "slice_count": 1,
-                        "sm_count": 14,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.80gb",
-                        "slice_count": 2,
-                        "sm_count": 28,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.80gb",
-                        "slice_count": 3,
-                        "sm_count": 42,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.80gb",
-                        "slice_count": 4,
-                        "sm_count": 56,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.80gb",
-                        "slice_count": 7,
-                        "sm_count": 114,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 79.25 GiB x 1024 (driver 570.169); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x233110DE"],
-        "notes": ["memory_mib as nvidia-smi reports it (driver 570.169)"],
-    },
-    "NVIDIA H100 NVL": {
-        "name": "NVIDIA H100 NVL",
-        "architecture": "hopper",
-        "compute_capability": [9, 0],
-        "memory_mib": 95830,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "525.85.12",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.12gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 11008,
-                "sm_count": 16,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.12gb", "slice_count": 1, "sm_count": 16, "max_instances": 1, "default": True},
-                ],
-                "note": None,
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.12gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 11008,
-                "sm_count": 16,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.12gb+me",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib as 1g.12gb (same slices, 10.75 GiB at driver 560.35.03); CI profiles by NVML "
-                    "convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.24gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 22144,
-                "sm_count": 26,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.24gb", "slice_count": 1, "sm_count": 26, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.24gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 22144,
-                "sm_count": 32,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.24gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.24gb", "slice_count": 2, "sm_count": 32, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib as 1g.24gb (same slices, 21.62 GiB at driver 560.35.03); CI profiles by NVML "
-                    "convention (none in reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.47gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 47488,
-                "sm_count": 60,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 3,
-                "encoders": 0,
-                "jpeg": 3,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.47gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.47gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.47gb", "slice_count": 3, "sm_count": 60, "max_instances": 1, "default": True},
-                ],
-                "note": "CI profiles by NVML convention (none in reference)",
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.47gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 47488,
-                "sm_count": 64,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 4,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.47gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.47gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.47gb", "slice_count": 4, "sm_count": 64, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "memory_mib as 3g.47gb (same slices, 46.38 GiB at driver 560.35.03); CI profiles by NVML "
-                    "convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.94gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 95355,
-                "sm_count": 132,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 8,
-                "decoders": 7,
-                "encoders": 0,
-                "jpeg": 7,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.94gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.94gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.94gb",
-                        "slice_count": 3,
-                        "sm_count": 48,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.94gb",
-                        "slice_count": 4,
-                        "sm_count": 64,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.94gb",
-                        "slice_count": 7,
-                        "sm_count": 132,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "memory_mib = 93.12 GiB x 1024 (driver 560.35.03); CI profiles by NVML convention (none in "
-                    "reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x232110DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver 560.35.03)",
-            "min_driver: R525 (>= 525.85.12) per the H100 row; NVL not listed separately",
-        ],
-    },
-    "NVIDIA H200": {
-        "name": "NVIDIA H200",
-        "architecture": "hopper",
-        "compute_capability": [9, 0],
-        "memory_mib": 143771,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "550.90.07",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.18gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 16384,
-                "sm_count": 16,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.18gb", "slice_count": 1, "sm_count": 16, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 16.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.18gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 16384,
-                "sm_count": 16,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.18gb+me",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 16.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.35gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 33024,
-                "sm_count": 26,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.35gb", "slice_count": 1, "sm_count": 26, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 32.25 GiB x 1024 (driver unstated); "
-                    "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.35gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 33024,
-                "sm_count": 32,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.35gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.35gb", "slice_count": 2, "sm_count": 32, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 32.25 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.71gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 71168,
-                "sm_count": 60,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 3,
-                "encoders": 0,
-                "jpeg": 3,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.71gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.71gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.71gb", "slice_count": 3, "sm_count": 60, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 69.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.71gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 71168,
-                "sm_count": 64,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 4,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.71gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.71gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.71gb", "slice_count": 4, "sm_count": 64, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 69.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.141gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 143104,
-                "sm_count": 132,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 8,
-                "decoders": 7,
-                "encoders": 0,
-                "jpeg": 7,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.141gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.141gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.141gb",
-                        "slice_count": 3,
-                        "sm_count": 48,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.141gb",
-                        "slice_count": 4,
-                        "sm_count": 64,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.141gb",
-                        "slice_count": 7,
-                        "sm_count": 132,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 139.75 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x233510DE", "0x233B10DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver unstated)",
-            "variant GH100 [H200 NVL] (0x233B10DE): profile table not separately confirmed",
-        ],
-    },
-    "NVIDIA GH200 480GB": {
-        "name": "NVIDIA GH200 480GB",
-        "architecture": "hopper",
-        "compute_capability": [9, 0],
-        "memory_mib": 97871,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "550.90.07",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.12gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 11264,
-                "sm_count": 16,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.12gb", "slice_count": 1, "sm_count": 16, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 11.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.12gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 11264,
-                "sm_count": 16,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.12gb+me",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 11.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.24gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 23552,
-                "sm_count": 26,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 1,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.24gb", "slice_count": 1, "sm_count": 26, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 23.0 GiB x 1024 (driver unstated); CI "
-                    "values by NVML convention: 1g.24gb (sm_count)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.24gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 23552,
-                "sm_count": 32,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.24gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.24gb", "slice_count": 2, "sm_count": 32, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 23.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.48gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 47616,
-                "sm_count": 60,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 3,
-                "decoders": 3,
-                "encoders": 0,
-                "jpeg": 3,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.48gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.48gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.48gb", "slice_count": 3, "sm_count": 60, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 46.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.48gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 47616,
-                "sm_count": 64,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 4,
-                "decoders": 4,
-                "encoders": 0,
-                "jpeg": 4,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.48gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.48gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.48gb", "slice_count": 4, "sm_count": 64, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 46.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.96gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 95232,
-                "sm_count": 132,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 8,
-                "decoders": 7,
-                "encoders": 0,
-                "jpeg": 7,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.96gb",
-                        "slice_count": 1,
-                        "sm_count": 16,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.96gb",
-                        "slice_count": 2,
-                        "sm_count": 32,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.96gb",
-                        "slice_count": 3,
-                        "sm_count": 48,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.96gb",
-                        "slice_count": 4,
-                        "sm_count": 64,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.96gb",
-                        "slice_count": 7,
-                        "sm_count": 132,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 93.0 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x234210DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver unstated)",
-            "min_driver 550.90.07 assumed: the reference lists none for this model",
-        ],
-    },
-    "NVIDIA B200": {
-        "name": "NVIDIA B200",
-        "architecture": "blackwell",
-        "compute_capability": [10, 0],
-        "memory_mib": 183359,
-        "memory_slices": 8,
-        "compute_slices": 7,
-        "max_gpu_instances": 7,
-        "mig_enable_requires_reset": False,
-        "mig_mode_persists_reboot": False,
-        "min_driver": "570.133.20",
-        "profiles": [
-            {
-                "id": 19,
-                "nvml_index": 0,
-                "name": "1g.23gb",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 20992,
-                "sm_count": 18,
-                "max_instances": 7,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 2,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 0, "name": "1g.23gb", "slice_count": 1, "sm_count": 18, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 20.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 20,
-                "nvml_index": 7,
-                "name": "1g.23gb+me",
-                "compute_slices": 1,
-                "memory_slices": 1,
-                "memory_mib": 20992,
-                "sm_count": 18,
-                "max_instances": 1,
-                "placement_starts": [0, 1, 2, 3, 4, 5, 6],
-                "placement_size": 1,
-                "copy_engines": 2,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 1,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1g.23gb+me",
-                        "slice_count": 1,
-                        "sm_count": 18,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 20.5 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 15,
-                "nvml_index": 9,
-                "name": "1g.45gb",
-                "compute_slices": 1,
-                "memory_slices": 2,
-                "memory_mib": 45312,
-                "sm_count": 30,
-                "max_instances": 4,
-                "placement_starts": [0, 2, 4, 6],
-                "placement_size": 2,
-                "copy_engines": 2,
-                "decoders": 1,
-                "encoders": 0,
-                "jpeg": 1,
-                "ofa": 0,
-                "compute_profiles": [
-                    {"id": 7, "name": "1g.45gb", "slice_count": 1, "sm_count": 30, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 44.25 GiB x 1024 (driver unstated); "
-                    "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention "
-                    "(none in reference)"
-                ),
-            },
-            {
-                "id": 14,
-                "nvml_index": 1,
-                "name": "2g.45gb",
-                "compute_slices": 2,
-                "memory_slices": 2,
-                "memory_mib": 45312,
-                "sm_count": 36,
-                "max_instances": 3,
-                "placement_starts": [0, 2, 4],
-                "placement_size": 2,
-                "copy_engines": 4,
-                "decoders": 2,
-                "encoders": 0,
-                "jpeg": 2,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.2g.45gb",
-                        "slice_count": 1,
-                        "sm_count": 18,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 1, "name": "2g.45gb", "slice_count": 2, "sm_count": 36, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib = 44.25 GiB x 1024 (driver unstated); CI "
-                    "profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 9,
-                "nvml_index": 2,
-                "name": "3g.90gb",
-                "compute_slices": 3,
-                "memory_slices": 4,
-                "memory_mib": 90624,
-                "sm_count": 54,
-                "max_instances": 2,
-                "placement_starts": [0, 4],
-                "placement_size": 4,
-                "copy_engines": 0,
-                "decoders": 0,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.3g.90gb",
-                        "slice_count": 1,
-                        "sm_count": 18,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.3g.90gb",
-                        "slice_count": 2,
-                        "sm_count": 36,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {"id": 2, "name": "3g.90gb", "slice_count": 3, "sm_count": 54, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; "
-                    "sm_count ESTIMATED as compute_slices x 18; copy_engines/decoders/encoders/jpeg/ofa not observed "
-                    "(0 = unknown); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 5,
-                "nvml_index": 3,
-                "name": "4g.90gb",
-                "compute_slices": 4,
-                "memory_slices": 4,
-                "memory_mib": 90624,
-                "sm_count": 72,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 4,
-                "copy_engines": 0,
-                "decoders": 0,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.4g.90gb",
-                        "slice_count": 1,
-                        "sm_count": 18,
-                        "max_instances": 4,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.4g.90gb",
-                        "slice_count": 2,
-                        "sm_count": 36,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {"id": 3, "name": "4g.90gb", "slice_count": 4, "sm_count": 72, "max_instances": 1, "default": True},
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; "
-                    "sm_count ESTIMATED as compute_slices x 18; copy_engines/decoders/encoders/jpeg/ofa not observed "
-                    "(0 = unknown); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-            {
-                "id": 0,
-                "nvml_index": 4,
-                "name": "7g.180gb",
-                "compute_slices": 7,
-                "memory_slices": 8,
-                "memory_mib": 181248,
-                "sm_count": 126,
-                "max_instances": 1,
-                "placement_starts": [0],
-                "placement_size": 8,
-                "copy_engines": 0,
-                "decoders": 0,
-                "encoders": 0,
-                "jpeg": 0,
-                "ofa": 0,
-                "compute_profiles": [
-                    {
-                        "id": 0,
-                        "name": "1c.7g.180gb",
-                        "slice_count": 1,
-                        "sm_count": 18,
-                        "max_instances": 7,
-                        "default": False,
-                    },
-                    {
-                        "id": 1,
-                        "name": "2c.7g.180gb",
-                        "slice_count": 2,
-                        "sm_count": 36,
-                        "max_instances": 3,
-                        "default": False,
-                    },
-                    {
-                        "id": 2,
-                        "name": "3c.7g.180gb",
-                        "slice_count": 3,
-                        "sm_count": 54,
-                        "max_instances": 2,
-                        "default": False,
-                    },
-                    {
-                        "id": 3,
-                        "name": "4c.7g.180gb",
-                        "slice_count": 4,
-                        "sm_count": 72,
-                        "max_instances": 1,
-                        "default": False,
-                    },
-                    {
-                        "id": 4,
-                        "name": "7g.180gb",
-                        "slice_count": 7,
-                        "sm_count": 126,
-                        "max_instances": 1,
-                        "default": True,
-                    },
-                ],
-                "note": (
-                    "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented "
-                    "tables agree), not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; "
-                    "sm_count ESTIMATED as compute_slices x 18; copy_engines/decoders/encoders/jpeg/ofa not observed "
-                    "(0 = unknown); CI profiles by NVML convention (none in reference)"
-                ),
-            },
-        ],
-        "aliases": [],
-        "pci_device_ids": ["0x290110DE"],
-        "notes": [
-            "memory_mib as nvidia-smi reports it (driver unstated)",
-            (
-                "Doc says 'Starting with the Hopper generation' - applies to Blackwell by wording 'Hopper+'; not "
-                "separately observed on B200."
-            ),
-        ],
-    },
+MODELS_JSON = """
+{
+ "NVIDIA A100-SXM4-40GB": {
+  "name": "NVIDIA A100-SXM4-40GB",
+  "architecture": "ampere",
+  "compute_capability": [
+   8,
+   0
+  ],
+  "memory_mib": 40960,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": true,
+  "mig_mode_persists_reboot": true,
+  "min_driver": "450.80.02",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.5gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 4864,
+    "sm_count": 14,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 0,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.5gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.5gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 4864,
+    "sm_count": 14,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.5gb+me",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 1g.5gb (same slices, 4.75 GiB at driver 580.126.09); CI profiles by NVML convention (none in \
+reference)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.10gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 9984,
+    "sm_count": 14,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.10gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 2g.10gb (same slices, 9.75 GiB at driver 580.126.09); default CI id 7 as seen on NVIDIA GH200\
+ 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.10gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 9984,
+    "sm_count": 28,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.10gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.10gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.20gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 20096,
+    "sm_count": 42,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.20gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.20gb",
+      "slice_count": 3,
+      "sm_count": 42,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 4g.20gb (same slices, 19.62 GiB at driver 580.126.09)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.20gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 20096,
+    "sm_count": 56,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.20gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.20gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.40gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 40325,
+    "sm_count": 98,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 7,
+    "decoders": 5,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.40gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.40gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.40gb",
+      "slice_count": 3,
+      "sm_count": 42,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.40gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.40gb",
+      "slice_count": 7,
+      "sm_count": 98,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 39.38 GiB x 1024 (driver 580.126.09); CI values by NVML convention: 1c.7g.40gb (id/sm_count/ma\
+x_instances), 2c.7g.40gb (id/sm_count/max_instances), 3c.7g.40gb (id/sm_count/max_instances), 4c.7g.40gb (id/max_instanc\
+es), 7g.40gb (id)"
+   }
+  ],
+  "aliases": [
+   "A100-SXM4-40GB",
+   "NVIDIA A100-PCIE-40GB"
+  ],
+  "pci_device_ids": [
+   "0x20B010DE",
+   "0x20F110DE",
+   "0x20B110DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver 580.126.09)",
+   "variant NVIDIA A100-PCIE-40GB (0x20F110DE, 0x20B110DE): profile table not separately confirmed"
+  ]
+ },
+ "NVIDIA A100-SXM4-80GB": {
+  "name": "NVIDIA A100-SXM4-80GB",
+  "architecture": "ampere",
+  "compute_capability": [
+   8,
+   0
+  ],
+  "memory_mib": 81920,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": true,
+  "mig_mode_persists_reboot": true,
+  "min_driver": "450.80.02",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.10gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9728,
+    "sm_count": 14,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 0,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 9.5 GiB x 1024 (driver 550.54.14); CI values by NVML convention: 1g.10gb (sm_c\
+ount)"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.10gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9728,
+    "sm_count": 14,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb+me",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 9.5 GiB x 1024 (driver 550.54.14); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.20gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 19968,
+    "sm_count": 14,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 19.5 GiB x 1024 (driver 550.54.14); default CI id 7 as seen on NVIDIA GH200 48\
+0GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.20gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 19968,
+    "sm_count": 28,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.20gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 19.5 GiB x 1024 (driver 550.54.14); CI values by NVML convention: 1c.2g.20gb, \
+2g.20gb (sm_count)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.40gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 40192,
+    "sm_count": 42,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.40gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.40gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.40gb",
+      "slice_count": 3,
+      "sm_count": 42,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.40gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 40192,
+    "sm_count": 56,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.40gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.40gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.40gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.80gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 80640,
+    "sm_count": 98,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 7,
+    "decoders": 5,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.80gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.80gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.80gb",
+      "slice_count": 3,
+      "sm_count": 42,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.80gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.80gb",
+      "slice_count": 7,
+      "sm_count": 98,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 78.75 GiB x 1024 (driver 550.54.14); CI profiles by NVML convention (none in r\
+eference)"
+   }
+  ],
+  "aliases": [
+   "NVIDIA A100 80GB PCIe"
+  ],
+  "pci_device_ids": [
+   "0x20B210DE",
+   "0x20B510DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver 550.54.14)",
+   "variant NVIDIA A100 80GB PCIe (0x20B510DE): profile table not separately confirmed"
+  ]
+ },
+ "NVIDIA A30": {
+  "name": "NVIDIA A30",
+  "architecture": "ampere",
+  "compute_capability": [
+   8,
+   0
+  ],
+  "memory_mib": 24576,
+  "memory_slices": 4,
+  "compute_slices": 4,
+  "max_gpu_instances": 4,
+  "mig_enable_requires_reset": true,
+  "mig_mode_persists_reboot": true,
+  "min_driver": "460.73.01",
+  "profiles": [
+   {
+    "id": 14,
+    "nvml_index": 0,
+    "name": "1g.6gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 5952,
+    "sm_count": 14,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.6gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 21,
+    "nvml_index": 7,
+    "name": "1g.6gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 5952,
+    "sm_count": 14,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.6gb+me",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 1g.6gb (same slices, 5.81 GiB at driver 535.183.01); CI profiles by NVML convention (none in \
+reference)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 1,
+    "name": "2g.12gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 11968,
+    "sm_count": 28,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     2
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.12gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.12gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 6,
+    "nvml_index": 8,
+    "name": "2g.12gb+me",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 11968,
+    "sm_count": 28,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     2
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.12gb+me",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.12gb+me",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 2g.12gb (same slices, 11.69 GiB at driver 535.183.01); CI profiles by NVML convention (none i\
+n reference)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 3,
+    "name": "4g.24gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 24003,
+    "sm_count": 56,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.24gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.24gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.24gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 23.44 GiB x 1024 (driver 535.183.01); CI profiles by NVML convention (none in reference)"
+   }
+  ],
+  "aliases": [
+   "A30"
+  ],
+  "pci_device_ids": [
+   "0x20B710DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver 535.183.01)",
+   "min_driver: R460 (>= 460.73.01); 1g.6gb+me from R470; 2g.12gb+me from R525"
+  ]
+ },
+ "NVIDIA H100 80GB HBM3": {
+  "name": "NVIDIA H100 80GB HBM3",
+  "architecture": "hopper",
+  "compute_capability": [
+   9,
+   0
+  ],
+  "memory_mib": 81559,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "525.85.12",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.10gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9984,
+    "sm_count": 16,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 9.75 GiB x 1024 (driver unstated); CI values by NVML convention: 1g.10gb (sm_count)"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.10gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9984,
+    "sm_count": 16,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb+me",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 9.75 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.20gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 20091,
+    "sm_count": 26,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.20gb",
+      "slice_count": 1,
+      "sm_count": 26,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 19.62 GiB x 1024 (driver unstated); default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV\
+2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.20gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 20091,
+    "sm_count": 32,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.20gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.20gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 19.62 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.40gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 40448,
+    "sm_count": 60,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 3,
+    "encoders": 0,
+    "jpeg": 3,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.40gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.40gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.40gb",
+      "slice_count": 3,
+      "sm_count": 60,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 39.5 GiB x 1024 (driver unstated); CI values by NVML convention: 1c.3g.40gb (id/sm_count/max_i\
+nstances), 2c.3g.40gb, 3g.40gb"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.40gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 40448,
+    "sm_count": 64,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 4,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.40gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.40gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.40gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 39.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.80gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 81152,
+    "sm_count": 132,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 8,
+    "decoders": 7,
+    "encoders": 0,
+    "jpeg": 7,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.80gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.80gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.80gb",
+      "slice_count": 3,
+      "sm_count": 48,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.80gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.80gb",
+      "slice_count": 7,
+      "sm_count": 132,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 79.25 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in reference)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x233010DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver unstated)"
+  ]
+ },
+ "NVIDIA H100 PCIe": {
+  "name": "NVIDIA H100 PCIe",
+  "architecture": "hopper",
+  "compute_capability": [
+   9,
+   0
+  ],
+  "memory_mib": 81559,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "525.85.12",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.10gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9984,
+    "sm_count": 14,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.10gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 9984,
+    "sm_count": 14,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.10gb+me",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib as 1g.10gb (same slices, 9.75 GiB at driver 570.169); CI profiles by NVML conven\
+tion (none in reference)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.20gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 20091,
+    "sm_count": 14,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 19.62 GiB x 1024 (driver 570.169); default CI id 7 as seen on NVIDIA GH200 480\
+GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.20gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 20091,
+    "sm_count": 30,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.20gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.20gb",
+      "slice_count": 2,
+      "sm_count": 30,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 19.62 GiB x 1024 (driver 570.169); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.40gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 40448,
+    "sm_count": 46,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 3,
+    "encoders": 0,
+    "jpeg": 3,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.40gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.40gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.40gb",
+      "slice_count": 3,
+      "sm_count": 46,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 39.5 GiB x 1024 (driver 570.169); CI profiles by NVML convention (none in refe\
+rence)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.40gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 40448,
+    "sm_count": 62,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 4,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.40gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.40gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.40gb",
+      "slice_count": 4,
+      "sm_count": 62,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 39.5 GiB x 1024 (driver 570.169); CI profiles by NVML convention (none in refe\
+rence)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.80gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 81152,
+    "sm_count": 114,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 8,
+    "decoders": 7,
+    "encoders": 0,
+    "jpeg": 7,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.80gb",
+      "slice_count": 1,
+      "sm_count": 14,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.80gb",
+      "slice_count": 2,
+      "sm_count": 28,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.80gb",
+      "slice_count": 3,
+      "sm_count": 42,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.80gb",
+      "slice_count": 4,
+      "sm_count": 56,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.80gb",
+      "slice_count": 7,
+      "sm_count": 114,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 79.25 GiB x 1024 (driver 570.169); CI profiles by NVML convention (none in ref\
+erence)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x233110DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver 570.169)"
+  ]
+ },
+ "NVIDIA H100 NVL": {
+  "name": "NVIDIA H100 NVL",
+  "architecture": "hopper",
+  "compute_capability": [
+   9,
+   0
+  ],
+  "memory_mib": 95830,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "525.85.12",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.12gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 11008,
+    "sm_count": 16,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.12gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": null
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.12gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 11008,
+    "sm_count": 16,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.12gb+me",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 1g.12gb (same slices, 10.75 GiB at driver 560.35.03); CI profiles by NVML convention (none in\
+ reference)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.24gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 22144,
+    "sm_count": 26,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.24gb",
+      "slice_count": 1,
+      "sm_count": 26,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "default CI id 7 as seen on NVIDIA GH200 480GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in re\
+ference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.24gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 22144,
+    "sm_count": 32,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.24gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.24gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 1g.24gb (same slices, 21.62 GiB at driver 560.35.03); CI profiles by NVML convention (none in\
+ reference)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.47gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 47488,
+    "sm_count": 60,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 3,
+    "encoders": 0,
+    "jpeg": 3,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.47gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.47gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.47gb",
+      "slice_count": 3,
+      "sm_count": 60,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.47gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 47488,
+    "sm_count": 64,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 4,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.47gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.47gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.47gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib as 3g.47gb (same slices, 46.38 GiB at driver 560.35.03); CI profiles by NVML convention (none in\
+ reference)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.94gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 95355,
+    "sm_count": 132,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 8,
+    "decoders": 7,
+    "encoders": 0,
+    "jpeg": 7,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.94gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.94gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.94gb",
+      "slice_count": 3,
+      "sm_count": 48,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.94gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.94gb",
+      "slice_count": 7,
+      "sm_count": 132,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "memory_mib = 93.12 GiB x 1024 (driver 560.35.03); CI profiles by NVML convention (none in reference)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x232110DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver 560.35.03)",
+   "min_driver: R525 (>= 525.85.12) per the H100 row; NVL not listed separately"
+  ]
+ },
+ "NVIDIA H200": {
+  "name": "NVIDIA H200",
+  "architecture": "hopper",
+  "compute_capability": [
+   9,
+   0
+  ],
+  "memory_mib": 143771,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "550.90.07",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.18gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 16384,
+    "sm_count": 16,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.18gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 16.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.18gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 16384,
+    "sm_count": 16,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.18gb+me",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 16.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.35gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 33024,
+    "sm_count": 26,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.35gb",
+      "slice_count": 1,
+      "sm_count": 26,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 32.25 GiB x 1024 (driver unstated); default CI id 7 as seen on NVIDIA GH200 48\
+0GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.35gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 33024,
+    "sm_count": 32,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.35gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.35gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 32.25 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in re\
+ference)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.71gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 71168,
+    "sm_count": 60,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 3,
+    "encoders": 0,
+    "jpeg": 3,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.71gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.71gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.71gb",
+      "slice_count": 3,
+      "sm_count": 60,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 69.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.71gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 71168,
+    "sm_count": 64,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 4,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.71gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.71gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.71gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 69.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.141gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 143104,
+    "sm_count": 132,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 8,
+    "decoders": 7,
+    "encoders": 0,
+    "jpeg": 7,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.141gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.141gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.141gb",
+      "slice_count": 3,
+      "sm_count": 48,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.141gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.141gb",
+      "slice_count": 7,
+      "sm_count": 132,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 139.75 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in r\
+eference)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x233510DE",
+   "0x233B10DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver unstated)",
+   "variant GH100 [H200 NVL] (0x233B10DE): profile table not separately confirmed"
+  ]
+ },
+ "NVIDIA GH200 480GB": {
+  "name": "NVIDIA GH200 480GB",
+  "architecture": "hopper",
+  "compute_capability": [
+   9,
+   0
+  ],
+  "memory_mib": 97871,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "550.90.07",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.12gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 11264,
+    "sm_count": 16,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.12gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 11.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.12gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 11264,
+    "sm_count": 16,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.12gb+me",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 11.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.24gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 23552,
+    "sm_count": 26,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 1,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.24gb",
+      "slice_count": 1,
+      "sm_count": 26,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 23.0 GiB x 1024 (driver unstated); CI values by NVML convention: 1g.24gb (sm_c\
+ount)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.24gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 23552,
+    "sm_count": 32,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.24gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.24gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 23.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.48gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 47616,
+    "sm_count": 60,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 3,
+    "decoders": 3,
+    "encoders": 0,
+    "jpeg": 3,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.48gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.48gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.48gb",
+      "slice_count": 3,
+      "sm_count": 60,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 46.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.48gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 47616,
+    "sm_count": 64,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 4,
+    "decoders": 4,
+    "encoders": 0,
+    "jpeg": 4,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.48gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.48gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.48gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 46.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.96gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 95232,
+    "sm_count": 132,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 8,
+    "decoders": 7,
+    "encoders": 0,
+    "jpeg": 7,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.96gb",
+      "slice_count": 1,
+      "sm_count": 16,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.96gb",
+      "slice_count": 2,
+      "sm_count": 32,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.96gb",
+      "slice_count": 3,
+      "sm_count": 48,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.96gb",
+      "slice_count": 4,
+      "sm_count": 64,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.96gb",
+      "slice_count": 7,
+      "sm_count": 132,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA H100 80GB HBM3 (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 93.0 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x234210DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver unstated)",
+   "min_driver 550.90.07 assumed: the reference lists none for this model"
+  ]
+ },
+ "NVIDIA B200": {
+  "name": "NVIDIA B200",
+  "architecture": "blackwell",
+  "compute_capability": [
+   10,
+   0
+  ],
+  "memory_mib": 183359,
+  "memory_slices": 8,
+  "compute_slices": 7,
+  "max_gpu_instances": 7,
+  "mig_enable_requires_reset": false,
+  "mig_mode_persists_reboot": false,
+  "min_driver": "570.133.20",
+  "profiles": [
+   {
+    "id": 19,
+    "nvml_index": 0,
+    "name": "1g.23gb",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 20992,
+    "sm_count": 18,
+    "max_instances": 7,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 2,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.23gb",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 20.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 20,
+    "nvml_index": 7,
+    "name": "1g.23gb+me",
+    "compute_slices": 1,
+    "memory_slices": 1,
+    "memory_mib": 20992,
+    "sm_count": 18,
+    "max_instances": 1,
+    "placement_starts": [
+     0,
+     1,
+     2,
+     3,
+     4,
+     5,
+     6
+    ],
+    "placement_size": 1,
+    "copy_engines": 2,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 1,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1g.23gb+me",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 20.5 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in ref\
+erence)"
+   },
+   {
+    "id": 15,
+    "nvml_index": 9,
+    "name": "1g.45gb",
+    "compute_slices": 1,
+    "memory_slices": 2,
+    "memory_mib": 45312,
+    "sm_count": 30,
+    "max_instances": 4,
+    "placement_starts": [
+     0,
+     2,
+     4,
+     6
+    ],
+    "placement_size": 2,
+    "copy_engines": 2,
+    "decoders": 1,
+    "encoders": 0,
+    "jpeg": 1,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 7,
+      "name": "1g.45gb",
+      "slice_count": 1,
+      "sm_count": 30,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 44.25 GiB x 1024 (driver unstated); default CI id 7 as seen on NVIDIA GH200 48\
+0GB (1_SLICE_REV2 GI); CI profiles by NVML convention (none in reference)"
+   },
+   {
+    "id": 14,
+    "nvml_index": 1,
+    "name": "2g.45gb",
+    "compute_slices": 2,
+    "memory_slices": 2,
+    "memory_mib": 45312,
+    "sm_count": 36,
+    "max_instances": 3,
+    "placement_starts": [
+     0,
+     2,
+     4
+    ],
+    "placement_size": 2,
+    "copy_engines": 4,
+    "decoders": 2,
+    "encoders": 0,
+    "jpeg": 2,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.2g.45gb",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2g.45gb",
+      "slice_count": 2,
+      "sm_count": 36,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib = 44.25 GiB x 1024 (driver unstated); CI profiles by NVML convention (none in re\
+ference)"
+   },
+   {
+    "id": 9,
+    "nvml_index": 2,
+    "name": "3g.90gb",
+    "compute_slices": 3,
+    "memory_slices": 4,
+    "memory_mib": 90624,
+    "sm_count": 54,
+    "max_instances": 2,
+    "placement_starts": [
+     0,
+     4
+    ],
+    "placement_size": 4,
+    "copy_engines": 0,
+    "decoders": 0,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.3g.90gb",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.3g.90gb",
+      "slice_count": 2,
+      "sm_count": 36,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3g.90gb",
+      "slice_count": 3,
+      "sm_count": 54,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; sm_count ESTIMATED as compute_slices x 1\
+8; copy_engines/decoders/encoders/jpeg/ofa not observed (0 = unknown); CI profiles by NVML convention (none in reference\
+)"
+   },
+   {
+    "id": 5,
+    "nvml_index": 3,
+    "name": "4g.90gb",
+    "compute_slices": 4,
+    "memory_slices": 4,
+    "memory_mib": 90624,
+    "sm_count": 72,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 4,
+    "copy_engines": 0,
+    "decoders": 0,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.4g.90gb",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 4,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.4g.90gb",
+      "slice_count": 2,
+      "sm_count": 36,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4g.90gb",
+      "slice_count": 4,
+      "sm_count": 72,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; sm_count ESTIMATED as compute_slices x 1\
+8; copy_engines/decoders/encoders/jpeg/ofa not observed (0 = unknown); CI profiles by NVML convention (none in reference\
+)"
+   },
+   {
+    "id": 0,
+    "nvml_index": 4,
+    "name": "7g.180gb",
+    "compute_slices": 7,
+    "memory_slices": 8,
+    "memory_mib": 181248,
+    "sm_count": 126,
+    "max_instances": 1,
+    "placement_starts": [
+     0
+    ],
+    "placement_size": 8,
+    "copy_engines": 0,
+    "decoders": 0,
+    "encoders": 0,
+    "jpeg": 0,
+    "ofa": 0,
+    "compute_profiles": [
+     {
+      "id": 0,
+      "name": "1c.7g.180gb",
+      "slice_count": 1,
+      "sm_count": 18,
+      "max_instances": 7,
+      "default": false
+     },
+     {
+      "id": 1,
+      "name": "2c.7g.180gb",
+      "slice_count": 2,
+      "sm_count": 36,
+      "max_instances": 3,
+      "default": false
+     },
+     {
+      "id": 2,
+      "name": "3c.7g.180gb",
+      "slice_count": 3,
+      "sm_count": 54,
+      "max_instances": 2,
+      "default": false
+     },
+     {
+      "id": 3,
+      "name": "4c.7g.180gb",
+      "slice_count": 4,
+      "sm_count": 72,
+      "max_instances": 1,
+      "default": false
+     },
+     {
+      "id": 4,
+      "name": "7g.180gb",
+      "slice_count": 7,
+      "sm_count": 126,
+      "max_instances": 1,
+      "default": true
+     }
+    ],
+    "note": "placements taken from NVIDIA A100-SXM4-40GB (same 8-memory-slice geometry; all 3 documented tables agree), \
+not observed for this model; memory_mib ESTIMATED as memory_slices x 22656 MiB; sm_count ESTIMATED as compute_slices x 1\
+8; copy_engines/decoders/encoders/jpeg/ofa not observed (0 = unknown); CI profiles by NVML convention (none in reference\
+)"
+   }
+  ],
+  "aliases": [],
+  "pci_device_ids": [
+   "0x290110DE"
+  ],
+  "notes": [
+   "memory_mib as nvidia-smi reports it (driver unstated)",
+   "Doc says 'Starting with the Hopper generation' - applies to Blackwell by wording 'Hopper+'; not separately observed \
+on B200."
+  ]
+ }
 }
+"""

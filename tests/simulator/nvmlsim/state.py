@@ -145,13 +145,41 @@ def transaction(root: Path | str) -> Iterator[Host]:
                 save(host)
 
 
+_READ_CACHE: dict[Path, tuple[tuple[Any, ...], Host]] = {}
+
+
+def _signature(root: Path) -> tuple[Any, ...]:
+    """Identity of both state files: writers replace them atomically, so a new inode means new content."""
+    sig: list[Any] = []
+    for path in (root / PERSISTENT, root / VOLATILE):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            sig.append(None)
+            continue
+        sig.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(sig)
+
+
 def read(root: Path | str) -> Host:
-    """Current state for a read-only call (lock-free: writers replace files atomically)."""
+    """Current state for a read-only call (lock-free: writers replace files atomically).
+
+    The parsed state is reused while neither file changed; callers must not modify it.
+    """
     root = Path(root)
+    sig = _signature(root)
+    cached = _READ_CACHE.get(root)
+    if cached and cached[0] == sig and sig[1] is not None:
+        host = cached[1]
+        for gpu in host.volatile["gpus"]:  # processes may have exited since
+            gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
+        return host
     host, booted = _load(root)
     if booted:  # first access after boot: persist the boot under the lock
         with transaction(root) as host:
             pass
+        sig = _signature(root)
+    _READ_CACHE[root] = (sig, host)
     return host
 
 
