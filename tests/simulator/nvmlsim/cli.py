@@ -29,7 +29,9 @@ FLEET_KINDS: dict[str, list[str]] = {
     "h200": ["--gpu", "H200", "--driver", "550.90.07"],
     "b200": ["--gpu", "B200", "--driver", "570.133.20"],
     "olddriver": ["--gpu", "H200", "--driver", "535.161.07"],
+    "dgxh100": [arg for _i in range(8) for arg in ("--gpu", "H100-80GB:mig=on")],
 }  # fmt: skip
+DEFAULT_MIX = ("a100", "h100", "a30", "l4", "nodriver", "h200", "b200", "olddriver")
 
 
 def _error(code_name: str) -> int:
@@ -128,7 +130,7 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         for old in host_dirs(base):
             state.stop_processes(old)
         shutil.rmtree(base)
-    kinds = args.mix.split(",") if args.mix else list(FLEET_KINDS)
+    kinds = args.mix.split(",") if args.mix else list(DEFAULT_MIX)
     unknown = sorted(set(kinds) - set(FLEET_KINDS))
     if unknown:
         raise SystemExit(f"migsim: unknown fleet kinds {unknown}; known: {', '.join(FLEET_KINDS)}")
@@ -220,8 +222,10 @@ def _parser() -> argparse.ArgumentParser:
 
     fleet = sub.add_parser("fleet", help="create N hosts and an inventory")
     fleet.add_argument("--dir", required=True)
-    fleet.add_argument("--hosts", type=int, default=len(FLEET_KINDS))
-    fleet.add_argument("--mix", help=f"comma-separated kinds (default all: {','.join(FLEET_KINDS)})")
+    fleet.add_argument("--hosts", type=int, default=len(DEFAULT_MIX))
+    fleet.add_argument(
+        "--mix", help=f"comma-separated kinds of {', '.join(FLEET_KINDS)} (default: {','.join(DEFAULT_MIX)})"
+    )
     fleet.add_argument("--force", action="store_true", help="replace a non-empty directory")
     fleet.add_argument("--seed", type=int, help="shuffle the mix order reproducibly")
     _lifetime_option(fleet)
