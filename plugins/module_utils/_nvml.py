@@ -51,6 +51,7 @@ class NvmlError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.code = code
+        self.value = code  # pynvml.NVMLError compares by .value; keep comparisons with it safe
 
 
 def describe(err: Exception, where: str = "", action: str = "") -> NvmlError:

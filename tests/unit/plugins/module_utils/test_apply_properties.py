@@ -1,0 +1,109 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Property tests of the apply path against the simulated NVML: random starting layouts, random desired layouts.
+
+For a feasible layout: check mode changes nothing and predicts exactly the plan the real run executes, the real
+run converges, a second run is a no-op, and slots that matched an existing instance keep its MIG UUID.
+For an infeasible or invalid layout: the error comes before any change, the host state byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import pynvml
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nvmlsim
+from ansible_collections.gpu.mig.plugins.module_utils import _apply, _catalog, _layout, _nvml
+from nvmlsim.testing import make_sim_host
+
+MODELS = {
+    "A100-SXM4-40GB": ["1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb", "1g.5gb+me"],
+    "H100-80GB": ["1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"],
+}
+HOST_NUMBERS = itertools.count()
+SETTINGS = settings(
+    max_examples=1000, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+    nvmlsim.uninstall(pynvml)
+
+
+@st.composite
+def cases(draw):
+    """(model, starting GI profiles, desired slots) — the desired slots may or may not fit."""
+    model = draw(st.sampled_from(sorted(MODELS)))
+    profiles = MODELS[model]
+    start = draw(st.lists(st.sampled_from(profiles), max_size=5))
+    names = draw(st.lists(st.sampled_from(profiles), min_size=0, max_size=5))
+    slots = [{"name": f"s{i}", "profile": p} for i, p in enumerate(names)]
+    return model, start, slots
+
+
+def host_for(workdir: Path, model: str, start: list[str]):
+    """A fresh simulated host with as many of ``start`` created (driver default placement) as fit."""
+    host = make_sim_host(workdir / f"h{next(HOST_NUMBERS)}", f"{model}:mig=on")
+    for profile in start:
+        with _nvml.Nvml() as nvml:
+            info = next(p for p in nvml.profiles(0) if p["name"] == profile)
+            try:
+                gi = pynvml.nvmlDeviceCreateGpuInstance(nvml.handle(0), info["id"])
+            except pynvml.NVMLError_InsufficientResources:
+                continue
+            gi_id = pynvml.nvmlGpuInstanceGetInfo(gi).id
+            default = next(
+                c for c in _catalog.find_model(nvml.gpu(0)["name"]).profile(info["id"]).compute_profiles if c.default
+            )
+            nvml.create_compute_instance(0, gi_id, default.id)
+    return host
+
+
+def snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.json"))}
+
+
+def uuids_by_placement(facts: list[dict]) -> dict:
+    return {
+        (gi["profile_id"], gi["placement"]["start"]): gi["compute_instances"][0]["uuid"]
+        for gi in facts[0]["gpu_instances"]
+    }
+
+
+@SETTINGS
+@given(case=cases())
+def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
+    model, start, slots = case
+    host = host_for(workdir, model, start)
+    layout = [{"gpus": 0, "slots": slots}]
+    before = snapshot(host.root)
+    with _nvml.Nvml() as nvml:
+        try:
+            checked = _apply.apply_layout(nvml, layout, check_mode=True)
+        except _layout.LayoutError:
+            with pytest.raises(_layout.LayoutError):
+                _apply.apply_layout(nvml, layout)
+            assert snapshot(host.root) == before
+            return
+        assert snapshot(host.root) == before
+        old = uuids_by_placement(checked["facts"])
+        real = _apply.apply_layout(nvml, layout)
+        assert real["plan"] == checked["plan"] and real["changed"] == checked["changed"]
+        assert sorted(s["profile"] for s in real["slots"].values()) == sorted(s["profile"] for s in slots)
+        assert all(s["mig_uuid"] and s["mig_uuid"].startswith("MIG-") for s in real["slots"].values())
+        for name, slot in checked["slots"].items():
+            if slot["mig_uuid"] is not None:  # matched an existing instance: its UUID is kept
+                assert real["slots"][name]["mig_uuid"] == slot["mig_uuid"]
+                assert old[(real["plan"]["slots"][name]["profile_id"], slot["placement"]["start"])] == slot["mig_uuid"]
+        again = _apply.apply_layout(nvml, layout)
+        assert again["changed"] is False and again["slots"] == real["slots"]
