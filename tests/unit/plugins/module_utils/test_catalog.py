@@ -19,7 +19,11 @@ from ansible_collections.gpu.mig.plugins.module_utils import _catalog
 
 ROOT = Path(__file__).resolve().parents[4]
 GENERATOR = ROOT / "hacking" / "gen_catalog_data.py"
-REFERENCE = ROOT / ".." / "shared" / "reference" / "mig-profiles.json"
+# The reference lives beside the checkout (../shared); ansible-test runs a copy nested inside the checkout.
+REFERENCE = next(
+    (p / "shared" / "reference" / "mig-profiles.json" for p in ROOT.parents if (p / "shared" / "reference").is_dir()),
+    ROOT.parent / "shared" / "reference" / "mig-profiles.json",
+)
 
 ALL_PROFILES = [(m, p) for m in _catalog.MODELS.values() for p in m.profiles]
 PROFILE_IDS = [f"{m.name}:{p.name}" for m, p in ALL_PROFILES]
