@@ -6,11 +6,24 @@ in place; constants, structures, handle types and exceptions stay pynvml's own.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 ORIGINALS: dict[str, Any] = {}  # pynvml's own functions, saved before the first install
+_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "plugins" / "module_utils")
+
+
+def _expose_collection_catalog() -> None:
+    """Under AnsiballZ the collection package holds only the module's own module_utils: let the simulator
+    find the catalog (its GPU tables) in the checkout as well."""
+    package = sys.modules.get("ansible_collections.gpu.mig.plugins.module_utils")
+    if package is not None and _MODULE_UTILS not in package.__path__:
+        package.__path__.append(_MODULE_UTILS)
+
+
+_expose_collection_catalog()
 
 
 def _str_wrapper_code(pynvml_module: ModuleType) -> Any:

@@ -29,6 +29,7 @@ FLEET_KINDS: dict[str, list[str]] = {
     "h200": ["--gpu", "H200", "--driver", "550.90.07"],
     "b200": ["--gpu", "B200", "--driver", "570.133.20"],
     "olddriver": ["--gpu", "H200", "--driver", "535.161.07"],
+    "a100busy": ["--gpu", "A100-SXM4-40GB", "--process", "0:500:trainer"],
     "dgxh100": [arg for _i in range(8) for arg in ("--gpu", "H100-80GB:mig=on")],
 }  # fmt: skip
 DEFAULT_MIX = ("a100", "h100", "a30", "l4", "nodriver", "h200", "b200", "olddriver")
