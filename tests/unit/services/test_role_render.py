@@ -1,0 +1,120 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The inference_service role against a fake root: it renders, its unit passes systemd-analyze, preflight refuses.
+
+No systemd or GPU needed: ``inference_service_manage_systemd``/``_manage_users`` are off and the slot map is a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+SLOTS = {
+    "chat": {"gpu_index": 0, "gpu_uuid": "GPU-a", "gpu_name": "NVIDIA A100-SXM4-40GB", "profile": "3g.20gb",
+             "placement": {"start": 4, "size": 4}, "gpu_instance_id": 2, "compute_instance_id": 0,
+             "mig_uuid": "MIG-1111", "memory_mib": 20096},
+    "ocr": {"gpu_index": 0, "gpu_uuid": "GPU-a", "gpu_name": "NVIDIA A100-SXM4-40GB", "profile": "1g.5gb",
+            "placement": {"start": 0, "size": 1}, "gpu_instance_id": 13, "compute_instance_id": 0,
+            "mig_uuid": "MIG-2222", "memory_mib": 4864},
+}  # fmt: skip
+SERVICES = [
+    {"name": "chat", "slot": "chat", "server": "triton", "command": ["/opt/tritonserver/bin/tritonserver"],
+     "port": 8000, "backend_port": 18000,
+     "model": {"name": "resnet", "dir": "/srv/models", "weights_mib": 12000, "activation_mib": 2000},
+     "limits": {"max_concurrency": 8, "max_queue": 16, "queue_timeout": "500ms", "request_timeout": "30s",
+                "cpu_quota": "400%", "memory_max": "16G"},
+     "classes": [{"name": "fast", "weight": 3}, {"name": "background", "queue_timeout": "10s"}]},
+    {"name": "ocr", "slot": "ocr", "server": "vllm", "runner": "quadlet", "image": "docker.io/vllm/vllm-openai:v0.10.1",
+     "port": 8100, "backend_port": 18100, "model": {"name": "Qwen/Qwen2.5-0.5B", "weights_mib": 1000}},
+]  # fmt: skip
+
+
+def run_role(root: Path, services: list) -> subprocess.CompletedProcess:
+    playbook = root.parent / "play.yml"
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {
+            "inference_service_root": str(root),
+            "inference_service_manage_systemd": False,
+            "inference_service_manage_users": False,
+            "inference_service_services": services,
+            "ansible_python_interpreter": sys.executable,
+        },
+        "roles": ["gpu.mig.inference_service"],
+    }
+    playbook.write_text(json.dumps([play]))
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build/collections")),
+           "ANSIBLE_LOCAL_TEMP": str(root.parent / "tmp"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "1"}  # fmt: skip
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("svc") / "root"
+    (root / "etc/gpu-mig").mkdir(parents=True)
+    (root / "etc/gpu-mig/slots.json").write_text(json.dumps(SLOTS))
+    return root, run_role(root, SERVICES)
+
+
+def test_role_renders_the_services(deployed):
+    root, result = deployed
+    assert result.returncode == 0, result.stdout[-3000:]
+    unit = (root / "etc/systemd/system/inference-chat.service").read_text()
+    assert "EnvironmentFile=/run/gpu-mig/slots/chat.env" in unit and "User=gpumig-chat" in unit
+    assert (
+        "DeviceAllow=/dev/nvidia-caps/nvidia-cap21 rw" in unit
+        and "DeviceAllow=/dev/nvidia-caps/nvidia-cap22 rw" in unit
+    )
+    quadlet = (root / "etc/containers/systemd/inference-ocr.container").read_text()
+    assert "AddDevice=${GPU_MIG_CDI_DEVICE}" in quadlet and "--gpu-memory-utilization 0.21" in quadlet
+    assert "max_queue_size: 8" in (root / "srv/models/resnet/config.pbtxt").read_text()
+    assert "maxconn 6 maxqueue 16" in (root / "etc/haproxy/haproxy.cfg").read_text()
+
+
+def test_unit_verifies_and_exposure_is_at_most_3(deployed, tmp_path: Path):
+    root = deployed[0]
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is required (Debian package systemd)"
+    fake = tmp_path / "fakeroot"  # toolchain-probe §3: a fake root with the system units and a stub binary
+    shutil.copytree("/lib/systemd/system", fake / "usr/lib/systemd/system", symlinks=True)
+    (fake / "etc/systemd/system").mkdir(parents=True)
+    (fake / "etc/systemd/system/gpu-mig.target").write_text("[Unit]\nDescription=stub\n")
+    shutil.copy(root / "etc/systemd/system/inference-chat.service", fake / "etc/systemd/system/")
+    stub = fake / "opt/tritonserver/bin/tritonserver"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\n")
+    stub.chmod(0o755)
+    verify = subprocess.run(
+        [analyze, "verify", f"--root={fake}", "inference-chat.service"], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0 and "Unknown key" not in verify.stderr, verify.stderr
+    security = subprocess.run([analyze, "security", "--offline=true", f"--root={fake}", "inference-chat.service"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+    exposure = re.search(r"Overall exposure level for inference-chat.service: ([\d.]+)", security.stdout)
+    assert exposure and float(exposure.group(1)) <= 3.0, security.stdout[-2000:]
+
+
+def test_preflight_refuses_before_writing_anything(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "etc/gpu-mig").mkdir(parents=True)
+    (root / "etc/gpu-mig/slots.json").write_text(json.dumps(SLOTS))
+    too_big = [{**SERVICES[0], "model": {"name": "resnet", "dir": "/srv/models", "weights_mib": 30000}}]
+    result = run_role(root, too_big)
+    assert result.returncode != 0
+    assert "needs 30000 MiB" in result.stdout and "use profile 7g.40gb or larger" in result.stdout, result.stdout[
+        -3000:
+    ]
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["slots.json"]
