@@ -28,8 +28,8 @@ collection: venv
 	@ln -sfn $(CURDIR) $(COLL_LINK)
 
 demo: collection
-	$(BIN)/python tests/simulator/migsim fleet --dir .build/demo-fleet --force --hosts 6
-	$(BIN)/ansible-playbook -i .build/demo-fleet/inventory.yml playbooks/demo_facts.yml
+	tests/simulator/migsim fleet --dir .build/demo-fleet --force
+	$(BIN)/ansible-playbook -i .build/demo-fleet/inventory.yml playbooks/facts.yml
 
 # `make test` is what CI runs. ansible-test units runs every test under tests/unit.
 test: lint sanity ansible-units molecule
