@@ -13,7 +13,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.build/ansible-tmp
 export ANSIBLE_REMOTE_TMP := $(CURDIR)/.build/ansible-tmp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test venv collection unit sanity ansible-units lint importer molecule benchmarks clean
+.PHONY: demo test venv collection unit sanity ansible-units lint importer molecule molecule-systemd benchmarks clean
 
 $(BIN)/ansible: requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -27,9 +27,12 @@ collection: venv
 	@mkdir -p $(dir $(COLL_LINK)) .build/ansible-tmp
 	@ln -sfn $(CURDIR) $(COLL_LINK)
 
+# The simulated fleet, sliced by site.yml, then audited: the report prints at the end.
+DEMO_INVENTORY := -i .build/demo-fleet/inventory.yml -i inventories/simulated/
 demo: collection
-	tests/simulator/migsim fleet --dir .build/demo-fleet --force
-	$(BIN)/ansible-playbook -i .build/demo-fleet/inventory.yml playbooks/facts.yml
+	tests/simulator/migsim fleet --dir .build/demo-fleet --force --hosts 6
+	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/site.yml
+	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/audit.yml -e gpu_mig_report_dir=$(CURDIR)/.build/demo-report
 
 # `make test` is what CI runs. ansible-test units runs every test under tests/unit.
 test: lint sanity ansible-units molecule
@@ -64,8 +67,13 @@ importer: collection
 	printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' > .build/galaxy-importer.cfg
 	GALAXY_IMPORTER_CONFIG=.build/galaxy-importer.cfg $(BIN)/python -m galaxy_importer.main .build/dist/gpu-mig-*.tar.gz
 
+# Simulated-fleet scenarios. systemd_hosts (podman + systemd as PID 1) runs with `make molecule-systemd`.
+MOLECULE_SCENARIOS := fleet_facts fleet_layout fleet_roles
 molecule: collection
-	$(BIN)/molecule test --all
+	for scenario in $(MOLECULE_SCENARIOS); do $(BIN)/molecule test -s $$scenario || exit 1; done
+
+molecule-systemd: collection
+	$(BIN)/molecule test -s systemd_hosts
 
 benchmarks: collection
 	$(BIN)/python benchmarks/facts_overhead.py
