@@ -95,7 +95,9 @@ def refresh_cdi(config: dict, root: str) -> None:
     spec = root + config["cdi_spec"]
     done = subprocess.run([ctk, "cdi", "generate", f"--output={spec}"], check=False, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"nvidia-ctk cdi generate failed (rc {done.returncode}): {(done.stderr or done.stdout).strip()}")
+        raise RuntimeError(
+            f"nvidia-ctk cdi generate failed (rc {done.returncode}): {(done.stderr or done.stdout).strip()}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
