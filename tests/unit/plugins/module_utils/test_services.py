@@ -21,36 +21,86 @@ from ansible_collections.gpu.mig.plugins.module_utils import _services
 from ansible_collections.gpu.mig.plugins.module_utils._services import ServiceError, validate
 
 SLOTS = {
-    "chat": {"gpu_index": 0, "gpu_uuid": "GPU-a", "profile": "3g.20gb", "memory_mib": 20096,
-             "gpu_instance_id": 2, "compute_instance_id": 0, "mig_uuid": "MIG-1"},
-    "ocr": {"gpu_index": 1, "gpu_uuid": "GPU-b", "profile": "1g.5gb", "memory_mib": 4864,
-            "gpu_instance_id": 13, "compute_instance_id": 0, "mig_uuid": "MIG-2"},
-}  # fmt: skip
-PROFILES = {"GPU-a": [{"name": "1g.5gb", "memory_mib": 4864}, {"name": "2g.10gb", "memory_mib": 9856},
-                      {"name": "3g.20gb", "memory_mib": 20096}, {"name": "7g.40gb", "memory_mib": 40192}]}  # fmt: skip
+    "chat": {
+        "gpu_index": 0,
+        "gpu_uuid": "GPU-a",
+        "profile": "3g.20gb",
+        "memory_mib": 20096,
+        "gpu_instance_id": 2,
+        "compute_instance_id": 0,
+        "mig_uuid": "MIG-1",
+    },
+    "ocr": {
+        "gpu_index": 1,
+        "gpu_uuid": "GPU-b",
+        "profile": "1g.5gb",
+        "memory_mib": 4864,
+        "gpu_instance_id": 13,
+        "compute_instance_id": 0,
+        "mig_uuid": "MIG-2",
+    },
+}
+PROFILES = {
+    "GPU-a": [
+        {"name": "1g.5gb", "memory_mib": 4864},
+        {"name": "2g.10gb", "memory_mib": 9856},
+        {"name": "3g.20gb", "memory_mib": 20096},
+        {"name": "7g.40gb", "memory_mib": 40192},
+    ]
+}
 TRITON = {
-    "name": "chat", "slot": "chat", "server": "triton", "command": ["/opt/tritonserver/bin/tritonserver"],
-    "port": 8000, "backend_port": 18000,
-    "model": {"name": "resnet", "dir": "/srv/models", "weights_mib": 12000, "activation_mib": 2000,
-              "batch_headroom_mib": 2000, "instances": 2},
-    "limits": {"max_concurrency": 8, "max_queue": 16, "queue_timeout": "500ms", "request_timeout": "30s",
-               "max_batch": 8, "batch_delay": "2ms", "cpu_quota": "400%", "memory_max": "16G"},
-    "classes": [{"name": "fast", "weight": 3}, {"name": "background", "max_queue": 64, "queue_timeout": "10s",
-                                               "path_prefix": "/batch"}],
+    "name": "chat",
+    "slot": "chat",
+    "server": "triton",
+    "command": ["/opt/tritonserver/bin/tritonserver"],
+    "port": 8000,
+    "backend_port": 18000,
+    "model": {
+        "name": "resnet",
+        "dir": "/srv/models",
+        "weights_mib": 12000,
+        "activation_mib": 2000,
+        "batch_headroom_mib": 2000,
+        "instances": 2,
+    },
+    "limits": {
+        "max_concurrency": 8,
+        "max_queue": 16,
+        "queue_timeout": "500ms",
+        "request_timeout": "30s",
+        "max_batch": 8,
+        "batch_delay": "2ms",
+        "cpu_quota": "400%",
+        "memory_max": "16G",
+    },
+    "classes": [
+        {"name": "fast", "weight": 3},
+        {"name": "background", "max_queue": 64, "queue_timeout": "10s", "path_prefix": "/batch"},
+    ],
     "sla": {"p95_ms": 200, "p99_ms": 400, "target_rps": 30},
-}  # fmt: skip
+}
 VLLM = {
-    "name": "ocr", "slot": "ocr", "server": "vllm", "runner": "quadlet", "image": "docker.io/vllm/vllm-openai:v0.10.1",
-    "port": 8100, "backend_port": 18100,
-    "model": {"name": "Qwen/Qwen2.5-0.5B", "weights_mib": 1000, "activation_mib": 500, "batch_headroom_mib": 2000,
-              "max_model_len": 4096},
+    "name": "ocr",
+    "slot": "ocr",
+    "server": "vllm",
+    "runner": "quadlet",
+    "image": "docker.io/vllm/vllm-openai:v0.10.1",
+    "port": 8100,
+    "backend_port": 18100,
+    "model": {
+        "name": "Qwen/Qwen2.5-0.5B",
+        "weights_mib": 1000,
+        "activation_mib": 500,
+        "batch_headroom_mib": 2000,
+        "max_model_len": 4096,
+    },
     "limits": {"max_concurrency": 16, "max_queue": 32},
-}  # fmt: skip
+}
 
 
-def problems_of(specs: list, slots: dict = SLOTS) -> list[str]:
+def problems_of(specs: list, slots: dict | None = None) -> list[str]:
     with pytest.raises(ServiceError) as caught:
-        validate(specs, slots, PROFILES)
+        validate(specs, SLOTS if slots is None else slots, PROFILES)
     return caught.value.problems
 
 
@@ -169,8 +219,20 @@ def test_sla_and_vllm_process_warnings():
     assert "vllm-project/vllm#41848" in warnings[1]
 
 
-@pytest.mark.parametrize(("value", "millis"), [(2, 2000), (0.25, 250), ("250ms", 250), ("1.5s", 1500), ("2m", 120000),
-                                                ("3", 3000), ("1h", 3600000), ("x", None), (True, None)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "millis"),
+    [
+        (2, 2000),
+        (0.25, 250),
+        ("250ms", 250),
+        ("1.5s", 1500),
+        ("2m", 120000),
+        ("3", 3000),
+        ("1h", 3600000),
+        ("x", None),
+        (True, None),
+    ],
+)
 def test_parse_duration(value, millis):
     assert _services.parse_duration_ms(value) == millis
 
@@ -239,13 +301,22 @@ def test_vllm_argv_parses_back():
     ocr = validate([VLLM], SLOTS, PROFILES)[0][0]
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
-    for flag, kind in (("--host", str), ("--port", int), ("--gpu-memory-utilization", float),
-                       ("--max-num-seqs", int), ("--max-model-len", int)):  # fmt: skip
+    for flag, kind in (
+        ("--host", str),
+        ("--port", int),
+        ("--gpu-memory-utilization", float),
+        ("--max-num-seqs", int),
+        ("--max-model-len", int),
+    ):
         parser.add_argument(flag, type=kind)
     args = parser.parse_args(_services.server_argv(ocr, SLOTS["ocr"]))
     assert (args.model, args.host, args.port, args.max_num_seqs, args.max_model_len) == (
-        "Qwen/Qwen2.5-0.5B", "127.0.0.1", 18100, 16, 4096,
-    )  # fmt: skip
+        "Qwen/Qwen2.5-0.5B",
+        "127.0.0.1",
+        18100,
+        16,
+        4096,
+    )
     assert args.gpu_memory_utilization == 0.72  # ceil(3500 / 4864, 2 decimals)
     assert _services.vllm_memory_fraction(ocr, 3500) == 0.95
 
@@ -253,8 +324,10 @@ def test_vllm_argv_parses_back():
 def test_triton_and_mlserver_argv_use_the_loopback_port_block():
     chat = validate([TRITON], SLOTS, PROFILES)[0][0]
     assert _services.server_argv(chat, SLOTS["chat"])[-3:] == [
-        "--grpc-port=18001", "--metrics-address=127.0.0.1", "--metrics-port=18002",
-    ]  # fmt: skip
+        "--grpc-port=18001",
+        "--metrics-address=127.0.0.1",
+        "--metrics-port=18002",
+    ]
     ml = validate([with_changes(TRITON, server="mlserver", extra_args=["--debug"])], SLOTS, PROFILES)[0][0]
     assert _services.server_argv(ml, SLOTS["chat"]) == ["start", "/srv/models", "--debug"]
 
@@ -262,8 +335,13 @@ def test_triton_and_mlserver_argv_use_the_loopback_port_block():
 def test_mlserver_settings_round_trip_as_json():
     ml = validate([with_changes(TRITON, server="mlserver")], SLOTS, PROFILES)[0][0]
     settings, model = (json.loads(json.dumps(d)) for d in _services.mlserver_settings(ml))
-    assert settings == {"host": "127.0.0.1", "http_port": 18000, "grpc_port": 18001, "metrics_port": 18002,
-                        "parallel_workers": 2}  # fmt: skip
+    assert settings == {
+        "host": "127.0.0.1",
+        "http_port": 18000,
+        "grpc_port": 18001,
+        "metrics_port": 18002,
+        "parallel_workers": 2,
+    }
     assert model["max_batch_size"] == 8 and model["max_batch_time"] == 0.002
     assert model["implementation"] == "mlserver_sklearn.SKLearnModel" and model["name"] == "resnet"
 
@@ -298,12 +376,16 @@ def test_mig_cap_minors_match_published_tables_and_prefer_the_driver_table():
     assert _services.mig_cap_minors(6, 11, 5)[1] == 918
     table = _services.parse_mig_minors("config 1\nmonitor 2\ngpu0/gi2/access 99\ngpu0/gi2/ci0/access 100\n")
     assert _services.device_allow(SLOTS["chat"], table)[-2:] == [
-        "/dev/nvidia-caps/nvidia-cap99", "/dev/nvidia-caps/nvidia-cap100",
-    ]  # fmt: skip
+        "/dev/nvidia-caps/nvidia-cap99",
+        "/dev/nvidia-caps/nvidia-cap100",
+    ]
     assert _services.device_allow(SLOTS["ocr"]) == [
-        "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia1",
-        "/dev/nvidia-caps/nvidia-cap255", "/dev/nvidia-caps/nvidia-cap256",
-    ]  # fmt: skip
+        "/dev/nvidiactl",
+        "/dev/nvidia-uvm",
+        "/dev/nvidia1",
+        "/dev/nvidia-caps/nvidia-cap255",
+        "/dev/nvidia-caps/nvidia-cap256",
+    ]
 
 
 def test_systemd_exec_quotes_and_escapes():
