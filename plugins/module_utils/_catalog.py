@@ -9,6 +9,7 @@ On a real GPU the catalog is read live from NVML by ``_nvml``; the shipped table
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -101,16 +102,32 @@ def _model(data: dict) -> GpuModel:
     return GpuModel(**values)
 
 
-MODELS: dict[str, GpuModel] = {name: _model(data) for name, data in json.loads(MODELS_JSON).items()}
+@functools.lru_cache(maxsize=None)
+def _raw_models() -> dict[str, dict]:
+    return json.loads(MODELS_JSON)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str) -> GpuModel:
+    return _model(_raw_models()[name])
+
+
+def all_models() -> dict[str, GpuModel]:
+    """Every shipped model by NVML product name."""
+    return {name: _built(name) for name in _raw_models()}
 
 
 def find_model(product_name: str) -> GpuModel | None:
-    """Return the shipped model for an NVML product name (or a known alias), else None."""
-    if product_name in MODELS:
-        return MODELS[product_name]
-    for model in MODELS.values():
-        if product_name in model.aliases:
-            return model
+    """Return the shipped model for an NVML product name (or a known alias), else None.
+
+    Only the model asked for is built: modules run without bytecode caches, so imports stay cheap.
+    """
+    raw = _raw_models()
+    if product_name in raw:
+        return _built(product_name)
+    for name, data in raw.items():
+        if product_name in data.get("aliases", ()):
+            return _built(name)
     return None
 
 

@@ -49,11 +49,14 @@ SHORT_NAMES = {
 
 def all_models() -> dict[str, GpuModel]:
     """Every installable model by NVML product name."""
-    return {**_catalog.MODELS, **NON_MIG_MODELS}
+    return {**_catalog.all_models(), **NON_MIG_MODELS}
 
 
 def lookup(name: str) -> GpuModel:
     """Resolve a product name, catalog alias or short name (case-insensitive); KeyError if unknown."""
+    exact = NON_MIG_MODELS.get(name) or _catalog.find_model(name)  # the stored product name: build just that one
+    if exact is not None:
+        return exact
     models = all_models()
     wanted = SHORT_NAMES.get(name.upper(), name)
     for candidate in (wanted, f"NVIDIA {wanted}"):

@@ -25,7 +25,7 @@ REFERENCE = next(
     ROOT.parent / "shared" / "reference" / "mig-profiles.json",
 )
 
-ALL_PROFILES = [(m, p) for m in _catalog.MODELS.values() for p in m.profiles]
+ALL_PROFILES = [(m, p) for m in _catalog.all_models().values() for p in m.profiles]
 PROFILE_IDS = [f"{m.name}:{p.name}" for m, p in ALL_PROFILES]
 
 
@@ -59,7 +59,7 @@ def _max_disjoint(starts, size):
 
 
 def test_shipped_models():
-    assert set(_catalog.MODELS) == {
+    assert set(_catalog.all_models()) == {
         "NVIDIA A100-SXM4-40GB",
         "NVIDIA A100-SXM4-80GB",
         "NVIDIA A30",
@@ -70,13 +70,13 @@ def test_shipped_models():
         "NVIDIA GH200 480GB",
         "NVIDIA B200",
     }
-    for name, model in _catalog.MODELS.items():
+    for name, model in _catalog.all_models().items():
         assert model.name == name
         assert isinstance(model.profiles[0], _catalog.GpuInstanceProfile)
 
 
 def test_a100_40gb_table():
-    model = _catalog.MODELS["NVIDIA A100-SXM4-40GB"]
+    model = _catalog.all_models()["NVIDIA A100-SXM4-40GB"]
     assert [p.id for p in model.profiles] == [19, 20, 15, 14, 9, 5, 0]
     assert [p.name for p in model.profiles] == [
         "1g.5gb",
@@ -108,7 +108,7 @@ def test_a100_40gb_table():
 
 
 def test_a30_uses_its_own_ids():
-    model = _catalog.MODELS["NVIDIA A30"]
+    model = _catalog.all_models()["NVIDIA A30"]
     assert [(p.name, p.id) for p in model.profiles] == [
         ("1g.6gb", 14),
         ("1g.6gb+me", 21),
@@ -135,7 +135,7 @@ def test_a30_uses_its_own_ids():
     ],
 )
 def test_generation_behaviour(name, driver, arch, reset):
-    model = _catalog.MODELS[name]
+    model = _catalog.all_models()[name]
     assert (model.min_driver, model.architecture) == (driver, arch)
     assert model.mig_enable_requires_reset is reset
     assert model.mig_mode_persists_reboot is reset
@@ -167,7 +167,7 @@ def test_compute_profiles(model, prof):
             assert ci.name == f"{ci.slice_count}c.{prof.name}"
 
 
-@pytest.mark.parametrize("model", list(_catalog.MODELS.values()), ids=list(_catalog.MODELS))
+@pytest.mark.parametrize("model", list(_catalog.all_models().values()), ids=list(_catalog.all_models()))
 def test_model_consistency(model):
     assert len({p.id for p in model.profiles}) == len(model.profiles)
     assert len({p.name for p in model.profiles}) == len(model.profiles)
@@ -192,7 +192,7 @@ def test_model_consistency(model):
     ],
 )
 def test_borrowed_placements_are_noted(name, donor):
-    model = _catalog.MODELS[name]
+    model = _catalog.all_models()[name]
     for prof in model.profiles:
         note = prof.note or ""
         if donor:
@@ -203,7 +203,7 @@ def test_borrowed_placements_are_noted(name, donor):
 
 
 def model_profile_at(name, nvml_index):
-    return next(p for p in _catalog.MODELS[name].profiles if p.nvml_index == nvml_index)
+    return next(p for p in _catalog.all_models()[name].profiles if p.nvml_index == nvml_index)
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_find_model(product, expected):
 
 
 def test_profile_lookup():
-    model = _catalog.MODELS["NVIDIA H100 80GB HBM3"]
+    model = _catalog.all_models()["NVIDIA H100 80GB HBM3"]
     by_name = model.profile("3g.40gb")
     assert by_name.id == 9
     assert model.profile(9) is by_name
