@@ -13,7 +13,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.build/ansible-tmp
 export ANSIBLE_REMOTE_TMP := $(CURDIR)/.build/ansible-tmp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test venv collection unit sanity ansible-units lint importer molecule molecule-systemd benchmarks clean
+.PHONY: demo test venv collection unit sanity ansible-units capacity-tests lint importer molecule molecule-systemd benchmarks clean
 
 $(BIN)/ansible: requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -34,8 +34,8 @@ demo: collection
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/site.yml
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/audit.yml -e gpu_mig_report_dir=$(CURDIR)/.build/demo-report
 
-# `make test` is what CI runs. ansible-test units runs every test under tests/unit.
-test: lint sanity ansible-units molecule
+# `make test` is what CI runs.
+test: lint sanity ansible-units capacity-tests molecule
 
 # Quick local loop: the unit tests under plain pytest.
 unit: collection
@@ -50,8 +50,13 @@ $(TESTCOPY): collection
 sanity: $(TESTCOPY)
 	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --local --color no
 
+# Everything under tests/unit except the capacity tests, which measure latency and run on their own, serially.
 ansible-units: $(TESTCOPY)
-	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test units --python 3.11 --local --color no
+	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test units --python 3.11 --local --color no \
+		tests/unit/plugins tests/unit/simulator tests/unit/services
+
+capacity-tests: collection
+	$(BIN)/pytest -q -p no:xdist tests/unit/capacity
 
 lint: collection
 	$(BIN)/ruff check .
@@ -75,9 +80,14 @@ molecule: collection
 molecule-systemd: collection
 	$(BIN)/molecule test -s systemd_hosts
 
+# Figures, not tests. Locust (compared against by the capacity generator benchmark) is installed on demand.
 benchmarks: collection
 	$(BIN)/python benchmarks/facts_overhead.py
 	$(BIN)/python benchmarks/apply_overhead.py
+	$(BIN)/python benchmarks/audit_overhead.py
+	$(BIN)/python benchmarks/capacity_plans.py
+	$(BIN)/pip install -q locust
+	$(BIN)/python benchmarks/capacity_generator.py
 
 clean:
 	rm -rf .build tests/output

@@ -1,0 +1,1245 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Capacity-test core: histograms, SLA, step plans, knee verdicts, Erlang-C, SLA sentence and table (PRIVATE to the collection).
+
+Pure: no I/O, standard library only (it runs on remote hosts inside modules).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+SCHEMA = "gpu.mig/capacity/v1"
+
+
+class CapacityError(Exception):
+    """A capacity test cannot run or its input is invalid; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Latency histogram (HdrHistogram-equivalent: log buckets, bounded relative error, exact count/min/max/mean)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class LatencyHistogram:
+    """Log-bucketed histogram of durations in seconds; percentiles within ``1/SUB`` relative error.
+
+    Values are stored in microseconds; bucket ``i`` holds values in ``[g**i, g**(i+1))`` with ``g = 1 + 1/SUB``.
+    """
+
+    SUB = 256
+    _LOG_G = math.log1p(1.0 / SUB)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        us = seconds * 1e6
+        if us < 1.0:
+            us = 1.0
+        idx = int(math.log(us) / self._LOG_G)
+        self.counts[idx] = self.counts.get(idx, 0) + 1
+        self.count += 1
+        self.total += seconds
+        if seconds < self.min:
+            self.min = seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def merge(self, other: LatencyHistogram) -> LatencyHistogram:
+        for idx, n in other.counts.items():
+            self.counts[idx] = self.counts.get(idx, 0) + n
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        return self
+
+    def percentile(self, pct: float) -> float | None:
+        """Value (seconds) at percentile ``pct`` (0-100, nearest rank); None when empty."""
+        if self.count == 0:
+            return None
+        if pct >= 100:
+            return self.max
+        rank = max(1, (math.ceil(pct / 100.0 * self.count)))
+        seen = 0
+        for idx in sorted(self.counts):
+            seen += self.counts[idx]
+            if seen >= rank:
+                # geometric middle of the bucket, clamped to the exact extremes
+                mid = math.exp((idx + 0.5) * self._LOG_G) / 1e6
+                return min(max(mid, self.min), self.max)
+        return self.max
+
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def summary_ms(self) -> dict:
+        """p50/p90/p95/p99/p99.9/max/min/mean in milliseconds (None when empty)."""
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1000.0, 3)
+
+        return {
+            "count": self.count,
+            "p50": ms(self.percentile(50)),
+            "p90": ms(self.percentile(90)),
+            "p95": ms(self.percentile(95)),
+            "p99": ms(self.percentile(99)),
+            "p999": ms(self.percentile(99.9)),
+            "max": ms(self.max if self.count else None),
+            "min": ms(self.min if self.count else None),
+            "mean": ms(self.mean()),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "sub": self.SUB,
+            "counts": {str(k): v for k, v in sorted(self.counts.items())},
+            "count": self.count,
+            "total": self.total,
+            "min": None if self.count == 0 else self.min,
+            "max": self.max,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyHistogram:
+        if int(data.get("sub", cls.SUB)) != cls.SUB:
+            raise CapacityError("histogram resolution mismatch: sub=%s, expected %s" % (data.get("sub"), cls.SUB))
+        h = cls()
+        h.counts = {int(k): int(v) for k, v in data.get("counts", {}).items()}
+        h.count = int(data.get("count", 0))
+        h.total = float(data.get("total", 0.0))
+        h.min = math.inf if data.get("min") is None else float(data["min"])
+        h.max = float(data.get("max", 0.0))
+        return h
+
+
+def percentile_sorted(values: list, pct: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list; None when empty."""
+    if not values:
+        return None
+    rank = max(1, (math.ceil(pct / 100.0 * len(values))))
+    return values[min(rank, len(values)) - 1]
+
+
+def percentile(values, pct: float) -> float | None:
+    return percentile_sorted(sorted(values), pct)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SLA
+# ---------------------------------------------------------------------------------------------------------------------
+
+_SLA_TERM = re.compile(r"^\s*(p(?:\d+(?:\.\d+)?)|errors?)\s*(<=|<)\s*([\d.]+)\s*(ms|s|%)?\s*$", re.IGNORECASE)
+
+
+@dataclass
+class Sla:
+    """Latency percentiles (ms) that must hold, plus the knee thresholds."""
+
+    percentiles: dict = field(default_factory=dict)  # {95.0: 300.0, 99.0: 800.0}
+    max_error_rate: float = 0.0  # fraction; 0 = no errors allowed
+    min_throughput_ratio: float = 0.95  # achieved/offered below this is a knee
+    baseline_factor: float = 3.0  # p95 > k x low-load p95 is a knee; 0 disables
+    hard_factor: float = 2.0  # a percentile above hard_factor x its limit stops stepping up
+    hard_error_rate: float = 0.1
+    max_schedule_lag_ms: float = 10.0  # generator p99 lag above this voids the step
+    queue_growth_min: float = 2.0  # net queue growth over the hold (requests) needed to call it growth
+
+    def primary(self) -> tuple[float, float]:
+        """The percentile named first in the sentence: p95 when given, else the highest one."""
+        if 95.0 in self.percentiles:
+            return 95.0, self.percentiles[95.0]
+        pct = max(self.percentiles)
+        return pct, self.percentiles[pct]
+
+    def to_dict(self) -> dict:
+        return {
+            "percentiles_ms": {pct_name(p): v for p, v in sorted(self.percentiles.items())},
+            "max_error_rate": self.max_error_rate,
+            "min_throughput_ratio": self.min_throughput_ratio,
+            "baseline_factor": self.baseline_factor,
+            "hard_factor": self.hard_factor,
+            "hard_error_rate": self.hard_error_rate,
+            "max_schedule_lag_ms": self.max_schedule_lag_ms,
+            "queue_growth_min": self.queue_growth_min,
+        }
+
+
+def pct_name(p: float) -> str:
+    """95.0 -> 'p95', 99.9 -> 'p99.9'."""
+    return "p%s" % ("%g" % p)
+
+
+def parse_sla(spec) -> Sla:
+    """Build an :class:`Sla` from a dict (``p95_ms``, ``p99_ms``, ``max_error_rate``...) or a string.
+
+    String form: ``"p95<300ms, p99<800ms, errors<=0.1%"``. An SLA without a latency percentile is an error.
+    """
+    if isinstance(spec, Sla):
+        sla = spec
+    elif isinstance(spec, str):
+        sla = Sla()
+        for term in [t for t in re.split(r"[,;]| and ", spec) if t.strip()]:
+            m = _SLA_TERM.match(term)
+            if not m:
+                raise CapacityError(
+                    "cannot parse SLA term %r; write terms like 'p95<300ms', 'p99<1s' or 'errors<=0.1%%'" % term.strip()
+                )
+            name, _op, num, unit = m.group(1).lower(), m.group(2), float(m.group(3)), (m.group(4) or "").lower()
+            if name.startswith("error"):
+                sla.max_error_rate = num / 100.0 if unit == "%" else num
+            else:
+                if unit == "%":
+                    raise CapacityError("SLA term %r: a latency limit needs ms or s, not %%" % term.strip())
+                sla.percentiles[float(name[1:])] = num * 1000.0 if unit == "s" else num
+    elif isinstance(spec, dict):
+        sla = Sla()
+        known = {
+            "max_error_rate",
+            "min_throughput_ratio",
+            "baseline_factor",
+            "hard_factor",
+            "hard_error_rate",
+            "max_schedule_lag_ms",
+            "queue_growth_min",
+        }
+        for key, value in spec.items():
+            if value is None:
+                continue
+            m = re.match(r"^p(\d+(?:\.\d+)?)(?:_ms)?$", str(key))
+            if m:
+                sla.percentiles[float(m.group(1))] = float(value)
+            elif key in known:
+                setattr(sla, key, float(value))
+            else:
+                raise CapacityError(
+                    "unknown SLA key %r; use p50_ms/p95_ms/p99_ms (any pNN_ms) and %s" % (key, ", ".join(sorted(known)))
+                )
+    else:
+        raise CapacityError("SLA must be a mapping such as {p95_ms: 300, p99_ms: 800} or a string 'p95<300ms'")
+    if not sla.percentiles:
+        raise CapacityError(
+            "the SLA names no latency percentile; give at least one, e.g. p95_ms: 300 (and p99_ms: 800). "
+            "A capacity without a latency bound is just the saturation throughput."
+        )
+    for p, v in sla.percentiles.items():
+        if not 0 < p < 100:
+            raise CapacityError("SLA percentile p%g is outside (0, 100)" % p)
+        if v <= 0:
+            raise CapacityError("SLA limit for %s must be > 0 ms, got %g" % (pct_name(p), v))
+    if not 0 <= sla.max_error_rate < 1:
+        raise CapacityError("SLA max_error_rate must be in [0, 1), got %g" % sla.max_error_rate)
+    if not 0 < sla.min_throughput_ratio <= 1:
+        raise CapacityError("SLA min_throughput_ratio must be in (0, 1], got %g" % sla.min_throughput_ratio)
+    return sla
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step plans
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutcome:
+    """What a plan needs to know about a finished step."""
+
+    rate: float
+    passed: bool
+    void: bool = False
+    hard_break: bool = False
+
+
+def _round_rate(rate: float) -> float:
+    if rate >= 100:
+        return float(round(rate))
+    if rate >= 10:
+        return round(rate, 1)
+    return round(rate, 3)
+
+
+class LinearPlan:
+    """Start at ``start_rps`` and raise by ``step_pct`` per step (compounding) up to ``max_rps`` / ``max_steps``.
+
+    Stops at a hard SLA break, at a void step, or ``steps_after_knee`` steps after the first failing step.
+    """
+
+    kind = "linear"
+
+    def __init__(
+        self,
+        start_rps: float,
+        step_pct: float = 15.0,
+        max_rps: float | None = None,
+        max_steps: int = 20,
+        steps_after_knee: int = 1,
+    ) -> None:
+        if start_rps <= 0:
+            raise CapacityError("start_rps must be > 0, got %g" % start_rps)
+        if not 0 < step_pct <= 200:
+            raise CapacityError("step_pct must be in (0, 200], got %g" % step_pct)
+        if max_steps < 1:
+            raise CapacityError("max_steps must be >= 1")
+        if max_rps is not None and max_rps < start_rps:
+            raise CapacityError("max_rps %g is below start_rps %g" % (max_rps, start_rps))
+        self.start_rps = float(start_rps)
+        self.step_pct = float(step_pct)
+        self.max_rps = max_rps
+        self.max_steps = int(max_steps)
+        self.steps_after_knee = int(steps_after_knee)
+
+    def rates(self) -> list[float]:
+        out = []
+        rate = self.start_rps
+        while len(out) < self.max_steps:
+            if self.max_rps is not None and rate > self.max_rps * (1 + 1e-9):
+                if not out or out[-1] < self.max_rps:
+                    out.append(_round_rate(self.max_rps))
+                break
+            out.append(_round_rate(rate))
+            rate *= 1 + self.step_pct / 100.0
+        return out
+
+    def worst_case_steps(self) -> int:
+        return len(self.rates())
+
+    def next_rate(self, history: list[StepOutcome]) -> float | None:
+        rates = self.rates()
+        if len(history) >= len(rates):
+            return None
+        if history and (history[-1].hard_break or history[-1].void):
+            return None
+        fails = [i for i, h in enumerate(history) if not h.passed]
+        if fails and len(history) - 1 - fails[0] >= self.steps_after_knee:
+            return None
+        return rates[len(history)]
+
+    def describe(self) -> str:
+        return "linear: start %g RPS, +%g%% per step, up to %s" % (
+            self.start_rps,
+            self.step_pct,
+            "%g RPS" % self.max_rps if self.max_rps else "%d steps" % self.max_steps,
+        )
+
+
+class AdaptivePlan:
+    """Multiply the rate by ``growth`` while steps pass, then bisect between the last pass and the first failure.
+
+    Ends when the bracket is narrower than ``resolution`` (relative), at ``max_rps``, at ``max_steps`` or a void step.
+    """
+
+    kind = "adaptive"
+
+    def __init__(
+        self,
+        start_rps: float,
+        max_rps: float | None = None,
+        growth: float = 2.0,
+        resolution: float = 0.03,
+        max_steps: int = 20,
+        min_rps: float | None = None,
+    ) -> None:
+        if start_rps <= 0:
+            raise CapacityError("start_rps must be > 0, got %g" % start_rps)
+        if growth <= 1.0:
+            raise CapacityError("adaptive growth must be > 1, got %g" % growth)
+        if not 0 < resolution < 1:
+            raise CapacityError("adaptive resolution must be in (0, 1), got %g" % resolution)
+        if max_rps is not None and max_rps < start_rps:
+            raise CapacityError("max_rps %g is below start_rps %g" % (max_rps, start_rps))
+        self.start_rps = float(start_rps)
+        self.max_rps = max_rps
+        self.growth = float(growth)
+        self.resolution = float(resolution)
+        self.max_steps = int(max_steps)
+        self.min_rps = float(min_rps) if min_rps else self.start_rps / (self.growth**3)
+
+    def worst_case_steps(self) -> int:
+        top = self.max_rps if self.max_rps else self.start_rps * self.growth**8
+        up = (math.ceil(math.log(max(top / self.start_rps, 1.0)) / math.log(self.growth))) + 1
+        bisect = (math.ceil(math.log((self.growth - 1.0) / self.resolution, 2))) + 1
+        return min(self.max_steps, up + max(bisect, 0))
+
+    def bracket(self, history: list[StepOutcome]) -> tuple[float | None, float | None]:
+        valid = [h for h in history if not h.void]
+        fails = [h.rate for h in valid if not h.passed]
+        hi = min(fails) if fails else None
+        passes = [h.rate for h in valid if h.passed and (hi is None or h.rate < hi)]
+        lo = max(passes) if passes else None
+        return lo, hi
+
+    def next_rate(self, history: list[StepOutcome]) -> float | None:
+        if not history:
+            return _round_rate(self.start_rps)
+        if len(history) >= self.max_steps or history[-1].void:
+            return None
+        lo, hi = self.bracket(history)
+        if hi is None:
+            last = max(h.rate for h in history)
+            if self.max_rps is not None and last >= self.max_rps:
+                return None
+            nxt = last * self.growth
+            return _round_rate(min(nxt, self.max_rps) if self.max_rps else nxt)
+        if lo is None:
+            nxt = hi / self.growth
+            return None if nxt < self.min_rps else _round_rate(nxt)
+        if (hi - lo) / lo <= self.resolution:
+            return None
+        nxt = _round_rate((lo + hi) / 2.0)
+        if nxt <= lo or nxt >= hi:
+            return None
+        return nxt
+
+    def describe(self) -> str:
+        return "adaptive: start %g RPS, x%g until a step fails, then bisect to %g%%%s" % (
+            self.start_rps,
+            self.growth,
+            self.resolution * 100,
+            ", max %g RPS" % self.max_rps if self.max_rps else "",
+        )
+
+
+def build_plan(kind: str, **kw):
+    if kind == "linear":
+        return LinearPlan(
+            kw["start_rps"],
+            step_pct=kw.get("step_pct", 15.0),
+            max_rps=kw.get("max_rps"),
+            max_steps=kw.get("max_steps", 20),
+            steps_after_knee=kw.get("steps_after_knee", 1),
+        )
+    if kind == "adaptive":
+        return AdaptivePlan(
+            kw["start_rps"],
+            max_rps=kw.get("max_rps"),
+            growth=kw.get("growth", 2.0),
+            resolution=kw.get("resolution", 0.03),
+            max_steps=kw.get("max_steps", 20),
+        )
+    raise CapacityError("unknown plan %r; use linear or adaptive" % kind)
+
+
+def check_time_budget(
+    plan, warmup_s: float, hold_s: float, time_limit_s: float, initial_warmup_s: float = 0.0, baseline: bool = False
+) -> float:
+    """Worst-case seconds the plan needs; raises when it exceeds ``time_limit_s``."""
+    if hold_s <= 0:
+        raise CapacityError("hold must be > 0 s")
+    if warmup_s < 0:
+        raise CapacityError("warm-up must be >= 0 s")
+    steps = plan.worst_case_steps() + (1 if baseline else 0)
+    need = initial_warmup_s + steps * (warmup_s + hold_s)
+    if time_limit_s and need > time_limit_s:
+        raise CapacityError(
+            "the %s plan needs up to %d steps x (%g s warm-up + %g s hold)%s = %.0f s, more than time_limit %.0f s; "
+            "raise time_limit, shorten hold/warm-up, or lower max_steps/max_rps"
+            % (
+                plan.kind,
+                steps,
+                warmup_s,
+                hold_s,
+                " + %g s initial warm-up" % initial_warmup_s if initial_warmup_s else "",
+                need,
+                time_limit_s,
+            )
+        )
+    return need
+
+
+def schedule_offsets(rate: float, duration: float, arrival: str = "constant", rng=None, start: float = 0.0) -> list:
+    """Intended send offsets (seconds from step start) for ``rate`` RPS over ``duration`` seconds.
+
+    ``constant`` spaces them evenly; ``poisson`` draws exponential gaps from ``rng`` (a ``random.Random``).
+    """
+    if rate <= 0 or duration <= 0:
+        return []
+    out = []
+    if arrival == "constant":
+        gap = 1.0 / rate
+        n = math.floor(duration * rate + 1e-9)
+        return [start + i * gap for i in range(n)]
+    if arrival != "poisson":
+        raise CapacityError("unknown arrival process %r; use constant or poisson" % arrival)
+    if rng is None:
+        raise CapacityError("poisson arrivals need a random generator")
+    t = rng.expovariate(rate)
+    limit = int(duration * rate * 4 + 100)  # bounded even for an adversarial rng
+    while t < duration and len(out) < limit:
+        out.append(start + t)
+        t += rng.expovariate(rate)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Statistics helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+_T95 = [6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753]
+_T95 += [1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697]
+
+
+def t95(df: int) -> float:
+    """One-sided 95% Student-t critical value."""
+    if df < 1:
+        return math.inf
+    if df <= len(_T95):
+        return _T95[df - 1]
+    return 1.645 + 1.6 / df
+
+
+def linear_fit(xs: list, ys: list) -> tuple[float, float, float]:
+    """Least squares ``y = a + b x``: returns (a, b, standard error of b)."""
+    n = len(xs)
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return my, 0.0, math.inf
+    b = sum((xs[i] - mx) * (ys[i] - my) for i in range(n)) / sxx
+    a = my - b * mx
+    if n <= 2:
+        return a, b, math.inf
+    sse = sum((ys[i] - a - b * xs[i]) ** 2 for i in range(n))
+    se = math.sqrt(sse / (n - 2) / sxx)
+    return a, b, se
+
+
+def queue_trend(samples: list, duration: float | None = None, blocks: int = 8) -> dict | None:
+    """Slope of a queue-length series ``[(t, q), ...]`` with a one-sided 95% lower bound.
+
+    Samples are averaged into ``blocks`` consecutive blocks first (batch means), because queue samples are strongly
+    autocorrelated and a plain regression would be far too confident. None with fewer than 6 samples.
+    """
+    pts = sorted((float(t), float(q)) for t, q in samples)
+    if len(pts) < 6:
+        return None
+    nb = max(3, min(blocks, len(pts) // 3))
+    size = len(pts) / nb
+    xs, ys = [], []
+    for b in range(nb):
+        chunk = pts[(round(b * size)) : (round((b + 1) * size))]
+        if chunk:
+            xs.append(sum(p[0] for p in chunk) / len(chunk))
+            ys.append(sum(p[1] for p in chunk) / len(chunk))
+    _a, slope, se = linear_fit(xs, ys)
+    span = duration if duration else (pts[-1][0] - pts[0][0])
+    lower = slope - t95(len(xs) - 2) * se if math.isfinite(se) else -math.inf
+    upper = slope + t95(len(xs) - 2) * se if math.isfinite(se) else math.inf
+    return {
+        "slope": slope,
+        "slope_lower": lower,
+        "slope_upper": upper,
+        "growth": slope * span,
+        "start_level": ys[0],
+        "end_level": ys[-1],
+        "mean_level": sum(q for _t, q in pts) / len(pts),
+        "max": max(q for _t, q in pts),
+        "blocks": len(xs),
+        "span_s": span,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Step verdicts (knee detection)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fmt_ms(v) -> str:
+    if v is None:
+        return "n/a"
+    if v >= 100:
+        return "%.0f ms" % v
+    if v >= 10:
+        return "%.1f ms" % v
+    return "%.2f ms" % v
+
+
+def evaluate_step(step: dict, sla: Sla, baseline: dict | None = None) -> dict:
+    """Judge one measured step; every check says in words what it saw and why it passed or failed.
+
+    ``step`` holds ``offered_rps``, ``achieved_rps``, ``latency_ms`` (p50/p95/p99...), ``schedule_lag_ms`` (p99),
+    ``errors`` ({kind: n}), ``measured`` (request count), ``queue`` (a :func:`queue_trend` result plus ``source``).
+    ``baseline`` is the low-load step (for the k x baseline p95 check).
+    Returns ``{passed, void, hard_break, checks: [...], summary}``.
+    """
+    checks = []
+    void = False
+    hard = False
+
+    def add(name, passed, value, limit, message, hard_fail=False):
+        checks.append({"name": name, "passed": bool(passed), "value": value, "limit": limit, "message": message})
+        return hard_fail
+
+    offered = float(step.get("offered_rps") or 0.0)
+    lat = step.get("latency_ms") or {}
+    measured = int(step.get("measured") or 0)
+
+    # 1. the generator kept its schedule
+    lag = (step.get("schedule_lag_ms") or {}).get("p99")
+    if lag is not None and lag > sla.max_schedule_lag_ms:
+        void = True
+        add(
+            "schedule_lag",
+            False,
+            lag,
+            sla.max_schedule_lag_ms,
+            "VOID: the generator fell behind its own schedule (p99 send lag %s > %s), so this step measured the "
+            "generator, not the service; give it a core of its own or lower the rate"
+            % (_fmt_ms(lag), _fmt_ms(sla.max_schedule_lag_ms)),
+        )
+    else:
+        add(
+            "schedule_lag",
+            True,
+            lag,
+            sla.max_schedule_lag_ms,
+            "generator on schedule (p99 send lag %s <= %s)" % (_fmt_ms(lag), _fmt_ms(sla.max_schedule_lag_ms)),
+        )
+
+    if measured == 0:
+        add("requests", False, 0, None, "no request was measured in the hold window")
+        return _verdict(checks, void=True, hard=False)
+
+    # 2. errors
+    errors = step.get("errors") or {}
+    n_err = sum(errors.values())
+    rate = n_err / float(measured)
+    kinds = ", ".join("%d %s" % (n, k) for k, n in sorted(errors.items()) if n)
+    if n_err == 0:
+        add("errors", True, 0.0, sla.max_error_rate, "no errors")
+    else:
+        ok = rate <= sla.max_error_rate
+        hard = hard or rate > sla.hard_error_rate
+        add(
+            "errors",
+            ok,
+            rate,
+            sla.max_error_rate,
+            "%d errors in %d requests (%.2f%%: %s) %s allowed %.2f%%"
+            % (n_err, measured, rate * 100, kinds, "<=" if ok else ">", sla.max_error_rate * 100),
+        )
+
+    # 3. throughput
+    achieved = float(step.get("achieved_rps") or 0.0)
+    # Poisson arrivals: compare with what was actually scheduled in the window, not the nominal rate
+    actual = float(step.get("offered_actual_rps") or offered)
+    ratio = achieved / actual if actual else 0.0
+    ok = ratio >= sla.min_throughput_ratio
+    if ratio < 0.8:
+        hard = True
+    add(
+        "throughput",
+        ok,
+        round(ratio, 4),
+        sla.min_throughput_ratio,
+        "achieved %.1f of %.1f offered RPS (%.2f %s %.2f)%s"
+        % (
+            achieved,
+            actual,
+            ratio,
+            ">=" if ok else "<",
+            sla.min_throughput_ratio,
+            "" if ok else ": the service cannot keep up",
+        ),
+    )
+
+    # 4. queue growth
+    q = step.get("queue")
+    if not q:
+        add("queue_growth", True, None, None, "queue not observed (too few samples); growth not judged")
+    else:
+        min_growth = max(sla.queue_growth_min, 0.1 * max(q.get("start_level", 0.0), 0.0))
+        growing = q["slope_lower"] > 0 and q["growth"] >= min_growth
+        src = q.get("source", "client in-flight")
+        if growing:
+            msg = (
+                "%s grows %+.2f/s over the %.1f s hold (95%% lower bound %+.2f/s), from %.1f to %.1f: "
+                "the queue does not return to baseline"
+                % (src, q["slope"], q["span_s"], q["slope_lower"], q["start_level"], q["end_level"])
+            )
+        else:
+            msg = "%s stable: slope %+.2f/s (95%% CI %+.2f..%+.2f), mean %.1f, max %.0f" % (
+                src,
+                q["slope"],
+                q["slope_lower"],
+                q["slope_upper"],
+                q["mean_level"],
+                q["max"],
+            )
+        add("queue_growth", not growing, round(q["slope"], 4), round(min_growth, 3), msg)
+
+    # 5. latency against the SLA
+    for p, limit in sorted(sla.percentiles.items()):
+        name = pct_name(p)
+        v = lat.get(name)
+        if v is None:
+            add("latency_" + name, False, None, limit, "%s not measured" % name)
+            continue
+        ok = v <= limit
+        if v > sla.hard_factor * limit:
+            hard = True
+        add(
+            "latency_" + name,
+            ok,
+            v,
+            limit,
+            "%s %s %s SLA %s" % (name, _fmt_ms(v), "<=" if ok else ">", _fmt_ms(limit)),
+        )
+
+    # 6. latency against the low-load baseline
+    if baseline and sla.baseline_factor and baseline is not step:
+        b95 = (baseline.get("latency_ms") or {}).get("p95")
+        v95 = lat.get("p95")
+        if b95 and v95 is not None:
+            lim = sla.baseline_factor * b95
+            ok = v95 <= lim
+            add(
+                "latency_vs_baseline",
+                ok,
+                v95,
+                round(lim, 3),
+                "p95 %s %s %g x low-load p95 %s (= %s)"
+                % (_fmt_ms(v95), "<=" if ok else ">", sla.baseline_factor, _fmt_ms(b95), _fmt_ms(lim)),
+            )
+    return _verdict(checks, void=void, hard=hard)
+
+
+def _verdict(checks: list, void: bool, hard: bool) -> dict:
+    failed = [c for c in checks if not c["passed"]]
+    passed = not failed and not void
+    if void:
+        summary = "void: " + "; ".join(c["message"] for c in failed)
+    elif passed:
+        summary = "pass: " + "; ".join(c["message"] for c in checks)
+    else:
+        summary = ("hard break: " if hard else "knee: ") + "; ".join(c["message"] for c in failed)
+    return {
+        "passed": passed,
+        "void": void,
+        "hard_break": bool(hard and not passed),
+        "checks": checks,
+        "summary": summary,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Capacity summary
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def summarize_capacity(steps: list, sla: Sla) -> dict:
+    """The sustained rate (highest passing step below the first failing one), the knee and the saturation rate."""
+    measured = [s for s in steps if s.get("kind", "step") in ("step", "baseline") and s.get("verdict")]
+    valid = [s for s in measured if not s["verdict"]["void"]]
+    voids = [s for s in measured if s["verdict"]["void"]]
+    fails = sorted((s for s in valid if not s["verdict"]["passed"]), key=lambda s: s["offered_rps"])
+    knee = fails[0] if fails else None
+    passes = [s for s in valid if s["verdict"]["passed"] and (knee is None or s["offered_rps"] < knee["offered_rps"])]
+    best = max(passes, key=lambda s: s["offered_rps"]) if passes else None
+    saturated = [
+        s
+        for s in valid
+        if s.get("achieved_rps", 0) < sla.min_throughput_ratio * (s.get("offered_actual_rps") or s["offered_rps"])
+    ]
+    # all saturated steps serve the same maximum throughput: average them (the max of noisy estimates is biased)
+    sat_rps = sum(s.get("achieved_rps", 0.0) for s in saturated) / len(saturated) if saturated else None
+    out = {
+        "sustained_rps": best["offered_rps"] if best else None,
+        "achieved_rps": best.get("achieved_rps") if best else None,
+        "latency_ms": dict(best.get("latency_ms") or {}) if best else None,
+        "max_queue": _max_queue(best) if best else None,
+        "knee_rps": knee["offered_rps"] if knee else None,
+        "knee_reasons": [c["message"] for c in knee["verdict"]["checks"] if not c["passed"]] if knee else [],
+        "knee_step": knee.get("index") if knee else None,
+        "saturation_rps": round(sat_rps, 2) if sat_rps is not None else None,
+        "max_achieved_rps": round(max((s.get("achieved_rps", 0.0) for s in valid), default=0.0), 2),
+        "reached": knee is not None,
+        "void_steps": [s.get("index") for s in voids],
+    }
+    if best is None and knee is not None:
+        out["note"] = "the first measured step already failed: capacity is below %g RPS" % knee["offered_rps"]
+    elif knee is None and best is not None:
+        out["note"] = "no step failed: capacity is at least %g RPS (the highest rate tested)" % best["offered_rps"]
+    elif best is None:
+        out["note"] = "no valid step was measured"
+    else:
+        out["note"] = "capacity lies between %g RPS (last pass) and %g RPS (knee)" % (
+            best["offered_rps"],
+            knee["offered_rps"],
+        )
+    return out
+
+
+def _max_queue(step: dict):
+    q = step.get("queue") or {}
+    server = step.get("server") or {}
+    if server.get("queue_max") is not None:
+        return server["queue_max"]
+    return q.get("max")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Queueing model: Erlang C with the Allen-Cunneen correction
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def erlang_c(c: int, a: float) -> float:
+    """Probability of waiting in M/M/c with offered load ``a = lambda/mu`` (Erlangs); 1.0 when ``a >= c``."""
+    if c < 1:
+        raise CapacityError("concurrency c must be >= 1")
+    if a <= 0:
+        return 0.0
+    if a >= c:
+        return 1.0
+    b = 1.0  # Erlang B by the stable recursion
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    return b / (1.0 - rho * (1.0 - b))
+
+
+def _service_points(mean_s: float, cs2: float, samples=None, n: int = 400) -> list:
+    """A service-time distribution as ``n`` equally likely points.
+
+    From measured samples when given; else deterministic (cv^2 = 0), exponential (cv^2 = 1) or lognormal.
+    """
+    if samples:
+        s = sorted(samples)
+        if len(s) <= n:
+            return list(s)
+        return [s[min(len(s) - 1, int((i + 0.5) * len(s) / n))] for i in range(n)]
+    if cs2 <= 1e-6:
+        return [mean_s]
+    if abs(cs2 - 1.0) < 1e-6:
+        return [-mean_s * math.log1p(-(i + 0.5) / n) for i in range(n)]
+    sigma2 = math.log1p(cs2)
+    mu_ln = math.log(mean_s) - sigma2 / 2
+    nd = NormalDist(mu_ln, math.sqrt(sigma2))
+    return [math.exp(nd.inv_cdf((i + 0.5) / n)) for i in range(n)]
+
+
+def response_quantile(
+    rate: float, c: int, mean_s: float, p: float, cs2: float = 1.0, ca2: float = 1.0, samples=None, _points=None
+) -> float:
+    """p-quantile (seconds) of response time = queue wait + service in a G/G/c queue.
+
+    Wait: Erlang C, ``P(Wq > t) = C exp(-(c mu - lambda) t / k)`` with the Allen-Cunneen factor ``k = (ca2 + cs2)/2``
+    (exact for M/M/c where k = 1). Service: the measured samples (or a lognormal with the given cv^2), independent of
+    the wait. ``inf`` at or above saturation.
+    """
+    mu = 1.0 / mean_s
+    if rate >= c * mu:
+        return math.inf
+    pts = _points if _points is not None else _service_points(mean_s, cs2, samples)
+    k = (ca2 + cs2) / 2.0
+    pw = erlang_c(c, rate / mu) if k > 0 else 0.0
+    theta = (c * mu - rate) / k if k > 0 else math.inf
+
+    def tail(t: float) -> float:
+        acc = 0.0
+        for s in pts:
+            if s > t:
+                acc += 1.0
+            elif pw > 0:
+                acc += pw * math.exp(-theta * (t - s))
+        # P(S>t) contributes with weight (1-pw) + pw (when S>t the sum exceeds t anyway)
+        return acc / len(pts)
+
+    target = 1.0 - p
+    # at t = max(S) + x the tail is at most pw * exp(-theta x): an upper bound to start the bisection from
+    hi = max(pts) + (math.log(pw / target) / theta if pw > target else 0.0) + 1e-9
+    lo = 0.0
+    for _step in range(40):
+        mid = (lo + hi) / 2
+        if tail(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def predict_capacity(
+    c: int, mean_s: float, limit_ms: float, p: float = 0.95, cs2: float = 1.0, ca2: float = 1.0, samples=None
+) -> dict:
+    """Highest rate at which the p-quantile of response time stays within ``limit_ms`` (bisection on the rate)."""
+    if mean_s <= 0:
+        raise CapacityError("service time must be > 0")
+    mu = 1.0 / mean_s
+    pts = _service_points(mean_s, cs2, samples)
+    limit = limit_ms / 1000.0
+    sat = c * mu
+    base = response_quantile(1e-9 * sat, c, mean_s, p, cs2, ca2, _points=pts)
+    out = {
+        "model": "M/M/c (Erlang C)"
+        if abs(cs2 - 1) < 0.05 and abs(ca2 - 1) < 0.05
+        else "G/G/c (Erlang C, Allen-Cunneen)",
+        "c": c,
+        "service_ms": round(mean_s * 1000, 3),
+        "cs2": round(cs2, 4),
+        "ca2": round(ca2, 4),
+        "percentile": round(p * 100, 3),
+        "limit_ms": limit_ms,
+        "saturation_rps": round(sat, 3),
+    }
+    if base > limit:
+        out.update(
+            rate_rps=0.0,
+            note="the service time alone exceeds the SLA (p%g of service %.1f ms)" % (p * 100, base * 1000),
+        )
+        return out
+    lo, hi = 0.0, sat
+    for _step in range(30):
+        mid = (lo + hi) / 2
+        if response_quantile(mid, c, mean_s, p, cs2, ca2, _points=pts) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    out["rate_rps"] = round(lo, 3)
+    out["utilisation"] = round(lo / sat, 4)
+    return out
+
+
+def service_stats(samples: list) -> tuple[float, float]:
+    """Mean and squared coefficient of variation of service-time samples."""
+    n = len(samples)
+    if n == 0:
+        raise CapacityError("no service-time samples")
+    m = sum(samples) / n
+    var = sum((x - m) ** 2 for x in samples) / max(1, n - 1)
+    return m, (var / (m * m) if m > 0 else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prometheus text format and known server metrics
+# ---------------------------------------------------------------------------------------------------------------------
+
+_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?\s*$")
+_PROM_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+# kind: queue (gauge of waiting requests), running (gauge), queue_time_sum / queue_time_count (counters, seconds via
+# the scale), exec_time_sum, requests (counter of finished requests).
+KNOWN_METRICS = {
+    # Triton
+    "nv_inference_pending_request_count": ("queue", 1.0),
+    "nv_inference_queue_duration_us": ("queue_time_sum", 1e-6),
+    "nv_inference_compute_infer_duration_us": ("exec_time_sum", 1e-6),
+    "nv_inference_request_success": ("requests", 1.0),
+    # vLLM
+    "vllm:num_requests_waiting": ("queue", 1.0),
+    "vllm:num_requests_running": ("running", 1.0),
+    "vllm:request_queue_time_seconds_sum": ("queue_time_sum", 1.0),
+    "vllm:request_queue_time_seconds_count": ("queue_time_count", 1.0),
+    # HAProxy (native Prometheus exporter)
+    "haproxy_backend_current_queue": ("queue", 1.0),
+    "haproxy_server_current_queue": ("queue_server", 1.0),
+    "haproxy_backend_queue_time_average_seconds": ("queue_time_avg", 1.0),
+    "haproxy_backend_current_sessions": ("running", 1.0),
+    # MLServer (histograms of the observed queue size)
+    "parallel_request_queue_sum": ("queue_obs_sum", 1.0),
+    "parallel_request_queue_count": ("queue_obs_count", 1.0),
+    "batch_request_queue_sum": ("queue_obs_sum", 1.0),
+    "batch_request_queue_count": ("queue_obs_count", 1.0),
+    # TorchServe
+    "ts_queue_latency_microseconds": ("queue_time_sum", 1e-6),
+    "ts_inference_requests_total": ("requests", 1.0),
+}
+
+
+def _unescape(v: str) -> str:
+    return v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+
+
+def parse_prometheus(text: str) -> list:
+    """``[(name, {label: value}, float), ...]`` from the Prometheus text exposition format; bad lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _PROM_LINE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(4))
+        except ValueError:
+            continue
+        labels = {}
+        if m.group(3):
+            for lm in _PROM_LABEL.finditer(m.group(3)):
+                labels[lm.group(1)] = _unescape(lm.group(2))
+        out.append((m.group(1), labels, value))
+    return out
+
+
+def extract_known(samples: list, label_filter: dict | None = None) -> dict:
+    """Sum the known metrics (across matching label sets) into ``{kind: value}`` plus ``names`` found."""
+    out: dict = {}
+    names = set()
+    for name, labels, value in samples:
+        known = KNOWN_METRICS.get(name)
+        if not known:
+            continue
+        if label_filter and any(labels.get(k) != str(v) for k, v in label_filter.items()):
+            continue
+        if math.isnan(value):
+            continue
+        kind, scale = known
+        out[kind] = out.get(kind, 0.0) + value * scale
+        names.add(name)
+    out["names"] = sorted(names)
+    return out
+
+
+def summarize_server_metrics(scrapes: list) -> dict:
+    """Per-step server view from ``[(t, {kind: value}), ...]``: queue series and max, mean queue wait, exec time."""
+    if not scrapes:
+        return {"available": False}
+    names = sorted({n for _t, s in scrapes for n in s.get("names", [])})
+    if not names:
+        return {"available": False, "names": []}
+    out: dict = {"available": True, "names": names}
+    qs = [(t, s["queue"]) for t, s in scrapes if "queue" in s]
+    if not qs:
+        qs = [(t, s["queue_server"]) for t, s in scrapes if "queue_server" in s]
+    if qs:
+        out["queue_samples"] = [[round(t, 3), v] for t, v in qs]
+        out["queue_max"] = max(v for _t, v in qs)
+        out["queue_mean"] = round(sum(v for _t, v in qs) / len(qs), 3)
+    first, last = scrapes[0][1], scrapes[-1][1]
+
+    def delta(kind):
+        if kind in first and kind in last:
+            return last[kind] - first[kind]
+        return None
+
+    n = delta("queue_time_count")
+    if n is None:
+        n = delta("requests")
+    qsum = delta("queue_time_sum")
+    if n and qsum is not None and n > 0:
+        out["queue_wait_ms"] = round(qsum / n * 1000.0, 3)
+    esum = delta("exec_time_sum")
+    if n and esum is not None and n > 0:
+        out["exec_ms"] = round(esum / n * 1000.0, 4)
+        out["exec_requests"] = int(n)
+    if "queue_time_avg" in last:
+        out["queue_wait_ms"] = round(last["queue_time_avg"] * 1000.0, 3)
+    osum, ocount = delta("queue_obs_sum"), delta("queue_obs_count")
+    if osum is not None and ocount:
+        out["queue_mean"] = round(osum / ocount, 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs: the SLA sentence and the capacity table
+# ---------------------------------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = [
+    "host",
+    "service",
+    "model",
+    "version",
+    "profile",
+    "gpu",
+    "batch",
+    "limits",
+    "sustained_rps",
+    "p95_ms",
+    "p99_ms",
+    "sla",
+    "max_queue",
+    "knee_rps",
+    "saturation_rps",
+    "predicted_rps",
+    "headroom_pct",
+    "verdict",
+]
+
+
+def _num(v, nd=1):
+    if v is None:
+        return None
+    return round(float(v), nd)
+
+
+def sla_sentence(service: str, capacity: dict, sla: Sla, profile: str | None = None, gpu: str | None = None) -> str:
+    """ "Service A sustains N RPS at p95 < X ms (and p99 < Y ms), with no errors and without queue growth"."""
+    name = service or "the service"
+    where = ""
+    if profile or gpu:
+        where = " on " + " ".join(x for x in ("MIG %s" % profile if profile else "", "(%s)" % gpu if gpu else "") if x)
+    limits = sorted(sla.percentiles.items(), key=lambda kv: (kv[0] != 95.0, kv[0]))
+    lat = capacity.get("latency_ms") or {}
+    if capacity.get("sustained_rps") is None:
+        if capacity.get("knee_rps") is not None:
+            return "%s%s does not meet the SLA (%s) at any tested rate; the lowest step, %g RPS, failed: %s." % (
+                name,
+                where,
+                ", ".join("%s < %g ms" % (pct_name(p), v) for p, v in limits),
+                capacity["knee_rps"],
+                "; ".join(capacity.get("knee_reasons") or []) or "see the step table",
+            )
+        voids = capacity.get("void_steps") or []
+        why = (
+            " (%d void step%s: the generator fell behind its schedule)" % (len(voids), "" if len(voids) == 1 else "s")
+            if voids
+            else ""
+        )
+        return "%s%s: no valid step was measured%s, so no capacity can be stated." % (name, where, why)
+    first = limits[0]
+    parts = "%s < %g ms" % (pct_name(first[0]), first[1])
+    if len(limits) > 1:
+        parts += " (and %s)" % ", ".join("%s < %g ms" % (pct_name(p), v) for p, v in limits[1:])
+    err = "with no errors" if sla.max_error_rate == 0 else "with errors <= %g%%" % (sla.max_error_rate * 100)
+    measured = ", ".join(
+        "%s %s" % (pct_name(p), _fmt_ms(lat.get(pct_name(p)))) for p, _v in limits if lat.get(pct_name(p)) is not None
+    )
+    tail = ""
+    if capacity.get("knee_rps") is not None:
+        tail = "; the knee is at %g RPS" % capacity["knee_rps"]
+    else:
+        tail = "; no knee up to the highest rate tested, so this is a lower bound"
+    return "%s%s sustains %g RPS at %s, %s and without queue growth (measured %s%s)." % (
+        name,
+        where,
+        capacity["sustained_rps"],
+        parts,
+        err,
+        measured or "n/a",
+        tail,
+    )
+
+
+def table_row(meta: dict, capacity: dict, sla: Sla, prediction: dict | None = None, target_rps=None) -> dict:
+    """One capacity-table row (see :data:`TABLE_COLUMNS`)."""
+    lat = capacity.get("latency_ms") or {}
+    sustained = capacity.get("sustained_rps")
+    headroom = None
+    if sustained is not None and target_rps:
+        headroom = round(100.0 * (sustained - float(target_rps)) / float(target_rps), 1)
+    elif sustained is not None and capacity.get("saturation_rps"):
+        headroom = round(100.0 * (capacity["saturation_rps"] - sustained) / capacity["saturation_rps"], 1)
+    limits = meta.get("limits") or {}
+    if isinstance(limits, dict):
+        limits = ", ".join("%s=%s" % (k, v) for k, v in sorted(limits.items()))
+    if capacity.get("sustained_rps") is not None:
+        verdict = "capacity found" if capacity.get("reached") else "lower bound (no knee)"
+    else:
+        verdict = "below lowest step" if capacity.get("knee_rps") is not None else "no valid step"
+    return {
+        "host": meta.get("host") or "",
+        "service": meta.get("service") or "",
+        "model": meta.get("model") or "",
+        "version": str(meta.get("version") or ""),
+        "profile": meta.get("profile") or "",
+        "gpu": meta.get("gpu") or "",
+        "batch": "" if meta.get("batch") is None else str(meta.get("batch")),
+        "limits": limits or "",
+        "sustained_rps": _num(sustained),
+        "p95_ms": _num(lat.get("p95")),
+        "p99_ms": _num(lat.get("p99")),
+        "sla": ", ".join("%s<%gms" % (pct_name(p), v) for p, v in sorted(sla.percentiles.items())),
+        "max_queue": _num(capacity.get("max_queue")),
+        "knee_rps": _num(capacity.get("knee_rps")),
+        "saturation_rps": _num(capacity.get("saturation_rps")),
+        "predicted_rps": _num((prediction or {}).get("rate_rps")),
+        "headroom_pct": headroom,
+        "verdict": verdict,
+    }
+
+
+def rows_to_csv(rows: list, columns: list | None = None) -> str:
+    cols = columns or (list(rows[0].keys()) if rows else TABLE_COLUMNS)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def rows_to_markdown(rows: list, columns: list | None = None) -> str:
+    cols = columns or TABLE_COLUMNS
+    if not rows:
+        raise CapacityError("no capacity rows to tabulate")
+
+    def cell(v):
+        return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+STEP_COLUMNS = [
+    "index",
+    "kind",
+    "offered_rps",
+    "achieved_rps",
+    "ratio",
+    "measured",
+    "ok",
+    "errors",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "lag_p99_ms",
+    "queue_slope",
+    "queue_max",
+    "server_queue_max",
+    "server_queue_wait_ms",
+    "passed",
+    "void",
+    "hard_break",
+    "verdict",
+]
+
+
+def step_rows(steps: list) -> list:
+    """Flat rows (:data:`STEP_COLUMNS`) for the per-step CSV."""
+    rows = []
+    for s in steps:
+        lat = s.get("latency_ms") or {}
+        q = s.get("queue") or {}
+        srv = s.get("server") or {}
+        v = s.get("verdict") or {}
+        offered = s.get("offered_rps") or 0
+        rows.append(
+            {
+                "index": s.get("index"),
+                "kind": s.get("kind"),
+                "offered_rps": offered,
+                "achieved_rps": s.get("achieved_rps"),
+                "ratio": round(s.get("achieved_rps", 0) / offered, 4) if offered else None,
+                "measured": s.get("measured"),
+                "ok": s.get("ok"),
+                "errors": ";".join("%s=%d" % kv for kv in sorted((s.get("errors") or {}).items()) if kv[1]),
+                "p50_ms": lat.get("p50"),
+                "p95_ms": lat.get("p95"),
+                "p99_ms": lat.get("p99"),
+                "max_ms": lat.get("max"),
+                "lag_p99_ms": (s.get("schedule_lag_ms") or {}).get("p99"),
+                "queue_slope": None if not q else round(q.get("slope", 0.0), 4),
+                "queue_max": q.get("max"),
+                "server_queue_max": srv.get("queue_max"),
+                "server_queue_wait_ms": srv.get("queue_wait_ms"),
+                "passed": v.get("passed"),
+                "void": v.get("void"),
+                "hard_break": v.get("hard_break"),
+                "verdict": v.get("summary"),
+            }
+        )
+    return rows

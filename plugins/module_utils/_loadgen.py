@@ -1,0 +1,1293 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Open-loop asyncio HTTP load generator, Prometheus scraper and capacity-test runner (PRIVATE to the collection).
+
+Standard library only: raw HTTP/1.1 keep-alive over asyncio streams. Latency counts from the intended send time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import csv
+import json
+import os
+import random
+import ssl
+import string
+import time
+from urllib.parse import urlsplit
+
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
+    KNOWN_METRICS,
+    SCHEMA,
+    STEP_COLUMNS,
+    CapacityError,
+    LatencyHistogram,
+    StepOutcome,
+    build_plan,
+    check_time_budget,
+    evaluate_step,
+    extract_known,
+    parse_prometheus,
+    parse_sla,
+    percentile_sorted,
+    predict_capacity,
+    queue_trend,
+    rows_to_csv,
+    schedule_offsets,
+    service_stats,
+    sla_sentence,
+    step_rows,
+    summarize_capacity,
+    summarize_server_metrics,
+    table_row,
+)
+
+# asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts)
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
+ERROR_KINDS = ("timeout", "rejected_503", "rejected_429", "http_5xx", "http_4xx", "connection")
+USER_AGENT = "gpu.mig-capacity/1"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Endpoint:
+    """Where requests go: scheme, host, port and the pre-encoded request head."""
+
+    def __init__(self, url: str, validate_certs: bool = True) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CapacityError("URL %r must be http:// or https:// with a host" % url)
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        default_port = self.port == (443 if parts.scheme == "https" else 80)
+        self.host_header = self.host if default_port else "%s:%d" % (self.host, self.port)
+        self.ssl = None
+        if self.scheme == "https":
+            self.ssl = ssl.create_default_context()
+            if not validate_certs:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+
+    def request(self, method: str, body: bytes | None, headers: dict | None = None, close: bool = False) -> bytes:
+        lines = [
+            "%s %s HTTP/1.1" % (method, self.path),
+            "Host: %s" % self.host_header,
+            "User-Agent: %s" % USER_AGENT,
+            "Accept: */*",
+        ]
+        hdrs = dict(headers or {})
+        if body is not None:
+            if not any(k.lower() == "content-type" for k in hdrs):
+                hdrs["Content-Type"] = "application/json"
+            hdrs["Content-Length"] = str(len(body))
+        if close:
+            hdrs["Connection"] = "close"
+        lines.extend("%s: %s" % (k, v) for k, v in hdrs.items())
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+async def read_response(reader: asyncio.StreamReader, keep_body: bool = False) -> tuple:
+    """Read one HTTP/1.x response: ``(status, body_or_None, keep_alive)``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status_line = lines[0].split(None, 2)
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise ConnectionError("malformed status line %r" % lines[0][:80])
+    status = int(status_line[1])
+    length = None
+    chunked = False
+    keep_alive = status_line[0] != b"HTTP/1.0"
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _sep, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif name == b"connection":
+            v = value.strip().lower()
+            if v == b"close":
+                keep_alive = False
+            elif v == b"keep-alive":
+                keep_alive = True
+    body = b""
+    if chunked:
+        parts = []
+        for _step in range(1_000_000):  # bounded: a chunk per iteration
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                # trailers until the empty line
+                for _step in range(1000):
+                    if await reader.readuntil(b"\r\n") == b"\r\n":
+                        break
+                break
+            data = await reader.readexactly(size + 2)
+            if keep_body:
+                parts.append(data[:-2])
+        body = b"".join(parts)
+    elif length is not None:
+        if length:
+            body = await reader.readexactly(length)
+    elif status not in (204, 304) and not 100 <= status < 200:
+        body = await reader.read()  # until close
+        keep_alive = False
+    return status, (body if keep_body else None), keep_alive
+
+
+class Pool:
+    """Keep-alive connections to one endpoint; opens more on demand up to ``max_connections``."""
+
+    def __init__(self, endpoint: Endpoint, max_connections: int = 4096, connect_timeout: float = 10.0) -> None:
+        self.ep = endpoint
+        self.max = max_connections
+        self.connect_timeout = connect_timeout
+        self.idle: list = []
+        self.open = 0
+        self.waiters: list = []
+        self.peak = 0
+
+    async def acquire(self):
+        if self.idle:
+            return self.idle.pop()
+        if self.open < self.max:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            try:
+                return await asyncio.wait_for(
+                    asyncio.open_connection(self.ep.host, self.ep.port, ssl=self.ep.ssl), self.connect_timeout
+                )
+            except BaseException:
+                self.open -= 1
+                self._wake()
+                raise
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        return await fut
+
+    def _wake(self) -> None:
+        while self.waiters:
+            fut = self.waiters.pop(0)
+            if not fut.done():
+                # hand over a "slot": the waiter opens a connection itself
+                fut.set_result(None)
+                return
+
+    def release(self, conn, reusable: bool) -> None:
+        if reusable:
+            while self.waiters:
+                fut = self.waiters.pop(0)
+                if not fut.done():
+                    fut.set_result(conn)
+                    return
+            self.idle.append(conn)
+            return
+        self.open -= 1
+        with contextlib.suppress(Exception):  # closing a broken socket must not fail the request accounting
+            conn[1].close()
+        self._wake()
+
+    async def get(self):
+        conn = await self.acquire()
+        if conn is None:  # a slot freed by a closed connection
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            try:
+                conn = await asyncio.wait_for(
+                    asyncio.open_connection(self.ep.host, self.ep.port, ssl=self.ep.ssl), self.connect_timeout
+                )
+            except BaseException:
+                self.open -= 1
+                self._wake()
+                raise
+        return conn
+
+    def close(self) -> None:
+        for _r, w in self.idle:
+            with contextlib.suppress(Exception):
+                w.close()
+        self.open -= len(self.idle)
+        self.idle = []
+
+
+async def http_once(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = 10.0,
+    validate_certs: bool = True,
+) -> tuple:
+    """One request on a fresh connection: ``(status, body)``; raises CapacityError with a clear message."""
+    ep = Endpoint(url, validate_certs)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl), timeout)
+    except _TIMEOUTS:
+        raise CapacityError("cannot reach %s: no connection within %g s" % (url, timeout)) from None
+    except OSError as exc:
+        raise CapacityError(
+            "cannot reach %s: %s; is the service up and the URL right?" % (url, exc.strerror or exc)
+        ) from None
+    try:
+        writer.write(ep.request(method, body, headers, close=True))
+        status, data, _ka = await asyncio.wait_for(read_response(reader, keep_body=True), timeout)
+        return status, data
+    except _TIMEOUTS:
+        raise CapacityError("%s did not answer within %g s" % (url, timeout)) from None
+    except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+        raise CapacityError("%s: broken response (%s)" % (url, exc)) from None
+    finally:
+        writer.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Payloads and targets
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Target:
+    """An endpoint plus a weighted payload mix, each payload pre-encoded as a full HTTP request."""
+
+    def __init__(
+        self,
+        url: str,
+        method: str = "POST",
+        payloads: list | None = None,
+        headers: dict | None = None,
+        timeout: float = 30.0,
+        validate_certs: bool = True,
+        name: str = "",
+    ) -> None:
+        self.endpoint = Endpoint(url, validate_certs)
+        self.url = url
+        self.method = method.upper()
+        self.timeout = float(timeout)
+        self.name = name or url
+        self.headers = dict(headers or {})
+        mix = payloads or [{"name": "default", "weight": 1.0, "body": None}]
+        self.names = []
+        self.requests = []
+        weights = []
+        for p in mix:
+            w = float(p.get("weight", 1.0))
+            if w <= 0:
+                raise CapacityError("payload %r: weight must be > 0" % p.get("name"))
+            hdrs = dict(self.headers)
+            hdrs.update(p.get("headers") or {})
+            bodies = p["bodies"] if "bodies" in p else [p.get("body")]
+            self.names.append(p.get("name") or "payload%d" % len(self.names))
+            self.requests.append([self.endpoint.request(self.method, b, hdrs) for b in bodies])
+            weights.append(w)
+        total = sum(weights)
+        acc = 0.0
+        self.cum = []
+        for w in weights:
+            acc += w / total
+            self.cum.append(acc)
+        self.cum[-1] = 1.0
+
+    def pick(self, rng: random.Random, seq: int) -> tuple:
+        idx = 0 if len(self.cum) == 1 else bisect.bisect_left(self.cum, rng.random())
+        variants = self.requests[idx]
+        return idx, variants[seq % len(variants)]
+
+
+def _encode(body) -> bytes | None:
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def render_template(template: str, count: int, seed: int = 0) -> list:
+    """``count`` variants of a ``string.Template`` body: ``$seq`` (0..count-1), ``$rand`` (0..1e9), ``$uuid``-like ``$hex``."""
+    rng = random.Random(seed)
+    tpl = string.Template(template)
+    out = []
+    for i in range(max(1, count)):
+        try:
+            out.append(
+                tpl.substitute(seq=i, rand=rng.randrange(10**9), hex="%032x" % rng.getrandbits(128)).encode("utf-8")
+            )
+        except (KeyError, ValueError) as exc:
+            raise CapacityError(
+                "payload template: unknown or bad placeholder %s; use $seq, $rand, $hex" % exc
+            ) from None
+    return out
+
+
+def v2_infer_url(base: str, model: str, version: str | None = None) -> str:
+    base = base.rstrip("/")
+    if "/v2/models/" in base:
+        return base
+    if not model:
+        raise CapacityError("protocol v2 needs the model name (option model)")
+    return "%s/v2/models/%s%s/infer" % (base, model, "/versions/%s" % version if version else "")
+
+
+_V2_ZERO = {"BOOL": False, "BYTES": "a", "FP16": 0.0, "FP32": 0.0, "FP64": 0.0, "BF16": 0.0}
+
+
+def v2_payload_from_metadata(meta: dict, batch: int = 1) -> dict:
+    """A V2 inference request filled with zeros, shaped from ``GET /v2/models/<m>`` metadata (``-1`` -> ``batch``)."""
+    inputs = []
+    for inp in meta.get("inputs") or []:
+        shape = [batch if int(d) < 0 else int(d) for d in inp.get("shape", [])]
+        n = 1
+        for d in shape:
+            n *= d
+        if n > 10_000_000:
+            raise CapacityError("input %s has %d elements; give an explicit payload instead" % (inp.get("name"), n))
+        dtype = inp.get("datatype", "FP32")
+        inputs.append({"name": inp["name"], "shape": shape, "datatype": dtype, "data": [_V2_ZERO.get(dtype, 0)] * n})
+    if not inputs:
+        raise CapacityError("model metadata lists no inputs; give an explicit payload")
+    return {"inputs": inputs}
+
+
+def _load_payload_entry(p: dict, base_dir: str | None, seed: int) -> dict:
+    out = {"name": p.get("name"), "weight": p.get("weight", 1.0), "headers": p.get("headers") or {}}
+    sources = [k for k in ("payload", "payload_file", "template", "template_file") if p.get(k) is not None]
+    if len(sources) > 1:
+        raise CapacityError(
+            "payload %r: give only one of payload, payload_file, template, template_file" % p.get("name")
+        )
+    if p.get("payload_file") or p.get("template_file"):
+        path = p.get("payload_file") or p.get("template_file")
+        if base_dir and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CapacityError("cannot read payload file %s: %s" % (path, exc.strerror)) from None
+        if p.get("template_file"):
+            out["bodies"] = render_template(data.decode("utf-8"), int(p.get("variants", 64)), seed)
+        else:
+            out["body"] = data
+    elif p.get("template") is not None:
+        out["bodies"] = render_template(p["template"], int(p.get("variants", 64)), seed)
+    else:
+        out["body"] = _encode(p.get("payload"))
+    return out
+
+
+def build_target(cfg: dict) -> Target:
+    """Target from options: protocol generic / v2 / openai / openai_chat, payload or payload mix, headers."""
+    protocol = cfg.get("protocol") or "generic"
+    url = cfg["url"]
+    seed = int(cfg.get("seed") or 0)
+    base_dir = cfg.get("base_dir")
+    mix = cfg.get("payload_mix") or []
+    if protocol == "v2":
+        url = v2_infer_url(url, cfg.get("model"), cfg.get("model_version"))
+    elif protocol in ("openai", "openai_chat"):
+        if "/v1/" not in url:
+            url = url.rstrip("/") + ("/v1/chat/completions" if protocol == "openai_chat" else "/v1/completions")
+    elif protocol != "generic":
+        raise CapacityError("unknown protocol %r; use generic, v2, openai or openai_chat" % protocol)
+    payloads = []
+    if mix:
+        payloads = [_load_payload_entry(p, base_dir, seed + i) for i, p in enumerate(mix)]
+    elif any(cfg.get(k) is not None for k in ("payload", "payload_file", "template", "template_file")):
+        payloads = [_load_payload_entry(dict(cfg, name="default", weight=1.0, headers={}), base_dir, seed)]
+    elif protocol in ("openai", "openai_chat"):
+        if not cfg.get("model"):
+            raise CapacityError("protocol %s needs the model name (option model)" % protocol)
+        prompt = cfg.get("prompt") or "Say hello."
+        body = {"model": cfg["model"], "max_tokens": int(cfg.get("max_tokens") or 16), "stream": False}
+        if protocol == "openai_chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        payloads = [{"name": "default", "weight": 1.0, "body": _encode(body)}]
+    elif protocol == "v2":
+        payloads = []  # filled from the model metadata by prepare_target()
+    method = (cfg.get("method") or ("POST" if payloads or protocol != "generic" else "GET")).upper()
+    t = Target(
+        url,
+        method=method,
+        payloads=payloads or None,
+        headers=cfg.get("headers") or {},
+        timeout=float(cfg.get("request_timeout") or 30.0),
+        validate_certs=cfg.get("validate_certs", True),
+        name=cfg.get("service") or url,
+    )
+    t.protocol = protocol
+    t.needs_v2_metadata = protocol == "v2" and not payloads
+    return t
+
+
+async def prepare_target(cfg: dict, target: Target) -> Target:
+    """For V2 without a payload, build a zero-filled request from the model metadata."""
+    if not getattr(target, "needs_v2_metadata", False):
+        return target
+    meta_url = target.url.rsplit("/infer", 1)[0]
+    status, body = await http_once(meta_url, "GET", timeout=min(target.timeout, 10.0), headers=cfg.get("headers"))
+    if not 200 <= status < 300:
+        raise CapacityError("V2 model metadata %s returned HTTP %d: %s" % (meta_url, status, _snippet(body)))
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        raise CapacityError("V2 model metadata %s is not JSON: %s" % (meta_url, _snippet(body))) from None
+    payload = v2_payload_from_metadata(meta, int(cfg.get("batch") or 1))
+    t = Target(
+        target.url,
+        "POST",
+        [{"name": "v2-zeros", "body": _encode(payload)}],
+        cfg.get("headers"),
+        target.timeout,
+        name=target.name,
+    )
+    t.protocol = "v2"
+    t.needs_v2_metadata = False
+    return t
+
+
+def _snippet(body: bytes | None, n: int = 200) -> str:
+    if not body:
+        return "(empty body)"
+    text = body[:n].decode("utf-8", "replace").replace("\n", " ")
+    return text + ("..." if len(body) > n else "")
+
+
+def classify(status: int) -> str | None:
+    if 200 <= status < 300:
+        return None
+    if status == 503:
+        return "rejected_503"
+    if status == 429:
+        return "rejected_429"
+    if status >= 500:
+        return "http_5xx"
+    return "http_4xx"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prometheus scraping
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Scraper:
+    """Scrapes Prometheus text endpoints and keeps ``(time, {kind: value})`` samples of the known metrics."""
+
+    def __init__(self, urls: list, interval: float = 1.0, labels: dict | None = None, timeout: float = 5.0) -> None:
+        self.urls = list(urls or [])
+        self.interval = max(0.05, float(interval))
+        self.labels = labels or {}
+        self.timeout = timeout
+        self.samples: list = []
+        self.errors: list = []
+
+    async def scrape_once(self) -> dict:
+        merged: dict = {"names": []}
+        for url in self.urls:
+            status, body = await http_once(url, "GET", timeout=self.timeout)
+            if not 200 <= status < 300:
+                raise CapacityError("metrics URL %s returned HTTP %d" % (url, status))
+            known = extract_known(parse_prometheus(body.decode("utf-8", "replace")), self.labels)
+            for k, v in known.items():
+                if k == "names":
+                    merged["names"] = sorted(set(merged["names"]) | set(v))
+                else:
+                    merged[k] = merged.get(k, 0.0) + v
+        return merged
+
+    async def probe(self) -> list:
+        """Check every URL once; returns warnings (a URL without any known metric); raises when unreachable."""
+        warnings = []
+        for url in self.urls:
+            status, body = await http_once(url, "GET", timeout=self.timeout)
+            if not 200 <= status < 300:
+                raise CapacityError("metrics URL %s returned HTTP %d: %s" % (url, status, _snippet(body)))
+            samples = parse_prometheus(body.decode("utf-8", "replace"))
+            known = extract_known(samples, self.labels)
+            if not known["names"]:
+                warnings.append(
+                    "metrics URL %s returned %d samples but none of the known queue metrics "
+                    "(Triton nv_inference_pending_request_count, vLLM vllm:num_requests_waiting, "
+                    "HAProxy haproxy_backend_current_queue, MLServer parallel_request_queue...)%s; queue growth is "
+                    "judged from the client's in-flight requests only"
+                    % (url, len(samples), " matching labels %s" % self.labels if self.labels else "")
+                )
+        return warnings
+
+    async def run(self, t_origin: float, stop: asyncio.Event, max_samples: int = 100000) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set() and len(self.samples) < max_samples:
+            t = loop.time()
+            try:
+                s = await self.scrape_once()
+                self.samples.append((t - t_origin, s))
+            except CapacityError as exc:
+                if len(self.errors) < 20:
+                    self.errors.append(str(exc))
+            with contextlib.suppress(_TIMEOUTS):
+                await asyncio.wait_for(stop.wait(), max(0.0, self.interval - (loop.time() - t)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The open-loop runner
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """Sends requests on a schedule (constant or Poisson) and measures each step; open loop, no coordinated omission.
+
+    A request's latency runs from its *intended* send time, so a stalled server cannot slow the clock down.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        arrival: str = "constant",
+        seed: int = 0,
+        max_connections: int = 4096,
+        sample_interval: float = 0.05,
+        scraper: Scraper | None = None,
+        record_requests: bool = False,
+        progress=None,
+        keep_samples: int = 2000,
+    ) -> None:
+        if arrival not in ("constant", "poisson"):
+            raise CapacityError("unknown arrival %r; use constant or poisson" % arrival)
+        self.target = target
+        self.arrival = arrival
+        self.rng = random.Random(seed)
+        self.payload_rng = random.Random(seed + 1)
+        self.pool = Pool(target.endpoint, max_connections)
+        self.sample_interval = sample_interval
+        self.scraper = scraper
+        self.record_requests = record_requests
+        self.requests: list = []
+        self.progress = progress
+        self.keep_samples = keep_samples
+        self.seq = 0
+
+    async def _send(self, request: bytes) -> tuple:
+        """One exchange on a pooled connection: ``(status, kind)``."""
+        conn = await self.pool.get()
+        reusable = False
+        try:
+            conn[1].write(request)
+            status, _body, reusable = await read_response(conn[0])
+            return status, classify(status)
+        finally:
+            self.pool.release(conn, reusable)
+
+    async def run_phase(self, rate: float, warmup: float, hold: float, index: int = 0, kind: str = "step") -> dict:
+        """Run ``warmup`` + ``hold`` seconds at ``rate`` RPS; measure the hold window; drain; return the step dict."""
+        loop = asyncio.get_running_loop()
+        offsets = schedule_offsets(rate, warmup + hold, self.arrival, self.rng)
+        timeout = self.target.timeout
+        t0 = loop.time() + 0.01
+        hold_start = t0 + warmup
+        hold_end = hold_start + hold
+        st = {"inflight": 0, "sent": 0, "done": 0, "ok_in_window": 0, "measured": 0, "ok": 0}
+        errors = dict.fromkeys(ERROR_KINDS, 0)
+        hist = LatencyHistogram()
+        lags: list = []
+        samples: list = []
+        svc: list = []
+        by_payload: dict = {}
+        tasks: set = set()
+        record = self.record_requests
+        reqs = self.requests
+        names = self.target.names
+        keep = self.keep_samples
+
+        async def one(intended: float, pidx: int, request: bytes) -> None:
+            start = loop.time()
+            measured = hold_start <= intended < hold_end
+            st["inflight"] += 1
+            st["sent"] += 1
+            task = asyncio.current_task()
+            fired = []
+
+            def expire():
+                fired.append(True)
+                task.cancel()
+
+            handle = loop.call_later(timeout - (start - intended) if start - intended < timeout else 0.0, expire)
+            status, kind_ = 0, None
+            try:
+                status, kind_ = await self._send(request)
+            except asyncio.CancelledError:
+                if not fired:
+                    raise
+                if hasattr(task, "uncancel"):
+                    task.uncancel()
+                kind_ = "timeout"
+            except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError):
+                kind_ = "connection"
+            finally:
+                handle.cancel()
+                st["inflight"] -= 1
+                st["done"] += 1
+            end = loop.time()
+            lat = end - intended
+            if kind_ is None and hold_start <= end < hold_end:
+                st["ok_in_window"] += 1
+            if measured:
+                st["measured"] += 1
+                lags.append(start - intended)
+                if kind_ is None:
+                    st["ok"] += 1
+                    hist.record(lat)
+                    if len(svc) < keep:
+                        svc.append(lat)
+                    ph = by_payload.get(pidx)
+                    if ph is None:
+                        ph = by_payload[pidx] = LatencyHistogram()
+                    ph.record(lat)
+                else:
+                    errors[kind_] += 1
+                    if kind_ == "timeout":
+                        hist.record(lat)  # the user waited at least this long: keep it in the percentiles
+            if record:
+                reqs.append(
+                    (
+                        index,
+                        round(intended - t0, 6),
+                        round(start - intended, 6),
+                        status,
+                        round(lat, 6),
+                        kind_ or "",
+                        names[pidx],
+                        measured,
+                    )
+                )
+
+        stop = asyncio.Event()
+
+        async def sampler() -> None:
+            n = 0
+            limit = int((warmup + hold + timeout + 5) / self.sample_interval) + 10
+            while not stop.is_set() and n < limit:
+                samples.append((loop.time() - hold_start, st["inflight"]))
+                n += 1
+                with contextlib.suppress(_TIMEOUTS):
+                    await asyncio.wait_for(stop.wait(), self.sample_interval)
+
+        async def ticker() -> None:
+            n = 0
+            while not stop.is_set() and n < 100000:
+                n += 1
+                if self.progress:
+                    self.progress(
+                        {
+                            "event": "tick",
+                            "index": index,
+                            "kind": kind,
+                            "rate": rate,
+                            "elapsed": loop.time() - t0,
+                            "duration": warmup + hold,
+                            "sent": st["sent"],
+                            "done": st["done"],
+                            "inflight": st["inflight"],
+                            "errors": sum(errors.values()),
+                            "p95_ms": None if hist.count == 0 else round(hist.percentile(95) * 1000, 2),
+                        }
+                    )
+                with contextlib.suppress(_TIMEOUTS):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+        helpers = [asyncio.ensure_future(sampler())]
+        if self.progress:
+            helpers.append(asyncio.ensure_future(ticker()))
+        if self.scraper and self.scraper.urls:
+            self.scraper.samples = []
+            helpers.append(asyncio.ensure_future(self.scraper.run(hold_start, stop)))
+
+        pick = self.target.pick
+        prng = self.payload_rng
+        n = len(offsets)
+        i = 0
+        deadline = t0 + warmup + hold + 5.0
+        while i < n:  # bounded: every pass either sends, sleeps towards a send time, or hits the deadline
+            now = loop.time()
+            if now > deadline:
+                break
+            due = t0 + offsets[i]
+            if due > now + 0.00005:
+                # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield
+                # to the loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms
+                await asyncio.sleep(due - now - 0.0012 if due - now > 0.0015 else 0)
+                continue
+            while i < n and t0 + offsets[i] <= now + 0.00005:
+                pidx, req = pick(prng, self.seq)
+                self.seq += 1
+                t = asyncio.ensure_future(one(t0 + offsets[i], pidx, req))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+                i += 1
+        unsent = n - i
+        # let the hold window end, then drain the outstanding requests (bounded by the request timeout)
+        if loop.time() < hold_end:
+            await asyncio.sleep(hold_end - loop.time())
+        if tasks:
+            _done, pending = await asyncio.wait(set(tasks), timeout=timeout + 2.0)
+            for t in pending:
+                t.cancel()
+        stop.set()
+        for h in helpers:
+            try:
+                await asyncio.wait_for(h, 10.0)
+            except (*_TIMEOUTS, asyncio.CancelledError):
+                pass
+
+        lags.sort()
+        measured = st["measured"]
+        shift = min(hist.mean() or 0.0, warmup)
+        step = {
+            "index": index,
+            "kind": kind,
+            "arrival": self.arrival,
+            "offered_rps": rate,
+            # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
+            # Poisson bursts around the window edges do not read as lost throughput
+            "offered_actual_rps": round(
+                sum(1 for o in offsets if warmup - shift <= o < warmup + hold - shift) / hold, 3
+            )
+            if hold
+            else 0.0,
+            "warmup_s": warmup,
+            "hold_s": hold,
+            "scheduled": n,
+            "unsent": unsent,
+            "measured": measured,
+            "ok": st["ok"],
+            "achieved_rps": round(st["ok_in_window"] / hold, 3) if hold else 0.0,
+            "errors": {k: v for k, v in errors.items() if v},
+            "latency_ms": hist.summary_ms(),
+            "histogram": hist.to_dict(),
+            "schedule_lag_ms": {
+                "p50": _ms(percentile_sorted(lags, 50)),
+                "p99": _ms(percentile_sorted(lags, 99)),
+                "max": _ms(lags[-1] if lags else None),
+            },
+            "by_payload": {names[k]: h.summary_ms() for k, h in sorted(by_payload.items())},
+            "inflight_samples": [[round(t, 3), q] for t, q in samples],
+            "connections_peak": self.pool.peak,
+        }
+        if unsent:
+            step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
+        if kind == "baseline" or index == 0:
+            step["service_samples_ms"] = [round(x * 1000, 4) for x in svc]
+        hold_samples = [(t, q) for t, q in samples if 0.0 <= t <= hold]
+        trend = queue_trend(hold_samples, hold)
+        if trend:
+            trend["source"] = "client in-flight"
+        if self.scraper and self.scraper.urls:
+            in_hold = [(t, s) for t, s in self.scraper.samples if -self.scraper.interval <= t <= hold]
+            server = summarize_server_metrics(in_hold)
+            if self.scraper.errors:
+                server["errors"] = list(self.scraper.errors)
+                self.scraper.errors = []
+            step["server"] = server
+            sq = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
+            strend = queue_trend(sq, hold, blocks=6)
+            if strend:
+                qnames = [
+                    n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
+                ]
+                strend["source"] = "server queue (%s)" % ", ".join(qnames)
+                step["client_queue"] = trend
+                trend = strend
+        step["queue"] = trend
+        return step
+
+    async def run_closed(self, concurrency: int, duration: float, max_requests: int = 1_000_000) -> dict:
+        """Closed-loop comparison: ``concurrency`` users send back-to-back and time from the *actual* send.
+
+        This is what coordinated omission looks like: a stall delays only the few requests in flight.
+        """
+        loop = asyncio.get_running_loop()
+        hist = LatencyHistogram()
+        end = loop.time() + duration
+        counter = {"n": 0, "err": 0}
+
+        async def user() -> None:
+            while loop.time() < end and counter["n"] < max_requests:
+                counter["n"] += 1
+                _idx, req = self.target.pick(self.payload_rng, counter["n"])
+                t = loop.time()
+                try:
+                    _status, kind_ = await asyncio.wait_for(self._send(req), self.target.timeout)
+                except (*_TIMEOUTS, OSError, asyncio.IncompleteReadError, ConnectionError):
+                    counter["err"] += 1
+                    continue
+                if kind_ is None:
+                    hist.record(loop.time() - t)
+                else:
+                    counter["err"] += 1
+
+        await asyncio.gather(*(user() for _step in range(concurrency)))
+        return {
+            "concurrency": concurrency,
+            "requests": counter["n"],
+            "errors": counter["err"],
+            "achieved_rps": round(hist.count / duration, 3),
+            "latency_ms": hist.summary_ms(),
+        }
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _ms(v):
+    return None if v is None else round(v * 1000.0, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The capacity test
+# ---------------------------------------------------------------------------------------------------------------------
+
+DEFAULTS = {
+    "protocol": "generic",
+    "method": None,
+    "arrival": "poisson",
+    "seed": 1,
+    "plan": "linear",
+    "start_rps": 10.0,
+    "step_pct": 15.0,
+    "max_rps": None,
+    "max_steps": 20,
+    "steps_after_knee": 1,
+    "growth": 2.0,
+    "resolution": 0.03,
+    "warmup": 5.0,
+    "hold": 30.0,
+    "initial_warmup": 10.0,
+    "baseline_rps": None,
+    "time_limit": 1800.0,
+    "request_timeout": 30.0,
+    "concurrency": None,
+    "metrics_urls": [],
+    "metrics_interval": 1.0,
+    "metrics_labels": {},
+    "max_connections": 4096,
+    "sample_interval": 0.05,
+    "record_requests": False,
+    "validate_certs": True,
+    "target_rps": None,
+    "cooldown": 0.0,
+}
+
+
+def normalize_config(options: dict) -> dict:
+    """Defaults filled in, types checked, the SLA parsed; raises CapacityError on bad input."""
+    cfg = dict(DEFAULTS)
+    cfg.update({k: v for k, v in options.items() if v is not None})
+    if not cfg.get("url"):
+        raise CapacityError("url is required")
+    if cfg.get("sla") is None:
+        raise CapacityError("sla is required, e.g. {p95_ms: 300, p99_ms: 800}")
+    cfg["sla_obj"] = parse_sla(cfg["sla"])
+    for key in ("start_rps", "hold", "request_timeout", "time_limit"):
+        if float(cfg[key]) <= 0:
+            raise CapacityError("%s must be > 0, got %s" % (key, cfg[key]))
+    for host in [urlsplit(u).hostname for u in [cfg["url"], *list(cfg.get("metrics_urls") or [])]]:
+        if not host:
+            raise CapacityError("every URL needs a host")
+    return cfg
+
+
+async def run_capacity_test(options: dict, progress=None, check_only: bool = False) -> dict:
+    """Probe, then run the step plan, judge every step, and summarise: capacity, SLA sentence, table row, prediction."""
+    cfg = normalize_config(options)
+    sla = cfg["sla_obj"]
+    warnings: list = []
+    plan = build_plan(
+        cfg["plan"],
+        start_rps=float(cfg["start_rps"]),
+        step_pct=float(cfg["step_pct"]),
+        max_rps=float(cfg["max_rps"]) if cfg.get("max_rps") else None,
+        max_steps=int(cfg["max_steps"]),
+        steps_after_knee=int(cfg["steps_after_knee"]),
+        growth=float(cfg["growth"]),
+        resolution=float(cfg["resolution"]),
+    )
+    budget = check_time_budget(
+        plan,
+        float(cfg["warmup"]),
+        float(cfg["hold"]),
+        float(cfg["time_limit"]),
+        float(cfg["initial_warmup"]),
+        bool(cfg.get("baseline_rps")),
+    )
+    target = build_target(cfg)
+    target = await prepare_target(cfg, target)
+
+    # first probe: the endpoint answers 2xx
+    _pidx, req_bytes = target.pick(random.Random(0), 0)
+    head, _sep, body = req_bytes.partition(b"\r\n\r\n")
+    hdrs = {}
+    for line in head.split(b"\r\n")[1:]:
+        k, _sep, v = line.decode("latin-1").partition(":")
+        if k.lower() not in ("host", "content-length", "user-agent", "accept"):
+            hdrs[k.strip()] = v.strip()
+    t = time.monotonic()
+    status, rbody = await http_once(
+        target.url,
+        target.method,
+        body if body or target.method != "GET" else None,
+        hdrs,
+        timeout=target.timeout,
+        validate_certs=cfg.get("validate_certs", True),
+    )
+    probe_ms = round((time.monotonic() - t) * 1000.0, 3)
+    if not 200 <= status < 300:
+        raise CapacityError(
+            "the first probe of %s %s returned HTTP %d (%s); fix the URL, payload or headers before measuring capacity"
+            % (target.method, target.url, status, _snippet(rbody))
+        )
+    scraper = None
+    if cfg.get("metrics_urls"):
+        scraper = Scraper(cfg["metrics_urls"], float(cfg["metrics_interval"]), cfg.get("metrics_labels") or {})
+        warnings.extend(await scraper.probe())
+    result = {
+        "schema": SCHEMA,
+        "service": _service_meta(cfg, target),
+        "sla": sla.to_dict(),
+        "plan": {"kind": plan.kind, "description": plan.describe(), "worst_case_s": round(budget, 1)},
+        "config": _public_config(cfg),
+        "probe": {"status": status, "latency_ms": probe_ms},
+        "warnings": warnings,
+    }
+    if check_only:
+        result["checked"] = True
+        return result
+
+    runner = Runner(
+        target,
+        cfg["arrival"],
+        int(cfg["seed"]),
+        int(cfg["max_connections"]),
+        float(cfg["sample_interval"]),
+        scraper,
+        bool(cfg["record_requests"]),
+        progress,
+    )
+    started = time.time()
+    t_start = time.monotonic()
+    limit = float(cfg["time_limit"])
+    steps: list = []
+    history: list = []
+    baseline = None
+    warmup, hold = float(cfg["warmup"]), float(cfg["hold"])
+
+    def emit(ev):
+        if progress:
+            progress(ev)
+
+    try:
+        if float(cfg["initial_warmup"]) > 0:
+            emit(
+                {
+                    "event": "phase",
+                    "kind": "warmup",
+                    "rate": float(cfg["start_rps"]),
+                    "duration": float(cfg["initial_warmup"]),
+                }
+            )
+            w = await runner.run_phase(
+                float(cfg["start_rps"]), 0.0, float(cfg["initial_warmup"]), index=-1, kind="warmup"
+            )
+            if w["measured"] and w["ok"] == 0:
+                warnings.append("the initial warm-up got no successful response (%s)" % w["errors"])
+        index = 0
+        if cfg.get("baseline_rps"):
+            emit({"event": "phase", "kind": "baseline", "rate": float(cfg["baseline_rps"]), "duration": warmup + hold})
+            b = await runner.run_phase(float(cfg["baseline_rps"]), warmup, hold, index=index, kind="baseline")
+            b["verdict"] = evaluate_step(b, sla, None)
+            steps.append(b)
+            baseline = b
+            index += 1
+            emit({"event": "step", "step": b})
+        for _step in range(1000):
+            rate = plan.next_rate(history)
+            if rate is None:
+                break
+            if time.monotonic() - t_start + warmup + hold > limit:
+                warnings.append(
+                    "time_limit %.0f s reached before the plan finished; next step would have been %g RPS"
+                    % (limit, rate)
+                )
+                break
+            emit({"event": "phase", "kind": "step", "index": index, "rate": rate, "duration": warmup + hold})
+            s = await runner.run_phase(rate, warmup, hold, index=index, kind="step")
+            s["verdict"] = evaluate_step(s, sla, baseline)
+            if baseline is None and not s["verdict"]["void"]:
+                baseline = s
+            steps.append(s)
+            history.append(StepOutcome(rate, s["verdict"]["passed"], s["verdict"]["void"], s["verdict"]["hard_break"]))
+            emit({"event": "step", "step": s})
+            index += 1
+            if s["verdict"]["hard_break"]:
+                emit({"event": "note", "message": "hard SLA break at %g RPS" % rate})
+            if float(cfg.get("cooldown") or 0) > 0:
+                await asyncio.sleep(float(cfg["cooldown"]))
+    finally:
+        runner.close()
+
+    for s in steps:
+        if s["verdict"]["void"]:
+            warnings.append("step %d at %g RPS is void: %s" % (s["index"], s["offered_rps"], s["verdict"]["summary"]))
+        if (s.get("server") or {}).get("errors"):
+            warnings.append("step %d: metrics scrape errors: %s" % (s["index"], "; ".join(s["server"]["errors"][:3])))
+    if scraper and steps and not any((s.get("server") or {}).get("available") for s in steps):
+        warnings.append(
+            "no known server metric was scraped during any step; queue growth was judged from client in-flight requests"
+        )
+    capacity = summarize_capacity(steps, sla)
+    prediction = predict_from_steps(steps, cfg, capacity, sla)
+    if prediction.get("warning"):
+        warnings.append(prediction["warning"])
+    meta = result["service"]
+    result.update(
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        duration_s=round(time.monotonic() - t_start, 2),
+        steps=steps,
+        capacity=capacity,
+        prediction=prediction,
+        sla_sentence=sla_sentence(meta["service"], capacity, sla, meta.get("profile"), meta.get("gpu")),
+        table_row=table_row(meta, capacity, sla, prediction, cfg.get("target_rps")),
+    )
+    if cfg.get("record_requests"):
+        result["requests_columns"] = [
+            "step",
+            "intended_s",
+            "send_lag_s",
+            "status",
+            "latency_s",
+            "error",
+            "payload",
+            "measured",
+        ]
+        result["requests"] = runner.requests
+    return result
+
+
+def predict_from_steps(steps: list, cfg: dict, capacity: dict, sla) -> dict:
+    """Erlang-C / Allen-Cunneen prediction from the low-load step's service times and the concurrency limit."""
+    base = next((s for s in steps if s.get("service_samples_ms")), None)
+    if not base:
+        return {"available": False, "warning": "no low-load step with successful requests: no queueing prediction"}
+    samples = [x / 1000.0 for x in base["service_samples_ms"]]
+    mean, cs2 = service_stats(samples)
+    source = "client latency at %g RPS" % base["offered_rps"]
+    overhead = 0.0
+    base_exec = (base.get("server") or {}).get("exec_ms")
+    if base_exec and 0 < base_exec / 1000.0 <= mean:
+        # the server reports execution time: the rest of the low-load latency is a fixed overhead (network,
+        # parsing) that holds no concurrency slot. Execution time excludes queueing, so every passing step adds
+        # samples to its mean (a mean of n exponential samples is only good to 1/sqrt(n)).
+        overhead = mean - base_exec / 1000.0
+        pooled = [
+            (s["server"]["exec_ms"], s["server"].get("exec_requests") or 1)
+            for s in steps
+            if (s.get("server") or {}).get("exec_ms") and s.get("verdict") and s["verdict"]["passed"]
+        ] or [(base_exec, 1)]
+        n_exec = sum(n for _e, n in pooled)
+        exec_mean = sum(e * n for e, n in pooled) / n_exec / 1000.0
+        shape = [max(x - overhead, 1e-6) for x in samples]
+        smean = sum(shape) / len(shape)
+        samples = [x * exec_mean / smean for x in shape]  # low-load shape, pooled mean
+        mean, cs2 = service_stats(samples)
+        source = "server execution time %.3f ms (%d requests over the passing steps); shape from low-load latency" % (
+            exec_mean * 1000.0,
+            n_exec,
+        )
+    c = cfg.get("concurrency")
+    estimated = False
+    if not c:
+        if capacity.get("saturation_rps"):
+            c = max(1, round(capacity["saturation_rps"] * mean))
+            estimated = True
+        else:
+            return {
+                "available": False,
+                "service_ms": round(mean * 1000, 3),
+                "cs2": round(cs2, 4),
+                "warning": "no queueing prediction: give the concurrency limit (option concurrency); no step saturated to estimate it",
+            }
+    pct, limit = sla.primary()
+    ca2 = 1.0 if cfg.get("arrival") == "poisson" else 0.0
+    out = predict_capacity(int(c), mean, limit - overhead * 1000.0, pct / 100.0, cs2, ca2, samples)
+    out["limit_ms"] = limit
+    out["overhead_ms"] = round(overhead * 1000.0, 3)
+    out["service_source"] = source
+    out["available"] = True
+    out["c_estimated"] = estimated
+    out["baseline_rps"] = base["offered_rps"]
+    if capacity.get("sustained_rps") and out.get("rate_rps"):
+        out["measured_rps"] = capacity["sustained_rps"]
+        out["error_pct"] = round(100.0 * (capacity["sustained_rps"] - out["rate_rps"]) / out["rate_rps"], 1)
+    return out
+
+
+def _service_meta(cfg: dict, target: Target) -> dict:
+    return {
+        "service": cfg.get("service") or target.url,
+        "url": target.url,
+        "protocol": getattr(target, "protocol", "generic"),
+        "model": cfg.get("model"),
+        "version": cfg.get("model_version"),
+        "profile": cfg.get("profile"),
+        "gpu": cfg.get("gpu"),
+        "batch": cfg.get("batch"),
+        "limits": cfg.get("limits") or {},
+        "host": cfg.get("host"),
+        "payloads": list(target.names),
+    }
+
+
+def _public_config(cfg: dict) -> dict:
+    skip = {"sla_obj", "payload", "headers", "payload_mix", "template"}
+    out = {k: v for k, v in cfg.items() if k not in skip}
+    out["headers"] = sorted((cfg.get("headers") or {}).keys())  # names only: values may be secrets
+    out["payload_mix"] = [p.get("name") for p in cfg.get("payload_mix") or []]
+    return out
+
+
+async def run_noisy_neighbour(
+    a_options: dict,
+    a_rps: float,
+    b_options: dict,
+    b_rps: float,
+    multipliers=(1.0, 2.0, 3.0),
+    hold: float = 30.0,
+    warmup: float = 5.0,
+    progress=None,
+) -> dict:
+    """Hold A at ``a_rps`` while B steps through ``multipliers`` x ``b_rps``; A's latency before, during and after."""
+    a_cfg, b_cfg = normalize_config(a_options), normalize_config(b_options)
+    sla = a_cfg["sla_obj"]
+    ta, tb = build_target(a_cfg), build_target(b_cfg)
+    ta, tb = await prepare_target(a_cfg, ta), await prepare_target(b_cfg, tb)
+    for t in (ta, tb):
+        _i, req = t.pick(random.Random(0), 0)
+        body = req.partition(b"\r\n\r\n")[2]
+        status, rbody = await http_once(t.url, t.method, body or None, timeout=t.timeout)
+        if not 200 <= status < 300:
+            raise CapacityError("the first probe of %s returned HTTP %d (%s)" % (t.url, status, _snippet(rbody)))
+    ra = Runner(ta, a_cfg["arrival"], int(a_cfg["seed"]), progress=progress)
+    rb = Runner(tb, b_cfg["arrival"], int(b_cfg["seed"]) + 7)
+    phases = []
+    idx = 0
+    try:
+        phases.append(("before", await ra.run_phase(a_rps, warmup, hold, idx, "noisy"), None))
+        for m in multipliers:
+            idx += 1
+            sa, sb = await asyncio.gather(
+                ra.run_phase(a_rps, warmup, hold, idx, "noisy"), rb.run_phase(b_rps * m, warmup, hold, idx, "neighbour")
+            )
+            phases.append(("during x%g" % m, sa, sb))
+        idx += 1
+        phases.append(("after", await ra.run_phase(a_rps, warmup, hold, idx, "noisy"), None))
+    finally:
+        ra.close()
+        rb.close()
+    rows = []
+    held = True
+    for name, sa, sb in phases:
+        sa["verdict"] = evaluate_step(sa, sla, None)
+        # the question is A's latency SLA (and errors), not where A's own knee is
+        ok = not sa["verdict"]["void"] and all(
+            c["passed"] for c in sa["verdict"]["checks"] if c["name"].startswith("latency_p") or c["name"] == "errors"
+        )
+        held = held and ok
+        rows.append(
+            {
+                "phase": name,
+                "a_rps": a_rps,
+                "a_achieved_rps": sa["achieved_rps"],
+                "a_p95_ms": sa["latency_ms"]["p95"],
+                "a_p99_ms": sa["latency_ms"]["p99"],
+                "a_errors": sum(sa["errors"].values()),
+                "a_within_sla": ok,
+                "b_rps": None if sb is None else sb["offered_rps"],
+                "b_achieved_rps": None if sb is None else sb["achieved_rps"],
+                "b_p99_ms": None if sb is None else sb["latency_ms"]["p99"],
+                "why": sa["verdict"]["summary"],
+            }
+        )
+    name_a = a_cfg.get("service") or ta.url
+    name_b = b_cfg.get("service") or tb.url
+    before = rows[0]["a_p99_ms"]
+    worst = max((r for r in rows[1:-1]), key=lambda r: r["a_p99_ms"] or 0)
+    sentence = (
+        "%s at %g RPS %s its SLA while %s stepped to %gx %g RPS: p99 %s ms before, up to %s ms during (%s), %s ms after."
+        % (
+            name_a,
+            a_rps,
+            "stayed within" if held else "did NOT stay within",
+            name_b,
+            max(multipliers),
+            b_rps,
+            before,
+            worst["a_p99_ms"],
+            worst["phase"],
+            rows[-1]["a_p99_ms"],
+        )
+    )
+    return {
+        "schema": SCHEMA + "/noisy",
+        "within_sla": held,
+        "sentence": sentence,
+        "phases": rows,
+        "sla": sla.to_dict(),
+        "a": name_a,
+        "b": name_b,
+    }
+
+
+def run_sync(coro):
+    """Run a coroutine on a fresh event loop (modules and the CLI are synchronous)."""
+    return asyncio.run(coro)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a service name."""
+    out = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in (text or "capacity"))
+    return out.strip("-.")[:80] or "capacity"
+
+
+def write_results(result: dict, output_dir: str, basename: str | None = None) -> dict:
+    """Write ``<base>.json`` (everything), ``<base>.steps.csv`` and, when recorded, ``<base>.requests.csv``."""
+    base = basename or slug("capacity-" + str((result.get("service") or {}).get("service") or "test"))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+        raise CapacityError("cannot create output_dir %s: %s" % (output_dir, exc.strerror)) from None
+    paths = {
+        "json": os.path.join(output_dir, base + ".json"),
+        "steps_csv": os.path.join(output_dir, base + ".steps.csv"),
+    }
+    with open(paths["json"], "w") as fh:
+        json.dump(result, fh, indent=1, sort_keys=True, default=str)
+    with open(paths["steps_csv"], "w") as fh:
+        fh.write(rows_to_csv(step_rows(result.get("steps") or []), STEP_COLUMNS))
+    if result.get("requests"):
+        paths["requests_csv"] = os.path.join(output_dir, base + ".requests.csv")
+        with open(paths["requests_csv"], "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(result.get("requests_columns") or [])
+            w.writerows(result["requests"])
+    return paths

@@ -1,0 +1,470 @@
+#!/usr/bin/python
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Measure an inference endpoint's capacity with a stepwise open-loop load test."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: capacity_test
+short_description: Measure an inference service's capacity with stepwise open-loop load tests
+version_added: 0.1.0
+description:
+  - Sends HTTP requests to one endpoint on a schedule (constant or Poisson arrivals), step by step, and finds the
+    rate at which the service stops keeping up (the knee) - the request queue grows without returning to baseline,
+    achieved throughput falls below the offered rate, errors appear, or a latency percentile breaks the SLA.
+  - Latency counts from each request's intended send time, so a stalled server cannot hide behind a waiting
+    client (no coordinated omission). A generator that falls behind its own schedule voids the step and says so.
+  - Each step has a warm-up that is excluded from the measurement; the hold window records p50/p95/p99/max,
+    offered versus achieved rate, send lag, errors by kind and the queue length (the client's in-flight requests,
+    or the server's queue gauge scraped from Prometheus metrics when O(metrics_urls) is given).
+  - Returns the SLA sentence (C(Service A sustains N RPS at p95 < X ms...)), a capacity-table row, every step with a
+    verdict that explains itself, and an Erlang-C (Allen-Cunneen) prediction of the rate at which the SLA percentile
+    crosses its limit.
+  - Runs from the host it is executed on; use C(async) for long tests. Uses only the Python standard library there.
+  - Changes nothing on the host, except the result files when O(output_dir) is set.
+author:
+  - gpu.mig maintainers (@gpu-mig)
+options:
+  url:
+    description:
+      - Endpoint URL. With O(protocol=v2) the server base URL (C(http://host:8000)); with O(protocol=openai) or
+        O(protocol=openai_chat) the server base URL or the full C(/v1/...) URL; otherwise the full URL.
+    type: str
+    required: true
+  protocol:
+    description:
+      - V(generic) posts O(payload) (or the mix) to O(url) as is.
+      - V(v2) uses the KServe/Triton/MLServer V2 inference protocol (C(/v2/models/<model>[/versions/<v>]/infer));
+        without a payload it builds a zero-filled request from the model metadata.
+      - V(openai) and V(openai_chat) post OpenAI-compatible completions built from O(model), O(prompt), O(max_tokens).
+    type: str
+    choices: [generic, v2, openai, openai_chat]
+    default: generic
+  model:
+    description: Model name (V2 and OpenAI protocols).
+    type: str
+  model_version:
+    description: Model version (V2 protocol).
+    type: str
+  method:
+    description: HTTP method. Defaults to C(POST) when there is a body, C(GET) otherwise.
+    type: str
+  headers:
+    description: Extra HTTP headers. Their values are not returned.
+    type: dict
+    default: {}
+  payload:
+    description: Request body; a mapping or list is sent as JSON, a string as is.
+    type: raw
+  payload_file:
+    description: File on the host with the request body.
+    type: path
+  template:
+    description:
+      - Body template (Python C(string.Template)) with C($seq), C($rand) and C($hex); O(variants) bodies are rendered
+        once and sent in turn.
+    type: str
+  template_file:
+    description: File on the host with a body template, as in O(template).
+    type: path
+  variants:
+    description: How many bodies to render from a template.
+    type: int
+    default: 64
+  payload_mix:
+    description:
+      - Weighted mix of payloads, for example light and heavy ones. Each item has C(name), C(weight) and one of
+        C(payload), C(payload_file), C(template), C(template_file), plus optional C(headers) and C(variants).
+      - Latency is also reported per payload.
+    type: list
+    elements: dict
+  prompt:
+    description: Prompt for the OpenAI-compatible protocols.
+    type: str
+  max_tokens:
+    description: C(max_tokens) for the OpenAI-compatible protocols.
+    type: int
+    default: 16
+  batch:
+    description:
+      - Batch size, reported in the capacity table; for V2 without a payload it replaces C(-1) in input shapes.
+    type: int
+  arrival:
+    description: Arrival process. V(poisson) is what independent users produce; V(constant) is evenly spaced.
+    type: str
+    choices: [constant, poisson]
+    default: poisson
+  seed:
+    description: Random seed for Poisson arrivals and payload choice.
+    type: int
+    default: 1
+  plan:
+    description:
+      - V(linear) raises the rate by O(step_pct) per step until the knee (plus O(steps_after_knee) steps) or a hard
+        SLA break.
+      - V(adaptive) multiplies the rate by O(growth) while steps pass, then bisects between the last pass and the first
+        failure down to O(resolution).
+    type: str
+    choices: [linear, adaptive]
+    default: linear
+  start_rps:
+    description: Rate of the first step (requests per second).
+    type: float
+    required: true
+  step_pct:
+    description: Linear plan increase per step, in percent of the previous step.
+    type: float
+    default: 15.0
+  max_rps:
+    description: Never offer more than this rate.
+    type: float
+  max_steps:
+    description: At most this many steps.
+    type: int
+    default: 20
+  steps_after_knee:
+    description: Linear plan steps to run after the first failing step (for the plots), unless the break is hard.
+    type: int
+    default: 1
+  growth:
+    description: Adaptive plan rate factor per passing step.
+    type: float
+    default: 2.0
+  resolution:
+    description: Adaptive plan stops when (first failure - last pass) / last pass is at most this.
+    type: float
+    default: 0.03
+  warmup:
+    description: Seconds at the start of each step that are sent but not measured.
+    type: float
+    default: 5.0
+  hold:
+    description: Seconds of each step that are measured.
+    type: float
+    default: 30.0
+  initial_warmup:
+    description: Seconds at O(start_rps) before the first step (connections, caches, JIT); not measured.
+    type: float
+    default: 10.0
+  baseline_rps:
+    description:
+      - Run a separate low-load step at this rate first; it is the baseline for C(sla.baseline_factor) and the source of
+        the service time for the queueing prediction. Without it the first step serves.
+    type: float
+  cooldown:
+    description: Seconds to pause between steps (after the outstanding requests finished).
+    type: float
+    default: 0.0
+  time_limit:
+    description:
+      - Upper bound on the test, in seconds. A plan whose worst case exceeds it is refused before any traffic;
+        a run that reaches it stops and says so in RV(capacity_warnings).
+    type: float
+    default: 1800
+  request_timeout:
+    description: Seconds after a request's intended send time at which it counts as a timeout.
+    type: float
+    default: 30
+  sla:
+    description:
+      - The service-level objective. A mapping with at least one latency percentile in milliseconds (C(p95_ms),
+        C(p99_ms), any C(pNN_ms)) and optionally C(max_error_rate) (fraction, default 0), C(min_throughput_ratio)
+        (0.95), C(baseline_factor) (p95 above this many times the low-load p95 is a knee; 3, 0 disables),
+        C(hard_factor) (2), C(hard_error_rate) (0.1), C(max_schedule_lag_ms) (10) and C(queue_growth_min) (2).
+      - Or a string such as V(p95<300ms, p99<800ms, errors<=0.1%).
+    type: raw
+    required: true
+  concurrency:
+    description:
+      - The service's concurrency limit (parallel slots - instance count, C(max_num_seqs), HAProxy C(maxconn)) for the
+        Erlang-C prediction. Estimated from the saturated throughput when not given.
+    type: int
+  metrics_urls:
+    description:
+      - Prometheus text endpoints to scrape during each step (Triton C(:8002/metrics), vLLM C(/metrics), HAProxy,
+        MLServer). Queue gauges found there judge queue growth; queue and execution time are reported apart.
+      - A URL that cannot be reached fails the test; one without any known metric is a warning.
+    type: list
+    elements: str
+    default: []
+  metrics_interval:
+    description: Seconds between scrapes.
+    type: float
+    default: 1.0
+  metrics_labels:
+    description: Only count metric samples with these label values, for example C(model=chat) as a mapping.
+    type: dict
+    default: {}
+  max_connections:
+    description: Upper bound on concurrent connections the generator opens.
+    type: int
+    default: 4096
+  record_requests:
+    description: Record every request (intended time, send lag, status, latency) into C(<output_dir>/*.requests.csv).
+    type: bool
+    default: false
+  validate_certs:
+    description: Verify TLS certificates for C(https) URLs.
+    type: bool
+    default: true
+  service:
+    description: Service name used in the SLA sentence and the capacity table. Defaults to the URL.
+    type: str
+  profile:
+    description: MIG profile the service runs on (for example V(3g.40gb)), for the capacity table.
+    type: str
+  gpu:
+    description: GPU model, for the capacity table.
+    type: str
+  limits:
+    description: Key limits to record in the capacity table, for example C(max_num_seqs) and C(maxconn) as a mapping.
+    type: dict
+    default: {}
+  target_rps:
+    description: Expected production rate; the table's headroom is measured against it when given.
+    type: float
+  host:
+    description: Host label for the capacity table (the role passes C(inventory_hostname)).
+    type: str
+  output_dir:
+    description: Directory on the host to write C(<name>.json) (everything) and C(<name>.steps.csv) into.
+    type: path
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Validates the options and the plan's time budget and sends one probe request; no load.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: none
+    details: A measurement; results differ between runs.
+notes:
+  - Run it from a host close to the service, with a core to spare; a generator that lags its schedule voids steps.
+  - All steps of a test run one after the other; B(async) with C(poll) keeps a long test from hitting SSH timeouts.
+seealso:
+  - name: Capacity testing guide
+    description: How the knee and the SLA sentence are defined.
+    link: https://github.com/gpu-mig/gpu.mig/blob/main/docs/capacity.md
+"""
+
+EXAMPLES = r"""
+- name: Capacity of a Triton model on a MIG slice, V2 protocol, linear +15 % steps
+  gpu.mig.capacity_test:
+    url: http://127.0.0.1:8000
+    protocol: v2
+    model: resnet50
+    service: resnet50
+    profile: 1g.10gb
+    gpu: H100
+    start_rps: 20
+    sla:
+      p95_ms: 50
+      p99_ms: 120
+    metrics_urls: [http://127.0.0.1:8002/metrics]
+    concurrency: 2
+  async: 3600
+  poll: 15
+  register: cap
+
+- name: Say it
+  ansible.builtin.debug:
+    msg: "{{ cap.sla_sentence }}"
+
+- name: vLLM completions, adaptive search, heavy prompts 10 % of the time
+  gpu.mig.capacity_test:
+    url: http://127.0.0.1:8001
+    protocol: generic
+    method: POST
+    payload_mix:
+      - name: short
+        weight: 9
+        payload: {model: llama, prompt: "Hi", max_tokens: 32}
+      - name: long
+        weight: 1
+        payload_file: /etc/capacity/long-prompt.json
+    plan: adaptive
+    start_rps: 1
+    sla: "p95<2s, p99<4s"
+    metrics_urls: [http://127.0.0.1:8001/metrics]
+    output_dir: /var/tmp/capacity
+
+- name: Only validate the options and probe the endpoint
+  gpu.mig.capacity_test:
+    url: http://127.0.0.1:8000/v2/models/m/infer
+    payload: {inputs: []}
+    start_rps: 10
+    sla: {p95_ms: 100}
+  check_mode: true
+"""
+
+RETURN = r"""
+sla_sentence:
+  description: The capacity in one sentence, or why none can be stated.
+  returned: success and not check mode
+  type: str
+  sample: >-
+    chat on MIG 3g.40gb (H100) sustains 180 RPS at p95 < 300 ms (and p99 < 800 ms), with no errors and without
+    queue growth (measured p95 212 ms, p99 540 ms; the knee is at 207 RPS).
+capacity:
+  description:
+    - C(sustained_rps) (highest passing step below the first failing one), its C(latency_ms) and C(max_queue);
+      C(knee_rps) and C(knee_reasons); C(saturation_rps) (mean throughput of the saturated steps); C(reached)
+      (false when no step failed, so C(sustained_rps) is a lower bound); C(note).
+  returned: success and not check mode
+  type: dict
+  sample: {"sustained_rps": 180.0, "knee_rps": 207.0, "saturation_rps": 199.6, "reached": true, "knee_reasons": ["p95 412 ms > SLA 300 ms"]}
+table_row:
+  description:
+    - One row of the capacity table - host, service, model, version, profile, gpu, batch, limits, sustained_rps,
+      p95_ms, p99_ms, sla, max_queue, knee_rps, saturation_rps, predicted_rps, headroom_pct, verdict.
+  returned: success and not check mode
+  type: dict
+prediction:
+  description:
+    - Erlang-C (M/M/c) or Allen-Cunneen (G/G/c) prediction of the rate at which the SLA percentile crosses its limit,
+      from the low-load service time and O(concurrency); C(available=false) with a reason when it cannot be made.
+  returned: success and not check mode
+  type: dict
+  sample: {"available": true, "model": "M/M/c (Erlang C)", "c": 4, "service_ms": 20.1, "rate_rps": 151.6, "measured_rps": 164.0, "error_pct": 8.2}
+steps:
+  description:
+    - Every step, in the order run - C(index), C(kind), C(offered_rps), C(offered_actual_rps), C(achieved_rps),
+      C(latency_ms) (p50/p90/p95/p99/p999/max/mean), C(schedule_lag_ms), C(errors) by kind (C(timeout),
+      C(rejected_503), C(rejected_429), C(http_5xx), C(http_4xx), C(connection)), C(queue) (trend with slope and 95%
+      bound), C(server) (scraped metrics), C(inflight_samples), and C(verdict) with C(passed), C(void),
+      C(hard_break), C(checks) and a C(summary) in words.
+  returned: success and not check mode
+  type: list
+  elements: dict
+capacity_warnings:
+  description:
+    - Problems that did not stop the test (void steps, a metrics URL without any known metric, time limit reached).
+      Each is also issued as an Ansible warning.
+  returned: success
+  type: list
+  elements: str
+probe:
+  description: Status and latency of the first probe request.
+  returned: success
+  type: dict
+  sample: {"status": 200, "latency_ms": 3.2}
+files:
+  description: Paths of the result files written on the host.
+  returned: when O(output_dir) is set and not check mode
+  type: dict
+  sample: {"json": "/var/tmp/capacity/capacity-chat.json", "steps_csv": "/var/tmp/capacity/capacity-chat.steps.csv"}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import CapacityError
+from ansible_collections.gpu.mig.plugins.module_utils._loadgen import run_capacity_test, run_sync, slug, write_results
+
+ARGUMENT_SPEC = dict(
+    url=dict(type="str", required=True),
+    protocol=dict(type="str", default="generic", choices=["generic", "v2", "openai", "openai_chat"]),
+    model=dict(type="str"),
+    model_version=dict(type="str"),
+    method=dict(type="str"),
+    headers=dict(type="dict", default={}),
+    payload=dict(type="raw"),
+    payload_file=dict(type="path"),
+    template=dict(type="str"),
+    template_file=dict(type="path"),
+    variants=dict(type="int", default=64),
+    payload_mix=dict(type="list", elements="dict"),
+    prompt=dict(type="str"),
+    max_tokens=dict(type="int", default=16, no_log=False),
+    batch=dict(type="int"),
+    arrival=dict(type="str", default="poisson", choices=["constant", "poisson"]),
+    seed=dict(type="int", default=1),
+    plan=dict(type="str", default="linear", choices=["linear", "adaptive"]),
+    start_rps=dict(type="float", required=True),
+    step_pct=dict(type="float", default=15.0),
+    max_rps=dict(type="float"),
+    max_steps=dict(type="int", default=20),
+    steps_after_knee=dict(type="int", default=1),
+    growth=dict(type="float", default=2.0),
+    resolution=dict(type="float", default=0.03),
+    warmup=dict(type="float", default=5.0),
+    hold=dict(type="float", default=30.0),
+    initial_warmup=dict(type="float", default=10.0),
+    baseline_rps=dict(type="float"),
+    cooldown=dict(type="float", default=0.0),
+    time_limit=dict(type="float", default=1800),
+    request_timeout=dict(type="float", default=30),
+    sla=dict(type="raw", required=True),
+    concurrency=dict(type="int"),
+    metrics_urls=dict(type="list", elements="str", default=[]),
+    metrics_interval=dict(type="float", default=1.0),
+    metrics_labels=dict(type="dict", default={}),
+    max_connections=dict(type="int", default=4096),
+    record_requests=dict(type="bool", default=False),
+    validate_certs=dict(type="bool", default=True),
+    service=dict(type="str"),
+    profile=dict(type="str"),
+    gpu=dict(type="str"),
+    limits=dict(type="dict", default={}),
+    target_rps=dict(type="float"),
+    host=dict(type="str"),
+    output_dir=dict(type="path"),
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("payload", "payload_file", "template", "template_file", "payload_mix")],
+        supports_check_mode=True,
+    )
+    options = {k: v for k, v in module.params.items() if k != "output_dir"}
+    try:
+        result = run_sync(run_capacity_test(options, check_only=module.check_mode))
+    except CapacityError as exc:
+        module.fail_json(msg=str(exc))
+    out = {
+        "changed": False,
+        "capacity_warnings": result.get("warnings", []),
+        "probe": result.get("probe"),
+        "plan": result.get("plan"),
+    }
+    for warning in result.get("warnings", []):
+        module.warn(warning)
+    if module.check_mode:
+        out["msg"] = "options valid, plan fits time_limit (worst case %.0f s), endpoint answered HTTP %d" % (
+            result["plan"]["worst_case_s"],
+            result["probe"]["status"],
+        )
+        module.exit_json(**out)
+    requests = result.pop("requests", None)
+    if module.params["output_dir"]:
+        files = write_results(
+            dict(result, requests=requests) if requests else result,
+            module.params["output_dir"],
+            slug("capacity-" + (module.params["service"] or result["service"]["service"])),
+        )
+        out["files"] = files
+        out["changed"] = True
+    for key in (
+        "sla_sentence",
+        "capacity",
+        "table_row",
+        "prediction",
+        "steps",
+        "service",
+        "sla",
+        "started_at",
+        "duration_s",
+    ):
+        out[key] = result.get(key)
+    out["schema"] = result.get("schema")
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Fixtures: the ground-truth capacity server as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+SERVER = REPO / "tests" / "capacity_server" / "server.py"
+
+
+class ServerHandle:
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.base = "http://127.0.0.1:%d" % port
+
+    def url(self, path: str = "/infer") -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def capacity_server():
+    """Factory: ``capacity_server(workers=4, mean_ms=20, service="deterministic", ...)`` -> ServerHandle."""
+    procs = []
+
+    def start(**opts) -> ServerHandle:
+        args = [sys.executable, str(SERVER), "--port", "0", "--max-seconds", str(opts.pop("max_seconds", 120))]
+        for key, value in opts.items():
+            args += ["--" + key.replace("_", "-"), str(value)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        if not line.startswith("LISTENING "):
+            raise RuntimeError("capacity server did not start: %r" % line)
+        return ServerHandle(proc, int(line.split()[1]))
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        proc.stdout.close()
+
+
+@pytest.fixture
+def free_port():
+    """A port on 127.0.0.1 with nothing listening (bound then released)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -1,0 +1,164 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""tools/capacity.py: run with plots and report, report/fleet from saved results, noisy neighbour, predict."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    sys.path.insert(0, str(REPO / "tools"))
+    spec = importlib.util.spec_from_file_location("capacity_cli", REPO / "tools" / "capacity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run_args(server, out, *extra):
+    return [
+        "run",
+        "--url",
+        server.url(),
+        "--payload",
+        '{"inputs": []}',
+        "--start-rps",
+        "100",
+        "--plan",
+        "linear",
+        "--step-pct",
+        "60",
+        "--max-steps",
+        "3",
+        "--warmup",
+        "0.3",
+        "--hold",
+        "0.8",
+        "--initial-warmup",
+        "0.2",
+        "--arrival",
+        "constant",
+        "--sla",
+        '{"p95_ms": 100, "p99_ms": 300, "max_schedule_lag_ms": 50}',  # the test machine is shared: tolerate lag
+        "--concurrency",
+        "4",
+        "--metrics-urls",
+        server.url("/metrics"),
+        "--metrics-interval",
+        "0.2",
+        "--limits",
+        "maxconn=4,instances=4",
+        "--service",
+        *extra,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_writes_results_plots_and_report(cli, capacity_server, tmp_path, capsys):
+    server = capacity_server(workers=4, mean_ms=20)
+    assert cli.main(_run_args(server, tmp_path, "chat", "--profile", "1g.10gb")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("chat on MIG 1g.10gb sustains 160 RPS at p95 < 100 ms (and p99 < 300 ms)")
+    for name in ("throughput", "latency", "queue"):
+        assert _is_png(tmp_path / ("capacity-chat-%s.png" % name))
+    md = (tmp_path / "capacity-chat.md").read_text()
+    assert "![achieved vs offered](capacity-chat-throughput.png)" in md
+    assert "Knee at 256 RPS because" in md and "Queueing model" in md
+    result = json.loads((tmp_path / "capacity-chat.json").read_text())
+    assert result["table_row"]["limits"] == "instances=4, maxconn=4"
+    assert [s["offered_rps"] for s in result["steps"] if s["kind"] == "step"] == [100.0, 160.0, 256.0]
+
+    # a second service, then one fleet table from both result files
+    assert cli.main(_run_args(server, tmp_path, "ocr", "--profile", "2g.20gb", "--no-report", "--max-steps", "1")) == 0
+    capsys.readouterr()
+    fleet = tmp_path / "fleet"
+    assert (
+        cli.main(
+            ["fleet", str(tmp_path / "capacity-chat.json"), str(tmp_path / "capacity-ocr.json"), "--out", str(fleet)]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "| chat |" in table and "| ocr |" in table
+    csv_lines = (fleet / "fleet-capacity.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("host,service,model")
+    # report again from the saved JSON (what the role does on the controller)
+    rep = tmp_path / "again"
+    assert cli.main(["report", str(tmp_path / "capacity-ocr.json"), "--out", str(rep)]) == 0
+    assert _is_png(rep / "capacity-ocr-queue.png") and (rep / "capacity-ocr.md").exists()
+
+
+def test_check_bad_input_and_predict(cli, capacity_server, tmp_path, capsys, free_port):
+    server = capacity_server()
+    assert cli.main([*_run_args(server, tmp_path, "x"), "--check"]) == 0
+    assert "ok: options valid" in capsys.readouterr().out
+    args = _run_args(server, tmp_path, "x")
+    args[args.index("--sla") + 1] = "errors<1%"
+    assert cli.main(args) == 2
+    assert "names no latency percentile" in capsys.readouterr().err
+    args = _run_args(server, tmp_path, "x")
+    args[args.index("--url") + 1] = "http://127.0.0.1:%d/" % free_port
+    assert cli.main(args) == 2
+    assert "cannot reach" in capsys.readouterr().err
+    assert cli.main(["predict", "--c", "4", "--service-ms", "20", "--sla-ms", "90"]) == 0
+    assert "p95 stays under 90 ms up to 156.8" in capsys.readouterr().out
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"schema": "x"}))
+    assert cli.main(["fleet", str(empty), "--out", str(tmp_path / "f")]) == 2
+
+
+def test_noisy_neighbour_sharing_workers_breaks_a(cli, capacity_server, tmp_path, capsys):
+    """A and B share one 4-worker server (capacity 200 RPS): B at 3 x 60 RPS pushes A past its SLA."""
+    server = capacity_server(workers=4, mean_ms=20)
+    rc = cli.main(
+        [
+            "noisy",
+            "--url-a",
+            server.url("/a"),
+            "--url-b",
+            server.url("/b"),
+            "--payload-a",
+            "{}",
+            "--payload-b",
+            "{}",
+            "--rps-a",
+            "60",
+            "--rps-b",
+            "60",
+            "--sla",
+            '{"p99_ms": 150, "max_schedule_lag_ms": 50}',
+            "--arrival",
+            "constant",
+            "--hold",
+            "1.0",
+            "--warmup",
+            "0.3",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1  # A did not stay within its SLA
+    assert out.startswith("A at 60 RPS did NOT stay within its SLA while B stepped to 3x 60 RPS")
+    phases = json.loads((tmp_path / "noisy-neighbour.json").read_text())["phases"]
+    assert [p["phase"] for p in phases] == ["before", "during x1", "during x2", "during x3", "after"]
+    ok = {p["phase"]: p["a_within_sla"] for p in phases}
+    assert ok["before"] and ok["during x1"] and ok["after"]  # 120 RPS of 200: fine; back to normal afterwards
+    assert not ok["during x3"]  # 240 RPS offered to a 200 RPS server
+    assert _is_png(tmp_path / "noisy-neighbour.png")

@@ -1,0 +1,82 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""roles/capacity: argument specs mirror the defaults, every module option is passed, fleet templates render."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
+from ansible_collections.gpu.mig.plugins.modules.capacity_test import ARGUMENT_SPEC
+
+ROLE = Path(__file__).resolve().parents[3] / "roles" / "capacity"
+
+
+def test_argument_specs_mirror_defaults():
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert set(defaults) == set(spec)
+    assert all(k.startswith("capacity_") for k in defaults)
+    for key, value in defaults.items():
+        assert spec[key]["default"] == value, key
+
+
+def test_run_task_passes_every_module_option():
+    task = yaml.safe_load((ROLE / "tasks" / "run.yml").read_text())[0]
+    args = task["gpu.mig.capacity_test"]
+    assert set(args) == set(ARGUMENT_SPEC)
+    for name, value in args.items():
+        if name in ("host", "output_dir"):
+            continue
+        assert re.search(r"_capacity_test\.%s\b" % name, value), name
+    assert "async" in task and "poll" in task
+
+
+def _render(name: str, rows: list, sentences: list) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROLE / "templates")), trim_blocks=True, keep_trailing_newline=True
+    )
+    return env.get_template(name).render(_capacity_fleet_rows=rows, _capacity_fleet_sentences=sentences)
+
+
+def _rows():
+    sla = cap.parse_sla("p95<300ms")
+    capacity = {"sustained_rps": 180.0, "latency_ms": {"p95": 212.0, "p99": 540.0}, "knee_rps": 207.0, "reached": True}
+    meta = {
+        "host": "n1",
+        "service": 'chat "big", v2',
+        "profile": "3g.40gb",
+        "gpu": "H100",
+        "limits": {"max_num_seqs": 64},
+    }
+    row = cap.table_row(meta, capacity, sla)
+    other = cap.table_row(dict(meta, service="ocr|x"), dict(capacity, sustained_rps=None), sla)
+    return [row, other], ["chat sustains 180 RPS ..."]
+
+
+def test_fleet_csv_template_matches_the_python_table():
+    rows, sentences = _rows()
+    text = _render("fleet.csv.j2", rows, sentences)
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert list(parsed[0].keys()) == cap.TABLE_COLUMNS
+    assert parsed[0]["service"] == 'chat "big", v2' and parsed[0]["sustained_rps"] == "180.0"
+    assert parsed[1]["sustained_rps"] == "" and len(parsed) == 2
+    # the same table as the CLI's fleet command writes
+    assert parsed == list(csv.DictReader(io.StringIO(cap.rows_to_csv(rows, cap.TABLE_COLUMNS))))
+
+
+def test_fleet_markdown_template():
+    rows, sentences = _rows()
+    text = _render("fleet.md.j2", rows, sentences)
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    # the same table as the CLI's fleet command writes (rows sorted by service)
+    assert table == cap.rows_to_markdown(sorted(rows, key=lambda r: r["service"]), cap.TABLE_COLUMNS).splitlines()
+    assert "ocr\\|x" in text and "- chat sustains 180 RPS" in text
+    assert "No capacity rows" in _render("fleet.md.j2", [], [])
