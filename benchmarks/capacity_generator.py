@@ -130,7 +130,7 @@ def run_wrk(port: int, seconds: float, connections: int) -> float | None:
     ]
     if shutil.which("taskset") and len(CORES) > 1:
         cmd = ["taskset", "-c", str(LOAD_CORE), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
     os.unlink(script)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     rps = float(m.group(1)) if m else None
@@ -184,7 +184,7 @@ def run_locust(port: int, seconds: float, users: int) -> float | None:
         ]
         if shutil.which("taskset") and len(CORES) > 1:
             cmd = ["taskset", "-c", str(LOAD_CORE), *cmd]
-        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
         stats = Path(tmp) / "r_stats.csv"
         if not stats.exists():
             print("  locust: ran but wrote no statistics")
