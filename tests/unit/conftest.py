@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulator"))
+# The simulator's scripts (migsim, the nvidia-smi stand-in) run with the interpreter that runs the tests.
+os.environ.setdefault("MIGSIM_PYTHON", sys.executable)
 
 from nvmlsim.testing import sim_host
 

@@ -45,7 +45,13 @@ class _PynvmlFinder:
 
 def _enable(root: str) -> None:
     simulator = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    collections = os.path.join(os.path.dirname(os.path.dirname(simulator)), ".build", "collections")
+    repo = os.path.dirname(os.path.dirname(simulator))
+    nested = repo.endswith(os.path.join("ansible_collections", "gpu", "mig"))  # ansible-test's copy
+    collections = (
+        os.path.dirname(os.path.dirname(os.path.dirname(repo)))
+        if nested
+        else os.path.join(repo, ".build", "collections")
+    )
     for entry in (simulator, collections):
         if entry not in sys.path:
             sys.path.append(entry)

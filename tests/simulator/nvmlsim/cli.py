@@ -17,6 +17,10 @@ from nvmlsim import hosts, procs, state
 
 SIMULATOR = Path(__file__).resolve().parent.parent
 REPO = SIMULATOR.parent.parent
+# The collection is importable from the checkout's .build/collections, or from the tree it sits in (ansible-test).
+COLLECTIONS = (
+    REPO.parents[2] if REPO.parts[-3:] == ("ansible_collections", "gpu", "mig") else REPO / ".build" / "collections"
+)
 
 # Default fleet mix: kind -> HostSpec arguments (CLI syntax).
 FLEET_KINDS: dict[str, list[str]] = {
@@ -113,7 +117,7 @@ def cmd_stop(args: argparse.Namespace) -> None:
 def wrapper_script(host_dir: Path) -> str:
     """Interpreter wrapper that makes ``import pynvml`` talk to ``host_dir``."""
     q = shlex.quote
-    boot = f"{SIMULATOR / 'boot'}:{REPO / '.build' / 'collections'}"
+    boot = f"{SIMULATOR / 'boot'}:{COLLECTIONS}"
     return (
         "#!/usr/bin/env bash\n"
         f"exec env MIGSIM_ROOT={q(str(host_dir))} MIGSIM_PYTHON={q(sys.executable)} "

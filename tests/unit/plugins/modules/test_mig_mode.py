@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ SIM_BIN = Path(__file__).resolve().parents[3] / "simulator" / "bin"
 def reset_tool(monkeypatch, tmp_path):
     """Put the simulator's nvidia-smi stand-in (GPU reset only) on PATH for the host created next."""
     monkeypatch.setenv("PATH", f"{SIM_BIN}:{Path('/usr/bin')}:{Path('/bin')}")
-    monkeypatch.setenv("MIGSIM_PYTHON", sys.executable)
 
     def point_at(host):
         monkeypatch.setenv("MIGSIM_ROOT", str(host.root))
