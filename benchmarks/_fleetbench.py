@@ -42,12 +42,16 @@ def make_fleet(directory: Path, hosts: int, mix: str | None = None) -> Path:
     return directory / "inventory.yml"
 
 
-def run(playbook: Path, inventory: Path, forks: int) -> float:
+def run(playbook: Path, inventory: Path, forks: int, extra: tuple[str, ...] = ()) -> float:
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build/collections"), ANSIBLE_FORKS=str(forks))
     env["PATH"] = f"{REPO / '.venv/bin'}:{env['PATH']}"
     start = time.perf_counter()
     done = subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(playbook)], env=env, capture_output=True, text=True, check=False
+        ["ansible-playbook", "-i", str(inventory), *extra, str(playbook)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
@@ -57,34 +61,38 @@ def run(playbook: Path, inventory: Path, forks: int) -> float:
 
 def compare(
     name: str,
-    playbook_text: str,
+    playbook: str | Path,
     hosts: int,
     rounds: int,
     forks: int,
     target: float,
     mix: str | None = None,
     converge: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> None:
-    """Alternate the two playbooks ``rounds`` times and print both medians and their ratio.
+    """Alternate the subject (playbook text, or a playbook file) and ping ``rounds`` times; print medians and ratio.
 
-    ``converge``: run the subject once first with the first-run changes allowed (timed runs are then no-ops).
+    ``converge``: the first (untimed) subject run may change things, the timed ones must not. ``extra``: more
+    ansible-playbook arguments for the subject (inventories, extra vars).
     """
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         inventory = make_fleet(tmp_path / "fleet", hosts, mix)
-        subject, ping = tmp_path / f"{name}.yml", tmp_path / "ping.yml"
-        subject.write_text(playbook_text)
+        ping = tmp_path / "ping.yml"
         ping.write_text(PING)
+        if isinstance(playbook, Path):
+            subject = first = playbook
+        else:
+            subject, first = tmp_path / f"{name}.yml", tmp_path / "first.yml"
+            subject.write_text(playbook)
+            first.write_text(playbook.replace("applied is failed or applied is changed", "applied is failed"))
         run(ping, inventory, forks)  # warm caches
-        if converge:
-            first = tmp_path / "converge.yml"
-            first.write_text(playbook_text.replace("applied is failed or applied is changed", "applied is failed"))
-            run(first, inventory, forks)
+        run(first if converge else subject, inventory, forks, extra)
         times: dict[str, list[float]] = {"subject": [], "ping": []}
         try:
             for _round in range(rounds):
                 times["ping"].append(run(ping, inventory, forks))
-                times["subject"].append(run(subject, inventory, forks))
+                times["subject"].append(run(subject, inventory, forks, extra))
         finally:  # simulated processes are real sleepers: end them with the fleet
             subprocess.run([str(REPO / "tests/simulator/migsim"), "stop", str(inventory.parent)], check=False)
     subject_median, ping_median = statistics.median(times["subject"]), statistics.median(times["ping"])
