@@ -145,15 +145,18 @@ def transaction(root: Path | str) -> Iterator[Host]:
                 save(host)
 
 
-_READ_CACHE: dict[Path, tuple[tuple[Any, ...], Host]] = {}
+_READ_CACHE: dict[str, tuple[tuple[Any, ...], Host]] = {}
 
 
-def _signature(root: Path) -> tuple[Any, ...]:
-    """Identity of both state files: writers replace them atomically, so a new inode means new content."""
+def _signature(root: str) -> tuple[Any, ...]:
+    """Identity of both state files: writers replace them atomically, so a new inode means new content.
+
+    Runs on every simulated NVML call, hence plain os.stat on strings rather than pathlib.
+    """
     sig: list[Any] = []
-    for path in (root / PERSISTENT, root / VOLATILE):
+    for path in (os.path.join(root, PERSISTENT), os.path.join(root, VOLATILE)):
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             sig.append(None)
             continue
@@ -166,20 +169,20 @@ def read(root: Path | str) -> Host:
 
     The parsed state is reused while neither file changed; callers must not modify it.
     """
-    root = Path(root)
-    sig = _signature(root)
-    cached = _READ_CACHE.get(root)
+    key = os.fspath(root)
+    sig = _signature(key)
+    cached = _READ_CACHE.get(key)
     if cached and cached[0] == sig and sig[1] is not None:
         host = cached[1]
         for gpu in host.volatile["gpus"]:  # processes may have exited since
             gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
         return host
-    host, booted = _load(root)
+    host, booted = _load(Path(root))
     if booted:  # first access after boot: persist the boot under the lock
         with transaction(root) as host:
             pass
-        sig = _signature(root)
-    _READ_CACHE[root] = (sig, host)
+        sig = _signature(key)
+    _READ_CACHE[key] = (sig, host)
     return host
 
 
