@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - exercised by ansible-test's import san
 ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada", 9: "hopper"}
 ARCHITECTURES.update({10: "blackwell", 13: "rubin"})
 
+# NVML_COMPUTE_INSTANCE_PROFILE_* index -> compute slices (nvml.h: 1, 2, 3, 4, 7, 8, 6 slices, 1 slice REV1, 7 NVL).
+CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 7}
+
 # NVML return code -> (problem, remedy). Codes are pynvml's NVML_ERROR_* values.
 _REMEDIES = {
     1: ("NVML is not initialized", "this is a bug in gpu.mig; please report it"),
@@ -253,7 +256,7 @@ class Nvml:
         for gi in self._gi_handles(index, profiles):
             info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
             profile = by_id.get(info.profileId, {})
-            cis = self._compute_instances(index, gi, info.id, profile.get("name", "?"), devices)
+            cis = self._compute_instances(index, gi, info.id, profile.get("name", "?"), profile.get("slices"), devices)
             instances.append(
                 {
                     "id": info.id,
@@ -267,9 +270,11 @@ class Nvml:
             )
         return sorted(instances, key=lambda gi: gi["placement"]["start"])
 
-    def _compute_instances(self, index: int, gi, gi_id: int, gi_name: str, devices: dict) -> list[dict]:
+    def _compute_instances(self, index: int, gi, gi_id: int, gi_name: str, gi_slices, devices: dict) -> list[dict]:
         result = []
         for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            if gi_slices and CI_PROFILE_SLICES.get(ci_index, 0) > gi_slices:
+                continue  # no compute instance is larger than its GPU instance: skip the NVML round trip
             try:
                 pinfo = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
                     gi, ci_index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
