@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuInstanceProfile, GpuModel
 
 SLOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_BUS_ID_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$", re.IGNORECASE)
 _ENTRY_KEYS = ("gpus", "mig_enabled", "slots")
 _SLOT_KEYS = ("name", "profile", "placement", "compute_instances")
 _CI_KEYS = ("name", "profile")
@@ -75,12 +74,6 @@ def _check_selector(value: Any) -> str | None:
     if value.strip().casefold().startswith("mig-"):
         return "%r is a MIG device UUID; select the parent GPU by its GPU-<uuid>" % value
     return None
-
-
-def _names_one_gpu(value: Any) -> bool:
-    """True for selectors that name at most one GPU: an index, a GPU UUID or a PCI bus id."""
-    text = str(value).strip().casefold()
-    return _is_int(value) or text.isdigit() or text.startswith("gpu-") or bool(_BUS_ID_RE.match(text))
 
 
 def _facts_view(gpu: GpuState) -> dict[str, Any]:
@@ -451,7 +444,7 @@ def _select(entry: EntrySpec, gpus: Sequence[GpuState], problems: list[str]) -> 
     """GPUs an entry picks; a single-GPU selector matching nothing is a problem, ``all`` skips non-MIG GPUs."""
     views = [(g, _facts_view(g)) for g in gpus]
     for sel in entry.gpus:
-        if _names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _unused, v in views):
+        if _select_mod.names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _unused, v in views):
             have = ", ".join("%d (%s, %s)" % (g.index, g.uuid, g.pci_bus_id) for g in gpus) or "none"
             problems.append("%s: no GPU on this host matches selector %r; GPUs: %s" % (entry.label, sel, have))
     picked = [g for g, v in views if any(_select_mod.matches(v, sel) for sel in entry.gpus)]

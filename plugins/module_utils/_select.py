@@ -8,6 +8,10 @@ PRIVATE to the collection. Pure: works on the per-GPU fact dicts of ``mig_facts`
 
 from __future__ import annotations
 
+import re
+
+_BUS_ID_RE = re.compile(r"^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$", re.IGNORECASE)
+
 
 class SelectorError(ValueError):
     """A selector that matches no GPU."""
@@ -21,6 +25,14 @@ def _bus_id(text: str) -> str:
     except ValueError:
         return text.strip().upper()
     return f"{domain:08X}:{':'.join(parts[-2:])}"
+
+
+def names_one_gpu(selector) -> bool:
+    """An index, a GPU UUID or a PCI bus id: a selector that names one GPU (matching none is an error)."""
+    if isinstance(selector, bool):
+        return False
+    text = str(selector).strip().casefold()
+    return isinstance(selector, int) or text.isdigit() or text.startswith("gpu-") or bool(_BUS_ID_RE.match(text))
 
 
 def matches(gpu: dict, selector) -> bool:

@@ -113,13 +113,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils import _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, matches, select_gpus
-
-
-def _explicit(selector) -> bool:
-    """Index, UUID or bus id: the user named this very GPU."""
-    text = str(selector).strip().lower()
-    return text.isdigit() or text.startswith("gpu-") or (":" in text and "." in text)
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, matches, names_one_gpu, select_gpus
 
 
 def plan(module: AnsibleModule, gpus: list[dict]) -> tuple[list, list]:
@@ -129,7 +123,7 @@ def plan(module: AnsibleModule, gpus: list[dict]) -> tuple[list, list]:
     steps, skipped, errors = [], [], []
     for gpu in selected:
         if not gpu["mig"]["supported"]:
-            named = [s for s in module.params["gpus"] if _explicit(s) and matches(gpu, s)]
+            named = [s for s in module.params["gpus"] if names_one_gpu(s) and matches(gpu, s)]
             if named:
                 errors.append(f"GPU {gpu['index']} ({gpu['name']}) does not support MIG; remove {named[0]!r} from gpus")
             skipped.append({"index": gpu["index"], "name": gpu["name"]})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, names_one_gpu, select_gpus
 
 GPUS = [
     {
@@ -73,3 +73,21 @@ def test_unknown_selector_names_itself_and_lists_the_gpus():
 def test_bool_is_not_an_index():
     with pytest.raises(SelectorError):
         select_gpus(GPUS, [True])
+
+
+@pytest.mark.parametrize(
+    ("selector", "named"),
+    [
+        (0, True),
+        ("3", True),
+        ("GPU-aaaa", True),
+        ("07:00.0", True),
+        ("0000:0f:00.0", True),
+        (True, False),
+        ("all", False),
+        ("arch:hopper", False),
+        ("NVIDIA A100-SXM4-40GB", False),
+    ],
+)
+def test_names_one_gpu(selector, named):
+    assert names_one_gpu(selector) is named
