@@ -29,6 +29,9 @@ ARCHITECTURES.update({10: "blackwell", 13: "rubin"})
 # NVML_COMPUTE_INSTANCE_PROFILE_* index -> compute slices (nvml.h: 1, 2, 3, 4, 7, 8, 6 slices, 1 slice REV1, 7 NVL).
 CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 7}
 
+# Errors that mean "no such profile on this GPU" while enumerating profile indices.
+_NO_PROFILE = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT")
+
 # NVML return code -> (problem, remedy). Codes are pynvml's NVML_ERROR_* values.
 _REMEDIES = {
     1: ("NVML is not initialized", "this is a bug in gpu.mig; please report it"),
@@ -120,10 +123,13 @@ class Nvml:
         except (pynvml.NVMLError, NvmlError):
             return f"GPU {index}"
 
-    def _call(self, index: int | None, action: str, func, *args):
+    def _call(self, index: int | None, action: str, func, *args, absent: tuple[str, ...] = ()):
+        """Call pynvml; NVML errors named in ``absent`` (e.g. NOT_SUPPORTED) mean "nothing there" and give None."""
         try:
             return func(*args)
         except pynvml.NVMLError as err:
+            if absent and _is_error(err, *absent):
+                return None
             where = "" if index is None else self.label(index) if index in self._handles else f"GPU {index}"
             raise describe(err, where, action) from err
 
@@ -167,12 +173,16 @@ class Nvml:
 
     def mig_mode(self, index: int) -> dict:
         """{'supported', 'current', 'pending'}: booleans, None when MIG is not supported."""
-        try:
-            current, pending = pynvml.nvmlDeviceGetMigMode(self.handle(index))
-        except pynvml.NVMLError as err:
-            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):
-                return {"supported": False, "current": None, "pending": None}
-            raise describe(err, self.label(index), "reading MIG mode") from err
+        mode = self._call(
+            index,
+            "reading MIG mode",
+            pynvml.nvmlDeviceGetMigMode,
+            self.handle(index),
+            absent=("NVML_ERROR_NOT_SUPPORTED",),
+        )
+        if mode is None:
+            return {"supported": False, "current": None, "pending": None}
+        current, pending = mode
         enabled = pynvml.NVML_DEVICE_MIG_ENABLE
         return {"supported": True, "current": current == enabled, "pending": pending == enabled}
 
@@ -181,12 +191,16 @@ class Nvml:
         handle = self.handle(index)
         table = []
         for nvml_index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
-            try:
-                info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, nvml_index)
-            except pynvml.NVMLError as err:
-                if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT"):
-                    continue
-                raise describe(err, self.label(index), "reading MIG profiles") from err
+            info = self._call(
+                index,
+                "reading MIG profiles",
+                pynvml.nvmlDeviceGetGpuInstanceProfileInfo,
+                handle,
+                nvml_index,
+                absent=_NO_PROFILE,
+            )
+            if info is None:
+                continue
             placements = self._placements(index, info.id)
             table.append(
                 {
@@ -203,7 +217,15 @@ class Nvml:
                     "jpeg": info.jpegCount,
                     "ofa": info.ofaCount,
                     "total": info.instanceCount,
-                    "free": self._remaining(index, info.id),
+                    "free": self._call(
+                        index,
+                        "reading remaining capacity",
+                        pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity,
+                        handle,
+                        info.id,
+                        absent=("NVML_ERROR_NOT_SUPPORTED",),
+                    )
+                    or 0,
                     "placements": placements,
                 }
             )
@@ -214,21 +236,19 @@ class Nvml:
         count = ctypes.c_uint(0)
         array = (pynvml.c_nvmlGpuInstancePlacement_t * 16)()
         count.value = len(array)
-        try:
-            pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, array, ctypes.byref(count))
-        except pynvml.NVMLError as err:
-            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):  # MIG disabled on some drivers
-                return []
-            raise describe(err, self.label(index), "reading placements") from err
+        found = self._call(
+            index,
+            "reading placements",
+            pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+            handle,
+            profile_id,
+            array,
+            ctypes.byref(count),
+            absent=("NVML_ERROR_NOT_SUPPORTED",),  # MIG disabled on some drivers
+        )
+        if found is None:
+            return []
         return [{"start": array[i].start, "size": array[i].size} for i in range(count.value)]
-
-    def _remaining(self, index: int, profile_id: int) -> int:
-        try:
-            return pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity(self.handle(index), profile_id)
-        except pynvml.NVMLError as err:
-            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED"):
-                return 0
-            raise describe(err, self.label(index), "reading remaining capacity") from err
 
     def _gi_handles(self, index: int, profiles: list[dict]) -> list:
         handle = self.handle(index)
@@ -275,14 +295,17 @@ class Nvml:
         for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
             if gi_slices and CI_PROFILE_SLICES.get(ci_index, 0) > gi_slices:
                 continue  # no compute instance is larger than its GPU instance: skip the NVML round trip
-            try:
-                pinfo = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi, ci_index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
-                )
-            except pynvml.NVMLError as err:
-                if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT"):
-                    continue
-                raise describe(err, self.label(index), "reading compute-instance profiles") from err
+            pinfo = self._call(
+                index,
+                "reading compute-instance profiles",
+                pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+                gi,
+                ci_index,
+                pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                absent=_NO_PROFILE,
+            )
+            if pinfo is None:
+                continue
             array = (pynvml.c_nvmlComputeInstance_t * max(pinfo.instanceCount, 1))()
             count = ctypes.c_uint(0)
             self._call(
@@ -302,7 +325,7 @@ class Nvml:
                         "id": info.id,
                         "profile_id": pinfo.id,
                         "nvml_index": ci_index,
-                        "profile": ci_profile_name(pinfo.sliceCount, gi_name),
+                        "profile": gi_name if pinfo.sliceCount == gi_slices else f"{pinfo.sliceCount}c.{gi_name}",
                         "slices": pinfo.sliceCount,
                         "sm_count": pinfo.multiprocessorCount,
                         "placement": {"start": info.placement.start, "size": info.placement.size},
@@ -320,12 +343,16 @@ class Nvml:
         devices = {}
         maximum = self._call(index, "counting MIG devices", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle)
         for mig_index in range(maximum):
-            try:
-                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, mig_index)
-            except pynvml.NVMLError as err:
-                if _is_error(err, "NVML_ERROR_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"):
-                    continue
-                raise describe(err, self.label(index), "opening a MIG device") from err
+            mig = self._call(
+                index,
+                "opening a MIG device",
+                pynvml.nvmlDeviceGetMigDeviceHandleByIndex,
+                handle,
+                mig_index,
+                absent=("NVML_ERROR_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT"),
+            )
+            if mig is None:
+                continue
             gi_id = self._call(index, "reading a MIG device", pynvml.nvmlDeviceGetGpuInstanceId, mig)
             ci_id = self._call(index, "reading a MIG device", pynvml.nvmlDeviceGetComputeInstanceId, mig)
             memory = self._call(index, "reading MIG device memory", pynvml.nvmlDeviceGetMemoryInfo, mig)
@@ -338,12 +365,13 @@ class Nvml:
         return devices
 
     def _processes(self, index: int, handle, gi_id: int | None = None, ci_id: int | None = None) -> list[dict]:
-        try:
-            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        except pynvml.NVMLError as err:
-            if _is_error(err, "NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION"):
-                return []
-            raise describe(err, self.label(index), "listing processes") from err
+        procs = self._call(
+            index,
+            "listing processes",
+            pynvml.nvmlDeviceGetComputeRunningProcesses,
+            handle,
+            absent=("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_NO_PERMISSION"),
+        )
         return [
             {
                 "pid": int(p.pid),
@@ -351,16 +379,15 @@ class Nvml:
                 "gpu_instance_id": gi_id,
                 "compute_instance_id": ci_id,
             }
-            for p in procs
+            for p in procs or ()
         ]
 
     # ---------------------------------------------------------------- changes
-    def set_mig_mode(self, index: int, enabled: bool) -> int | None:
-        """Request a MIG mode; returns the activation status code (None when it applied at once)."""
+    def set_mig_mode(self, index: int, enabled: bool) -> None:
+        """Request a MIG mode; read mig_mode() to see whether it applied or waits for a reset."""
         mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
         action = "enabling MIG" if enabled else "disabling MIG"
-        status = self._call(index, action, pynvml.nvmlDeviceSetMigMode, self.handle(index), mode)
-        return status or None
+        self._call(index, action, pynvml.nvmlDeviceSetMigMode, self.handle(index), mode)
 
     def create_gpu_instance(self, index: int, profile_id: int, start: int, size: int) -> int:
         placement = pynvml.c_nvmlGpuInstancePlacement_t()
@@ -407,13 +434,7 @@ def _profile_name(info) -> str:
     return name[4:] if name.startswith("MIG ") else name
 
 
-def ci_profile_name(ci_slices: int, gi_name: str) -> str:
-    """NVIDIA's naming: the whole-GI compute profile has the GI's name, splits are 'Nc.<gi>'."""
-    gi_slices = int(gi_name.split("g.", 1)[0]) if "g." in gi_name and gi_name.split("g.", 1)[0].isdigit() else None
-    return gi_name if ci_slices == gi_slices else f"{ci_slices}c.{gi_name}"
-
-
-def gather(gpu_filter=None) -> dict:
+def gather() -> dict:
     """Facts for the whole host: ``{'driver': {...}, 'gpus': [...], 'summary': {...}}``.
 
     Without a usable driver the result says so (``driver.loaded: false`` and ``driver.error``)
@@ -422,10 +443,9 @@ def gather(gpu_filter=None) -> dict:
     try:
         with Nvml() as nvml:
             system = nvml.system()
-            indices = [i for i in range(nvml.count()) if gpu_filter is None or i in gpu_filter]
-            gpus = [nvml.gpu(i) for i in indices]
+            gpus = [nvml.gpu(i) for i in range(nvml.count())]
     except NvmlError as err:
-        if err.code not in (9, 12):  # driver not loaded / library not found: report, don't fail
+        if err.code not in (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, pynvml.NVML_ERROR_LIBRARY_NOT_FOUND):
             raise
         return {"driver": {"loaded": False, "error": err.msg}, "gpus": [], "summary": summarize([])}
     return {"driver": dict(system, loaded=True, error=None), "gpus": gpus, "summary": summarize(gpus)}
