@@ -24,9 +24,8 @@ class ApplyError(Exception):
         self.result = result
 
 
-def live_model(gpu: dict) -> _catalog.GpuModel:
-    """The GPU's catalog as NVML reported it in the facts; compute profiles come from the shipped data when known."""
-    shipped = _catalog.find_model(gpu["name"])
+def live_model(gpu: dict, shipped: _catalog.GpuModel | None) -> _catalog.GpuModel:
+    """The GPU's catalog as NVML reported it in the facts; compute profiles come from ``shipped`` when known."""
     shipped_cis = {p.id: p.compute_profiles for p in shipped.profiles} if shipped else {}
     profiles = tuple(
         _catalog.GpuInstanceProfile(
@@ -73,8 +72,8 @@ def read_host(nvml: _nvml.Nvml) -> tuple[list[dict], list[_layout.GpuState], dic
         if not gpu["mig"]["supported"]:
             models[gpu["index"]] = None
             continue
-        live = live_model(gpu)
         shipped = _catalog.find_model(gpu["name"])
+        live = live_model(gpu, shipped)
         models[gpu["index"]] = (
             live if live.profiles and any(p.compute_profiles for p in live.profiles) else shipped or live
         )
@@ -204,16 +203,21 @@ def _describe(states: list[_layout.GpuState]) -> str:
 
 
 def apply_layout(
-    nvml: _nvml.Nvml, layout: list, force: bool = False, check_mode: bool = False, grace: float = 10.0
+    nvml: _nvml.Nvml,
+    layout: list,
+    force: bool = False,
+    check_mode: bool = False,
+    grace: float = 10.0,
+    host: tuple | None = None,
 ) -> dict:
     """Plan ``layout`` against the host and (unless check mode) execute it.
 
     Everything is validated before the first change. With ``force``, processes holding instances to destroy are
     terminated first (SIGTERM, then SIGKILL after ``grace`` seconds). Raises LayoutError for invalid, infeasible or unsafe layouts
     (nothing changed) and ApplyError when NVML fails midway (after restoring the layout found at the start, or
-    saying exactly what was left behind).
+    saying exactly what was left behind). ``host``: a ``read_host`` result the caller already has.
     """
-    facts, states, models = read_host(nvml)
+    facts, states, models = host or read_host(nvml)
     plan = _layout.plan_layout(layout, states, models)
     warnings = list(_layout.check_busy(plan, force))
     problems = _mode_problems(plan, facts)

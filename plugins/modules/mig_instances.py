@@ -175,15 +175,14 @@ from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout, _n
 from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
 
 
-def desired_layout(module: AnsibleModule, nvml: _nvml.Nvml) -> list:
+def desired_layout(module: AnsibleModule, host: tuple) -> list:
     """The layout to apply: as given, converted from mig-parted, or 'no instances' for state=absent."""
     params = module.params
+    facts, states, models = host
     if params["state"] == "absent":
-        facts = [nvml.gpu(i) for i in range(nvml.count())]
         selected = [g for g in select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
         return [{"gpus": g["uuid"], "slots": []} for g in selected]
     if params["mig_parted_config"] is not None:
-        _facts, states, models = _apply.read_host(nvml)
         return _layout.layout_from_mig_parted(
             params["mig_parted_config"], params["mig_parted_config_name"], states, models
         )
@@ -212,9 +211,14 @@ def main() -> None:
     try:
         with _nvml.Nvml() as nvml:
             system = dict(nvml.system(), loaded=True, error=None)
-            layout = desired_layout(module, nvml)
+            host = _apply.read_host(nvml)
             result = _apply.apply_layout(
-                nvml, layout, module.params["force"], module.check_mode, grace=module.params["force_grace"]
+                nvml,
+                desired_layout(module, host),
+                module.params["force"],
+                module.check_mode,
+                grace=module.params["force_grace"],
+                host=host,
             )
     except (_layout.LayoutError, SelectorError) as err:
         module.fail_json(msg=str(err), changed=False)

@@ -64,7 +64,7 @@ def test_processes_carry_their_instance(sim_host):
 def test_live_catalog_agrees_with_the_shipped_one(sim_host):
     sim_host("A100-SXM4-40GB:mig=on")
     gpu = facts()
-    live = _apply.live_model(gpu)
+    live = _apply.live_model(gpu, _catalog.find_model(gpu["name"]))
     shipped = _catalog.find_model("NVIDIA A100-SXM4-40GB")
     assert (live.memory_slices, live.compute_slices, live.max_gpu_instances) == (8, 7, 7)
     assert live.mig_enable_requires_reset
