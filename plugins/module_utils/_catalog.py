@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ansible_collections.gpu.mig.plugins.module_utils._catalog_data import MODELS_JSON
 
 
-@dataclass(frozen=True)
-class ComputeProfile:
+class ComputeProfile(NamedTuple):
     """A compute-instance profile inside a GPU instance profile."""
 
     id: int  # NVML_COMPUTE_INSTANCE_PROFILE_* index (== info.id)
@@ -28,8 +27,7 @@ class ComputeProfile:
     default: bool = False
 
 
-@dataclass(frozen=True)
-class GpuInstanceProfile:
+class GpuInstanceProfile(NamedTuple):
     """A GPU-instance profile as NVML reports it (nvmlGpuInstanceProfileInfo_v2_t + placements)."""
 
     id: int  # info.id, as `nvidia-smi mig -lgip` prints and `-cgi` accepts
@@ -55,8 +53,7 @@ class GpuInstanceProfile:
         return frozenset(range(start, start + self.placement_size))
 
 
-@dataclass(frozen=True)
-class GpuModel:
+class GpuModel(NamedTuple):
     """One MIG-capable GPU model with its profile table and generation behaviour."""
 
     name: str  # NVML product name, e.g. "NVIDIA A100-SXM4-40GB"
@@ -72,7 +69,7 @@ class GpuModel:
     profiles: tuple[GpuInstanceProfile, ...]
     aliases: tuple[str, ...] = ()
     pci_device_ids: tuple[str, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     def profile(self, key: str | int) -> GpuInstanceProfile | None:
         """Look a profile up by name ("3g.20gb") or by profile id (9)."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ansible_collections.gpu.mig.plugins.module_utils import _select as _select_mod
 
@@ -90,16 +89,14 @@ def _facts_view(gpu: GpuState) -> dict[str, Any]:
 # Layout spec
 
 
-@dataclass(frozen=True)
-class ComputeSpec:
+class ComputeSpec(NamedTuple):
     """A compute instance wanted inside a slot's GPU instance."""
 
     name: str
     profile: str | int  # "default", a CI profile name ("1c.3g.20gb") or a CI profile id
 
 
-@dataclass(frozen=True)
-class SlotSpec:
+class SlotSpec(NamedTuple):
     """A named GPU instance wanted on a GPU."""
 
     name: str
@@ -108,8 +105,7 @@ class SlotSpec:
     compute_instances: tuple[ComputeSpec, ...] | None = None  # None: the GI's default (whole) compute instance
 
 
-@dataclass(frozen=True)
-class EntrySpec:
+class EntrySpec(NamedTuple):
     """One layout entry: which GPUs, their MIG mode and their slots."""
 
     position: int  # 1-based, for messages
@@ -122,8 +118,7 @@ class EntrySpec:
         return "entry %d (gpus: %s)" % (self.position, ", ".join(str(g) for g in self.gpus))
 
 
-@dataclass(frozen=True)
-class LayoutSpec:
+class LayoutSpec(NamedTuple):
     """A validated (GPU-independent) desired layout."""
 
     entries: tuple[EntrySpec, ...]
@@ -219,8 +214,7 @@ def parse_layout(data: Any) -> LayoutSpec:
 # Current state (from mig_facts)
 
 
-@dataclass(frozen=True)
-class ComputeInstanceState:
+class ComputeInstanceState(NamedTuple):
     """An existing compute instance."""
 
     id: int
@@ -230,8 +224,7 @@ class ComputeInstanceState:
     processes: tuple[int, ...] | None = None  # None: unknown, the GPU instance's processes count
 
 
-@dataclass(frozen=True)
-class GpuInstanceState:
+class GpuInstanceState(NamedTuple):
     """An existing GPU instance with its placement and compute instances."""
 
     id: int
@@ -254,8 +247,7 @@ class GpuInstanceState:
         return tuple(sorted(pids))
 
 
-@dataclass(frozen=True)
-class GpuState:
+class GpuState(NamedTuple):
     """One GPU as ``mig_facts`` reports it (only what the planner needs)."""
 
     index: int
@@ -336,8 +328,7 @@ def gpu_state_from_facts(d: Mapping) -> GpuState:
 # Resolution: spec x GPUs x models -> per-GPU targets
 
 
-@dataclass(frozen=True)
-class _CiWant:
+class _CiWant(NamedTuple):
     name: str
     profile: str
     profile_id: int | None  # None: the GI's default CI, id unknown to the catalog
@@ -349,16 +340,14 @@ class _CiWant:
         return self.profile == ci.profile
 
 
-@dataclass(frozen=True)
-class _SlotWant:
+class _SlotWant(NamedTuple):
     name: str
     profile: GpuInstanceProfile
     placement: int | None
     cis: tuple[_CiWant, ...]
 
 
-@dataclass(frozen=True)
-class _Target:
+class _Target(NamedTuple):
     gpu: GpuState
     model: GpuModel
     entry: EntrySpec
@@ -628,7 +617,7 @@ def _edits(model: GpuModel, slots: Sequence[_SlotWant]) -> list[tuple[str, list[
             )
             edit = "shrink '%s' %s -> %s" % (slot.name, slot.profile.name, smaller.name)
             shrinks.append(
-                (loss, i, edit, [*slots[:i], replace(slot, profile=smaller, placement=None), *slots[i + 1 :]])
+                (loss, i, edit, [*slots[:i], slot._replace(profile=smaller, placement=None), *slots[i + 1 :]])
             )
     drops = sorted(
         (
@@ -726,8 +715,7 @@ def _target_problems(target: _Target) -> list[str]:
 # Plan
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(NamedTuple):
     """One step of a plan. For CI actions ``placement``/``gi_profile_id`` identify the parent GI (``gi_id`` None: new)."""
 
     op: str  # destroy_ci | destroy_gi | mig_mode | create_gi | create_ci
@@ -764,8 +752,7 @@ class Action:
         }
 
 
-@dataclass(frozen=True)
-class CiAssignment:
+class CiAssignment(NamedTuple):
     """A slot's compute instance: existing (``ci_id``/``mig_uuid``) or to be created (None)."""
 
     name: str
@@ -775,8 +762,7 @@ class CiAssignment:
     mig_uuid: str | None
 
 
-@dataclass(frozen=True)
-class SlotAssignment:
+class SlotAssignment(NamedTuple):
     """Where a slot lives after the plan: GPU, profile, placement, and its GI id when it already exists."""
 
     name: str
@@ -789,29 +775,8 @@ class SlotAssignment:
     gi_id: int | None
     compute_instances: tuple[CiAssignment, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "gpu_index": self.gpu_index,
-            "gpu_uuid": self.gpu_uuid,
-            "profile": self.profile,
-            "profile_id": self.profile_id,
-            "placement": {"start": self.start, "size": self.size},
-            "gi_id": self.gi_id,
-            "compute_instances": [
-                {
-                    "name": c.name,
-                    "profile": c.profile,
-                    "profile_id": c.profile_id,
-                    "ci_id": c.ci_id,
-                    "mig_uuid": c.mig_uuid,
-                }
-                for c in self.compute_instances
-            ],
-        }
 
-
-@dataclass(frozen=True)
-class GpuPlan:
+class GpuPlan(NamedTuple):
     """Per-GPU summary: mode change, GI ids kept and destroyed, slots created, and the diff rendering."""
 
     index: int
@@ -839,8 +804,7 @@ class GpuPlan:
         }
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Ordered actions (destroys, mode changes, creates) plus slot mapping and per-GPU summaries."""
 
     actions: tuple[Action, ...]
@@ -868,9 +832,7 @@ class Plan:
         return {
             "changed": self.changed,
             "actions": [a.to_dict() for a in self.actions],
-            "slots": {s.name: s.to_dict() for s in self.slots},
             "gpus": [g.to_dict() for g in self.gpus],
-            "diff": self.diff(),
         }
 
 
@@ -1091,7 +1053,7 @@ def _apply_action(gpu: GpuState, action: Action) -> GpuState:
     if action.op == MIG_MODE:
         if gis and not action.enable:
             raise LayoutError(["GPU %d: MIG disabled while GPU instances %s exist" % (gpu.index, sorted(gis))])
-        return replace(gpu, mig_current=action.enable, mig_pending=action.enable)
+        return gpu._replace(mig_current=action.enable, mig_pending=action.enable)
     if action.op == DESTROY_GI:
         gi = gis.pop(action.gi_id)
         if gi.compute_instances:
@@ -1120,8 +1082,8 @@ def _apply_action(gpu: GpuState, action: Action) -> GpuState:
         else:
             new_ci = ComputeInstanceState(_next_id(cis, 0), action.profile_id, action.profile)
             cis[new_ci.id] = new_ci
-        gis[gi.id] = replace(gi, compute_instances=tuple(sorted(cis.values(), key=_by_id)))
-    return replace(gpu, gpu_instances=tuple(sorted(gis.values(), key=_by_id)))
+        gis[gi.id] = gi._replace(compute_instances=tuple(sorted(cis.values(), key=_by_id)))
+    return gpu._replace(gpu_instances=tuple(sorted(gis.values(), key=_by_id)))
 
 
 def apply_plan_to_state(gpus: Sequence[GpuState], plan: Plan) -> tuple[GpuState, ...]:

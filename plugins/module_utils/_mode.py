@@ -10,7 +10,7 @@ Hopper and later: the mode switches at once (refused while clients hold the GPU)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 RESET_ARCHITECTURES = frozenset({"ampere"})
 
@@ -19,8 +19,7 @@ class ModeError(ValueError):
     """A mode change that must not be attempted, with the reason and the fix."""
 
 
-@dataclass(frozen=True)
-class ModeStep:
+class ModeStep(NamedTuple):
     """What happens to one GPU: the NVML call (if any), the reset (if any) and the predicted state."""
 
     index: int

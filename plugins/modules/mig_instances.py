@@ -223,23 +223,26 @@ def main() -> None:
     except (_layout.LayoutError, SelectorError) as err:
         module.fail_json(msg=str(err), changed=False)
     except _apply.ApplyError as err:
-        module.fail_json(msg=err.msg, **_returns(err.result, system))
+        module.fail_json(msg=err.msg, **_returns(err.result, system, module._diff))
     except _nvml.NvmlError as err:
         module.fail_json(msg=err.msg)
-    module.exit_json(**_returns(result, system))
+    module.exit_json(**_returns(result, system, module._diff))
 
 
-def _returns(result: dict, system: dict) -> dict:
+def _returns(result: dict, system: dict, diff: bool) -> dict:
+    """The module's return values; the before/after rendering only in diff mode."""
     gpus = result["facts"]
-    return {
+    returns = {
         "changed": result["changed"],
         "slots": result["slots"],
         "plan": result["plan"],
         "restored": result["restored"],
         "warnings_busy": result["warnings"],
-        "diff": result["diff"],
         "ansible_facts": {"nvidia_mig": {"driver": system, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
     }
+    if diff:
+        returns["diff"] = result["diff"]
+    return returns
 
 
 if __name__ == "__main__":

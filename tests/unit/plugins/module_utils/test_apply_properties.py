@@ -75,7 +75,7 @@ def snapshot(root: Path) -> dict:
 
 def uuids_by_placement(facts: list[dict]) -> dict:
     return {
-        (gi["profile_id"], gi["placement"]["start"]): gi["compute_instances"][0]["uuid"]
+        (gi["profile"], gi["placement"]["start"]): gi["compute_instances"][0]["uuid"]
         for gi in facts[0]["gpu_instances"]
     }
 
@@ -99,11 +99,14 @@ def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
         old = uuids_by_placement(checked["facts"])
         real = _apply.apply_layout(nvml, layout)
         assert real["plan"] == checked["plan"] and real["changed"] == checked["changed"]
+        assert {n: (s["profile"], s["placement"]) for n, s in real["slots"].items()} == {
+            n: (s["profile"], s["placement"]) for n, s in checked["slots"].items()
+        }
         assert sorted(s["profile"] for s in real["slots"].values()) == sorted(s["profile"] for s in slots)
         assert all(s["mig_uuid"] and s["mig_uuid"].startswith("MIG-") for s in real["slots"].values())
         for name, slot in checked["slots"].items():
             if slot["mig_uuid"] is not None:  # matched an existing instance: its UUID is kept
                 assert real["slots"][name]["mig_uuid"] == slot["mig_uuid"]
-                assert old[(real["plan"]["slots"][name]["profile_id"], slot["placement"]["start"])] == slot["mig_uuid"]
+                assert old[(slot["profile"], slot["placement"]["start"])] == slot["mig_uuid"]
         again = _apply.apply_layout(nvml, layout)
         assert again["changed"] is False and again["slots"] == real["slots"]

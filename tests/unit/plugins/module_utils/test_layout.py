@@ -374,7 +374,7 @@ def test_noop_on_converged_state():
     p = plan(one("1g.5gb", "3g.20gb", "1g.5gb"), gpus)
     assert not p.changed and p.actions == ()
     assert p.diff()["before"] == p.diff()["after"]
-    assert p.to_dict()["slots"]["s1"]["compute_instances"][0]["mig_uuid"] == "MIG-0-1-0"
+    assert next(s for s in p.slots if s.name == "s1").compute_instances[0].mig_uuid == "MIG-0-1-0"
 
 
 def test_ci_split_change_keeps_the_gpu_instance():
@@ -451,8 +451,9 @@ def test_busy_destroy_is_refused_with_pids_unless_forced():
 
 def test_plan_to_dict_is_json_and_has_the_documented_shape():
     gpus = state(facts(gis=[(1, "1g.5gb", 0)]))
-    d = json.loads(json.dumps(plan(one("3g.20gb"), gpus).to_dict()))
-    assert set(d) == {"changed", "actions", "slots", "gpus", "diff"} and d["changed"] is True
+    p = plan(one("3g.20gb"), gpus)
+    d = json.loads(json.dumps(p.to_dict()))
+    assert set(d) == {"changed", "actions", "gpus"} and d["changed"] is True
     assert d["actions"][0]["op"] == "destroy_ci" and d["actions"][2] == {
         "op": "create_gi",
         "gpu_index": 0,
@@ -469,9 +470,9 @@ def test_plan_to_dict_is_json_and_has_the_documented_shape():
         "needs_reset": False,
         "busy_pids": [],
     }
-    assert d["slots"]["s0"]["placement"] == {"start": 4, "size": 4} and d["slots"]["s0"]["gi_id"] is None
+    assert (p.slots[0].name, p.slots[0].start, p.slots[0].size, p.slots[0].gi_id) == ("s0", 4, 4, None)
     assert d["gpus"][0]["destroy"] == [1] and d["gpus"][0]["create"] == ["s0"]
-    assert "1g.5gb @0 gi=1" in d["diff"]["before"] and "3g.20gb @4 gi=new slot=s0" in d["diff"]["after"]
+    assert "1g.5gb @0 gi=1" in p.diff()["before"] and "3g.20gb @4 gi=new slot=s0" in p.diff()["after"]
 
 
 def test_layout_from_state_round_trips_to_a_noop():
