@@ -37,7 +37,7 @@ def live_model(gpu: dict, shipped: _catalog.GpuModel | None) -> _catalog.GpuMode
             memory_mib=p["memory_mib"],
             sm_count=p["sm_count"],
             max_instances=p["total"],
-            placement_starts=tuple(pl["start"] for pl in p["placements"]),
+            placement_starts=tuple(p["placement_starts"]),
             placement_size=p["memory_slices"],
             copy_engines=p["copy_engines"],
             decoders=p["decoders"],

@@ -201,14 +201,14 @@ class Nvml:
             )
             if info is None:
                 continue
-            placements = self._placements(index, info.id)
+            starts, size = self._placements(index, info.id)
             table.append(
                 {
                     "id": info.id,
                     "nvml_index": nvml_index,
                     "name": _profile_name(info),
                     "slices": info.sliceCount,
-                    "memory_slices": placements[0]["size"] if placements else 0,
+                    "memory_slices": size,
                     "memory_mib": int(info.memorySizeMB),
                     "sm_count": info.multiprocessorCount,
                     "copy_engines": info.copyEngineCount,
@@ -226,12 +226,13 @@ class Nvml:
                         absent=("NVML_ERROR_NOT_SUPPORTED",),
                     )
                     or 0,
-                    "placements": placements,
+                    "placement_starts": starts,
                 }
             )
         return table
 
-    def _placements(self, index: int, profile_id: int) -> list[dict]:
+    def _placements(self, index: int, profile_id: int) -> tuple[list[int], int]:
+        """Possible starts of a GPU-instance profile and its size in memory slices (([], 0) while MIG is off)."""
         handle = self.handle(index)
         count = ctypes.c_uint(0)
         array = (pynvml.c_nvmlGpuInstancePlacement_t * 16)()
@@ -246,9 +247,9 @@ class Nvml:
             ctypes.byref(count),
             absent=("NVML_ERROR_NOT_SUPPORTED",),  # MIG disabled on some drivers
         )
-        if found is None:
-            return []
-        return [{"start": array[i].start, "size": array[i].size} for i in range(count.value)]
+        if found is None or not count.value:
+            return [], 0
+        return [array[i].start for i in range(count.value)], array[0].size
 
     def _gi_handles(self, index: int, profiles: list[dict]) -> list:
         handle = self.handle(index)

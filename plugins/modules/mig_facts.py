@@ -78,7 +78,8 @@ ansible_facts:
             - One entry per selected GPU, ordered by index.
             - C(mig) holds C(supported), C(current) and C(pending) (booleans; null when MIG is not supported).
             - C(profiles) is the GPU-instance profile table read live from NVML (C(id), C(name), C(slices), C(memory_slices),
-              C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placements)).
+              C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placement_starts): the possible starts, each
+              C(memory_slices) wide).
             - C(gpu_instances) lists each GPU instance (C(id), C(profile_id), C(profile), C(placement), C(memory_mib)) with
               its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes)).
             - C(processes) lists compute processes (C(pid), C(used_memory_mib), C(gpu_instance_id), C(compute_instance_id)).
@@ -97,7 +98,7 @@ ansible_facts:
               mig: {supported: true, current: true, pending: true}
               profiles:
                 - {id: 5, name: 4g.20gb, slices: 4, memory_slices: 4, memory_mib: 20096, total: 1, free: 0,
-                   placements: [{start: 0, size: 4}]}
+                   placement_starts: [0]}
               gpu_instances:
                 - id: 1
                   profile_id: 5
