@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import random
 import shlex
 import shutil
@@ -126,8 +127,16 @@ def wrapper_script(host_dir: Path) -> str:
     )
 
 
+def precompile() -> None:
+    """Write the simulator's bytecode once: every simulated module run imports it, and environments with
+    PYTHONDONTWRITEBYTECODE would otherwise compile it on each run (overhead no real GPU host has)."""
+    for folder in (SIMULATOR / "boot", SIMULATOR / "nvmlsim"):
+        compileall.compile_dir(folder, quiet=2)
+
+
 def cmd_fleet(args: argparse.Namespace) -> None:
     """Create N hosts of a heterogeneous mix plus an Ansible inventory."""
+    precompile()
     base = Path(args.dir).resolve()
     if base.exists() and any(base.iterdir()):
         if not args.force:

@@ -146,6 +146,7 @@ def transaction(root: Path | str) -> Iterator[Host]:
 
 
 _READ_CACHE: dict[str, tuple[tuple[Any, ...], Host]] = {}
+_STATE_FILES: dict[str, tuple[str, str]] = {}
 
 
 def _signature(root: str) -> tuple[Any, ...]:
@@ -154,7 +155,10 @@ def _signature(root: str) -> tuple[Any, ...]:
     Runs on every simulated NVML call, hence plain os.stat on strings rather than pathlib.
     """
     sig: list[Any] = []
-    for path in (os.path.join(root, PERSISTENT), os.path.join(root, VOLATILE)):
+    paths = _STATE_FILES.get(root)
+    if paths is None:
+        paths = _STATE_FILES[root] = (os.path.join(root, PERSISTENT), os.path.join(root, VOLATILE))
+    for path in paths:
         try:
             st = os.stat(path)
         except FileNotFoundError:
