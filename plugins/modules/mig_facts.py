@@ -78,7 +78,7 @@ ansible_facts:
             - One entry per selected GPU, ordered by index.
             - C(mig) holds C(supported), C(current) and C(pending) (booleans; null when MIG is not supported).
             - C(profiles) is the GPU-instance profile table read live from NVML (C(id), C(name), C(slices), C(memory_slices),
-              C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placement_starts): the possible starts, each
+              C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placement_starts), the possible starts, each
               C(memory_slices) wide).
             - C(gpu_instances) lists each GPU instance (C(id), C(profile_id), C(profile), C(placement), C(memory_mib)) with
               its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes)).
