@@ -72,8 +72,10 @@ importer: collection
 	printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' > .build/galaxy-importer.cfg
 	GALAXY_IMPORTER_CONFIG=.build/galaxy-importer.cfg $(BIN)/python -m galaxy_importer.main .build/dist/gpu-mig-*.tar.gz
 
-# Simulated-fleet scenarios. systemd_hosts (podman + systemd as PID 1) runs with `make molecule-systemd`.
-MOLECULE_SCENARIOS := fleet_facts fleet_layout fleet_roles
+# Simulated-fleet scenarios, then systemd_hosts: real systemd hosts (podman + runc, systemd as PID 1; needs root and
+# the packages .ci/run installs) with simulated GPUs and real CPU inference services. `make molecule-systemd` runs
+# only that one.
+MOLECULE_SCENARIOS := fleet_facts fleet_layout fleet_roles systemd_hosts
 molecule: collection
 	for scenario in $(MOLECULE_SCENARIOS); do $(BIN)/molecule test -s $$scenario || exit 1; done
 

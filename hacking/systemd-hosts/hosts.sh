@@ -5,7 +5,10 @@
 #
 #   hosts.sh build        podman image from an mmdebstrap rootfs; the tar is cached under $cache, keyed by the package
 #                         list and the recipe, so a machine builds it once (~1 min) and later runs only import it
-#   hosts.sh up N         start N hosts (at most 9), write $work/inventory.yml and an SSH key
+#   hosts.sh up N         start N hosts (at most 9; hosts of an earlier run are removed first), write
+#                         $work/inventory.yml and an SSH key. Each host gets, read-only: the run's public key as root's
+#                         authorized_keys, this repository at $src_mount (test setup: simulator, test servers) and
+#                         the wheelhouse $cache/wheels at /opt/wheels
 #   hosts.sh down         remove the hosts
 #   hosts.sh clean-host   down, then undo the host-side state podman/CNI/the hosts' systemd left: CNI bridge, CNI
 #                         iptables chains and rules, /run/netns mount, CNI IPAM files, ip_forward and the cgroup2
@@ -22,7 +25,7 @@ work=${GPU_MIG_HOSTS_WORK:-$repo/.build/systemd-hosts}
 prefix=${GPU_MIG_HOSTS_PREFIX:-gpu-mig-h}
 port0=${GPU_MIG_HOSTS_PORT0:-22610}
 suite=bookworm
-packages=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,python3-yaml,openssh-server,iproute2,procps
+packages=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,python3-yaml,openssh-server,iproute2,procps,haproxy
 masked="getty.target getty@tty1.service console-getty.service serial-getty@ttyS0.service systemd-binfmt.service"
 masked="$masked proc-sys-fs-binfmt_misc.automount systemd-sysctl.service systemd-modules-load.service"
 masked="$masked systemd-udevd.service systemd-udev-trigger.service systemd-hwdb-update.service apt-daily.timer"
@@ -30,6 +33,9 @@ masked="$masked apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer"
 recipe=2 # bump when the customize hooks below change
 key=$(printf '%s\n' "$suite" "$packages" "$masked" "recipe-$recipe" | sha256sum | cut -c1-12)
 image=localhost/gpu-mig-systemd-host:$key
+# The repository inside the hosts, at a path that ends like an installed collection (the simulator's boot hook then
+# finds the collection's catalog two levels up).
+src_mount=/opt/gpu-mig-src/ansible_collections/gpu/mig
 state=$work/host-state
 
 log() { printf '[hosts.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -75,6 +81,8 @@ cmd_build() {
       --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*_Packages' \
       "$suite" "$tar.part" "${mirrors[@]}" </dev/null
     mv "$tar.part" "$tar"
+    # Root filesystems of earlier recipes are useless now.
+    find "$cache" -maxdepth 1 -name '*.tar' ! -name "$key.tar" -delete
   fi
   log "podman import $tar"
   podman import --change 'CMD=["/sbin/init"]' --change 'STOPSIGNAL=SIGRTMIN+3' "$tar" "$image" >/dev/null
@@ -96,17 +104,18 @@ record_host_state() {
 cmd_up() {
   local count=${1:-3} i name st
   [[ $count =~ ^[1-9]$ ]] || { log "up: 1 to 9 hosts"; exit 2; }
-  mkdir -p "$work"
+  mkdir -p "$work" "$cache/wheels"
+  cmd_down
   record_host_state
   [ -f "$work/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C gpu-mig-test -f "$work/id_ed25519"
   for i in $(seq 1 "$count"); do
     name=$prefix$i
-    podman rm -f -t 5 "$name" >/dev/null 2>&1 || true
     podman --runtime runc run -d --name "$name" --hostname "$name" -p "127.0.0.1:$((port0 + i)):22" \
       --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
       --privileged --cgroupns=private --systemd=false \
       --tmpfs /run --tmpfs /run/lock --tmpfs /tmp -e container=podman \
       -v "$work/id_ed25519.pub:/root/.ssh/authorized_keys:ro" \
+      -v "$repo:$src_mount:ro" -v "$cache/wheels:/opt/wheels:ro" \
       --stop-signal SIGRTMIN+3 --restart=always "$image" /sbin/init >/dev/null
   done
   for i in $(seq 1 "$count"); do
@@ -137,11 +146,13 @@ cmd_up() {
     echo "        ansible_connection: ssh"
     echo "        ansible_user: root"
     echo "        ansible_ssh_private_key_file: $work/id_ed25519"
+    echo "        ansible_ssh_args: -o ControlMaster=auto -o ControlPersist=120s  # no -C: loopback"
     echo "        ansible_ssh_common_args: >-"
     echo "          -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
     echo "          -o ControlMaster=auto -o ControlPersist=120s -o ControlPath=$work/ssh-%C"
     echo "        ansible_python_interpreter: /usr/bin/python3"
     echo "        systemd_hosts_cache: $cache"
+    echo "        systemd_hosts_src: $src_mount"
   } > "$work/inventory.yml"
   log "inventory: $work/inventory.yml"
 }
@@ -149,8 +160,9 @@ cmd_up() {
 cmd_down() {
   local names
   names=$(podman ps -a --format '{{.Names}}' | grep -E "^${prefix}[0-9]+\$" || true)
+  # Killed at once (-t 0): the hosts are throwaway, a clean shutdown of their systemd only costs time.
   # shellcheck disable=SC2086 # one word per container name
-  [ -z "$names" ] || podman rm -f -t 5 $names >/dev/null
+  [ -z "$names" ] || podman rm -f -t 0 $names >/dev/null
   rm -f "$work"/ssh-*
   log "removed: ${names:-none}"
 }

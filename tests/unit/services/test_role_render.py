@@ -74,10 +74,17 @@ def test_role_renders_the_services(deployed):
     assert result.returncode == 0, result.stdout[-3000:]
     unit = (root / "etc/systemd/system/inference-chat.service").read_text()
     assert "EnvironmentFile=/run/gpu-mig/slots/chat.env" in unit and "User=gpumig-chat" in unit
+    # The slot's capability nodes (cap21/cap22 for GPU instance 2) change with the instance ids: the start hook sets
+    # them before every start (tests/unit/services/test_slot_start.py), the unit names the fixed nodes only.
+    assert "DevicePolicy=closed" in unit and "DeviceAllow=/dev/nvidia0 rw" in unit and "/dev/nvidia-caps" not in unit
     assert (
-        "DeviceAllow=/dev/nvidia-caps/nvidia-cap21 rw" in unit
-        and "DeviceAllow=/dev/nvidia-caps/nvidia-cap22 rw" in unit
+        "ExecStartPre=+/usr/bin/python3 /usr/local/lib/gpu-mig/slot_start.py --slot-map /etc/gpu-mig/slots.json "
+        "--mig-minors /proc/driver/nvidia-caps/mig-minors --unit %n --slot chat "
+        "--stamp /var/lib/gpu-mig/services/chat.mig_uuid" in unit
     )
+    hook = root / "usr/local/lib/gpu-mig"
+    assert (hook / "slot_start.py").is_file()
+    assert (hook / "ansible_collections/gpu/mig/plugins/module_utils/_services.py").is_file()
     quadlet = (root / "etc/containers/systemd/inference-ocr.container").read_text()
     assert "AddDevice=${GPU_MIG_CDI_DEVICE}" in quadlet and "--gpu-memory-utilization 0.21" in quadlet
     assert "max_queue_size: 8" in (root / "srv/models/resnet/config.pbtxt").read_text()
@@ -93,10 +100,10 @@ def test_unit_verifies_and_exposure_is_at_most_3(deployed, tmp_path: Path):
     (fake / "etc/systemd/system").mkdir(parents=True)
     (fake / "etc/systemd/system/gpu-mig.target").write_text("[Unit]\nDescription=stub\n")
     shutil.copy(root / "etc/systemd/system/inference-chat.service", fake / "etc/systemd/system/")
-    stub = fake / "opt/tritonserver/bin/tritonserver"
-    stub.parent.mkdir(parents=True)
-    stub.write_text("#!/bin/sh\n")
-    stub.chmod(0o755)
+    for stub in (fake / "opt/tritonserver/bin/tritonserver", fake / "usr/bin/python3"):
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
     verify = subprocess.run(
         [analyze, "verify", f"--root={fake}", "inference-chat.service"], capture_output=True, text=True, check=False
     )

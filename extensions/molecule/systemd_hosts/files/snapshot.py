@@ -1,4 +1,7 @@
-"""Print what a test must find unchanged on a systemd host: slot map, env files, pinned services, live MIG devices."""
+"""Print what a test must find unchanged on a systemd host: slot map, env files, the given units, live MIG devices.
+
+Usage: python snapshot.py UNIT... (run by ansible.builtin.script with the gpu.mig venv's Python: pynvml)
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import glob
 import json
 import os
 import subprocess
+import sys
 
 import pynvml
 
@@ -30,25 +34,40 @@ def live_instances() -> list[list]:
     return sorted(out)
 
 
+def unit_state(unit: str) -> dict:
+    """Active state, main PID, start time and the MIG device the unit's main process was started with."""
+    shown = subprocess.run(
+        ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", "-p", "ExecMainStartTimestampMonotonic", unit],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    device = None
+    if props.get("MainPID", "0") != "0":
+        try:
+            with open(f"/proc/{props['MainPID']}/environ", "rb") as stream:
+                env = dict(item.split(b"=", 1) for item in stream.read().split(b"\0") if b"=" in item)
+            device = env.get(b"CUDA_VISIBLE_DEVICES", b"").decode() or None
+        except OSError:
+            pass
+    return {
+        "active": props.get("ActiveState"),
+        "pid": props.get("MainPID"),
+        "started": props.get("ExecMainStartTimestampMonotonic"),
+        "device": device,
+    }
+
+
 def main() -> None:
-    """Entry point."""
+    """Entry point: the units to record are the arguments."""
     with open("/etc/gpu-mig/slots.json", encoding="utf-8") as stream:
         slots_text = stream.read()
     env = {}
     for path in sorted(glob.glob("/run/gpu-mig/slots/*.env")):
         with open(path, encoding="utf-8") as stream:
             env[os.path.basename(path)[:-4]] = stream.read()
-    services = {}
-    for name in sorted(json.loads(slots_text)):
-        unit = f"slot-service@{name}.service"
-        shown = subprocess.run(
-            ["systemctl", "show", "-p", "MainPID", "-p", "ActiveState", unit],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
-        services[name] = {"pid": props.get("MainPID"), "active": props.get("ActiveState")}
+    services = {unit: unit_state(unit) for unit in sys.argv[1:]}
     print(json.dumps({"slots_text": slots_text, "env": env, "services": services, "instances": live_instances()}))
 
 

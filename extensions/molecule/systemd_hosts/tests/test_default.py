@@ -1,4 +1,6 @@
-"""Checks on the real systemd test hosts: units, slot env files against live (simulated) NVML, boot ordering."""
+"""Checks on the real systemd test hosts: units, slot env files against live (simulated) NVML, boot ordering.
+
+The inference services of gpu-mig-h1 have their own module (test_services.py)."""
 
 from __future__ import annotations
 
