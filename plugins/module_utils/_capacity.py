@@ -156,6 +156,9 @@ class Sla:
     hard_error_rate: float = 0.1
     max_schedule_lag_ms: float = 10.0  # generator p99 lag above this voids the step
     queue_growth_min: float = 2.0  # net queue growth over the hold (requests) needed to call it growth
+    # ... and the queue must absorb at least this share of the offered rate: a stable queue near the knee wanders
+    # by a few requests over a hold, an unstable one keeps a share of every second's arrivals
+    queue_growth_share: float = 0.005
 
     def primary(self) -> tuple[float, float]:
         """The percentile named first in the sentence: p95 when given, else the highest one."""
@@ -174,6 +177,7 @@ class Sla:
             "hard_error_rate": self.hard_error_rate,
             "max_schedule_lag_ms": self.max_schedule_lag_ms,
             "queue_growth_min": self.queue_growth_min,
+            "queue_growth_share": self.queue_growth_share,
         }
 
 
@@ -214,6 +218,7 @@ def parse_sla(spec) -> Sla:
             "hard_error_rate",
             "max_schedule_lag_ms",
             "queue_growth_min",
+            "queue_growth_share",
         }
         for key, value in spec.items():
             if value is None:
@@ -253,12 +258,17 @@ def parse_sla(spec) -> Sla:
 
 @dataclass
 class StepOutcome:
-    """What a plan needs to know about a finished step."""
+    """What a plan needs to know about a finished step.
+
+    ``role`` is the kind of step the plan asked for: ``step`` (search), ``knee`` (close to the knee, longer hold) or
+    ``confirm`` (a re-run of a rate; its verdict pools every run at that rate and replaces the earlier one).
+    """
 
     rate: float
     passed: bool
     void: bool = False
     hard_break: bool = False
+    role: str = "step"
 
 
 def _round_rate(rate: float) -> float:
@@ -269,10 +279,81 @@ def _round_rate(rate: float) -> float:
     return round(rate, 3)
 
 
-class LinearPlan:
+def effective_outcomes(history: list) -> dict:
+    """``{rate: StepOutcome}``: the latest valid outcome at each rate (a confirmation pools and replaces the
+    earlier; a void run measured nothing and replaces nothing)."""
+    out: dict = {}
+    for h in history:
+        if not h.void or h.rate not in out:
+            out[h.rate] = h
+    return out
+
+
+def _void_retry(history: list):
+    """A void step (the generator fell behind) is run once more at the same rate before the plan gives up: a busy
+    second on a shared machine should not end the test. ``(rate, role)``, or None when it was already a retry."""
+    last = history[-1]
+    if len(history) >= 2 and history[-2].void and history[-2].rate == last.rate:
+        return None
+    return last.rate, last.role
+
+
+def _bracket(history: list) -> tuple:
+    valid = [h for h in effective_outcomes(history).values() if not h.void]
+    fails = [h.rate for h in valid if not h.passed]
+    hi = min(fails) if fails else None
+    passes = [h.rate for h in valid if h.passed and (hi is None or h.rate < hi)]
+    lo = max(passes) if passes else None
+    return lo, hi
+
+
+class _Plan:
+    """Shared by the plans: confirmation of the result before the plan ends."""
+
+    kind = "plan"
+    confirm = True
+    max_confirmations = 3
+
+    def _confirmation(self, history: list):
+        """The next confirmation step ``(rate, "confirm")``, or None when the result stands.
+
+        The candidate (the highest passing rate below the lowest failing one) is re-run once; a failed confirmation
+        makes it the new lowest failure, so the plan searches below it. The lowest failing rate is re-run too when
+        it failed softly (not a hard break): one unlucky window must not cut the capacity short.
+        """
+        if not self.confirm:
+            return None
+        confirms = [h for h in history if h.role == "confirm" and not h.void]
+        if len(confirms) >= self.max_confirmations:
+            return None
+        done = {h.rate for h in confirms}
+        lo, hi = _bracket(history)
+        if lo is not None and lo not in done:
+            return lo, "confirm"
+        eff = effective_outcomes(history)
+        if hi is not None and hi not in done and not eff[hi].hard_break and lo is not None:
+            return hi, "confirm"
+        return None
+
+    def next_rate(self, history: list):
+        nxt = self.next_step(history)
+        return None if nxt is None else nxt[0]
+
+    def worst_case_steps(self) -> int:
+        return self.search_steps() + (self.max_confirmations if self.confirm else 0)
+
+    def worst_case_seconds(self, warmup_s: float, holds: dict) -> float:
+        """Upper bound on the plan's duration: every search step at the longest search hold, plus confirmations."""
+        search = max(holds.get("step", 0.0), holds.get("knee", 0.0))
+        n_conf = self.max_confirmations if self.confirm else 0
+        return self.search_steps() * (warmup_s + search) + n_conf * (warmup_s + holds.get("confirm", search))
+
+
+class LinearPlan(_Plan):
     """Start at ``start_rps`` and raise by ``step_pct`` per step (compounding) up to ``max_rps`` / ``max_steps``.
 
-    Stops at a hard SLA break, at a void step, or ``steps_after_knee`` steps after the first failing step.
+    Stops at a hard SLA break, at a void step, or ``steps_after_knee`` steps after the first failing step; then
+    confirms the highest passing rate below the knee (see :meth:`_Plan._confirmation`).
     """
 
     kind = "linear"
@@ -284,6 +365,8 @@ class LinearPlan:
         max_rps: float | None = None,
         max_steps: int = 20,
         steps_after_knee: int = 1,
+        confirm: bool = True,
+        max_confirmations: int = 3,
     ) -> None:
         if start_rps <= 0:
             raise CapacityError("start_rps must be > 0, got %g" % start_rps)
@@ -298,6 +381,8 @@ class LinearPlan:
         self.max_rps = max_rps
         self.max_steps = int(max_steps)
         self.steps_after_knee = int(steps_after_knee)
+        self.confirm = bool(confirm)
+        self.max_confirmations = max(0, int(max_confirmations))
 
     def rates(self) -> list[float]:
         out = []
@@ -311,32 +396,38 @@ class LinearPlan:
             rate *= 1 + self.step_pct / 100.0
         return out
 
-    def worst_case_steps(self) -> int:
+    def search_steps(self) -> int:
         return len(self.rates())
 
-    def next_rate(self, history: list[StepOutcome]) -> float | None:
+    def next_step(self, history: list[StepOutcome]):
+        """``(rate, role)`` of the next step, or None when the plan is done."""
+        if history and history[-1].void:
+            return _void_retry(history)
+        search = [h for h in history if h.role != "confirm" and not h.void]
         rates = self.rates()
-        if len(history) >= len(rates):
-            return None
-        if history and (history[-1].hard_break or history[-1].void):
-            return None
-        fails = [i for i, h in enumerate(history) if not h.passed]
-        if fails and len(history) - 1 - fails[0] >= self.steps_after_knee:
-            return None
-        return rates[len(history)]
+        stop = len(search) >= len(rates) or bool(search and search[-1].hard_break)
+        fails = [i for i, h in enumerate(search) if not h.passed]
+        if fails and len(search) - 1 - fails[0] >= self.steps_after_knee:
+            stop = True
+        if not stop and not any(h.role == "confirm" for h in history):
+            return rates[len(search)], "step"
+        return self._confirmation(history) if fails else None
 
     def describe(self) -> str:
-        return "linear: start %g RPS, +%g%% per step, up to %s" % (
+        return "linear: start %g RPS, +%g%% per step, up to %s%s" % (
             self.start_rps,
             self.step_pct,
             "%g RPS" % self.max_rps if self.max_rps else "%d steps" % self.max_steps,
+            ", then a confirmation of the result" if self.confirm else "",
         )
 
 
-class AdaptivePlan:
+class AdaptivePlan(_Plan):
     """Multiply the rate by ``growth`` while steps pass, then bisect between the last pass and the first failure.
 
-    Ends when the bracket is narrower than ``resolution`` (relative), at ``max_rps``, at ``max_steps`` or a void step.
+    Bisection ends when the bracket is narrower than ``resolution`` (relative), at ``max_rps``, after ``max_steps``
+    search steps or at a void step; then the result is confirmed (see :meth:`_Plan._confirmation`). Steps inside a bracket narrower than
+    ``knee_width`` are ``knee`` steps (the caller holds them longer: their verdicts are close calls).
     """
 
     kind = "adaptive"
@@ -349,6 +440,9 @@ class AdaptivePlan:
         resolution: float = 0.03,
         max_steps: int = 20,
         min_rps: float | None = None,
+        confirm: bool = True,
+        max_confirmations: int = 3,
+        knee_width: float = 0.25,
     ) -> None:
         if start_rps <= 0:
             raise CapacityError("start_rps must be > 0, got %g" % start_rps)
@@ -364,49 +458,50 @@ class AdaptivePlan:
         self.resolution = float(resolution)
         self.max_steps = int(max_steps)
         self.min_rps = float(min_rps) if min_rps else self.start_rps / (self.growth**3)
+        self.confirm = bool(confirm)
+        self.max_confirmations = max(0, int(max_confirmations))
+        self.knee_width = float(knee_width)
 
-    def worst_case_steps(self) -> int:
+    def search_steps(self) -> int:
         top = self.max_rps if self.max_rps else self.start_rps * self.growth**8
         up = (math.ceil(math.log(max(top / self.start_rps, 1.0)) / math.log(self.growth))) + 1
         bisect = (math.ceil(math.log((self.growth - 1.0) / self.resolution, 2))) + 1
-        return min(self.max_steps, up + max(bisect, 0))
+        # a failed confirmation reopens the bracket below the candidate: a few more bisection steps
+        return min(self.max_steps, up + max(bisect, 0) + (2 if self.confirm else 0))
 
     def bracket(self, history: list[StepOutcome]) -> tuple[float | None, float | None]:
-        valid = [h for h in history if not h.void]
-        fails = [h.rate for h in valid if not h.passed]
-        hi = min(fails) if fails else None
-        passes = [h.rate for h in valid if h.passed and (hi is None or h.rate < hi)]
-        lo = max(passes) if passes else None
-        return lo, hi
+        return _bracket(history)
 
-    def next_rate(self, history: list[StepOutcome]) -> float | None:
+    def next_step(self, history: list[StepOutcome]):
+        """``(rate, role)`` of the next step, or None when the plan is done."""
         if not history:
-            return _round_rate(self.start_rps)
-        if len(history) >= self.max_steps or history[-1].void:
-            return None
+            return _round_rate(self.start_rps), "step"
+        if history[-1].void:
+            return _void_retry(history)
+        if len([h for h in history if h.role != "confirm" and not h.void]) >= self.max_steps:
+            return self._confirmation(history)
         lo, hi = self.bracket(history)
         if hi is None:
             last = max(h.rate for h in history)
             if self.max_rps is not None and last >= self.max_rps:
                 return None
             nxt = last * self.growth
-            return _round_rate(min(nxt, self.max_rps) if self.max_rps else nxt)
+            return _round_rate(min(nxt, self.max_rps) if self.max_rps else nxt), "step"
         if lo is None:
             nxt = hi / self.growth
-            return None if nxt < self.min_rps else _round_rate(nxt)
-        if (hi - lo) / lo <= self.resolution:
-            return None
+            return None if nxt < self.min_rps else (_round_rate(nxt), "step")
         nxt = _round_rate((lo + hi) / 2.0)
-        if nxt <= lo or nxt >= hi:
-            return None
-        return nxt
+        if (hi - lo) / lo <= self.resolution or nxt <= lo or nxt >= hi:
+            return self._confirmation(history)
+        return nxt, "knee" if (hi - lo) / lo <= self.knee_width else "step"
 
     def describe(self) -> str:
-        return "adaptive: start %g RPS, x%g until a step fails, then bisect to %g%%%s" % (
+        return "adaptive: start %g RPS, x%g until a step fails, then bisect to %g%%%s%s" % (
             self.start_rps,
             self.growth,
             self.resolution * 100,
             ", max %g RPS" % self.max_rps if self.max_rps else "",
+            ", then a confirmation of the result" if self.confirm else "",
         )
 
 
@@ -418,6 +513,8 @@ def build_plan(kind: str, **kw):
             max_rps=kw.get("max_rps"),
             max_steps=kw.get("max_steps", 20),
             steps_after_knee=kw.get("steps_after_knee", 1),
+            confirm=kw.get("confirm", True),
+            max_confirmations=kw.get("max_confirmations", 3),
         )
     if kind == "adaptive":
         return AdaptivePlan(
@@ -426,29 +523,47 @@ def build_plan(kind: str, **kw):
             growth=kw.get("growth", 2.0),
             resolution=kw.get("resolution", 0.03),
             max_steps=kw.get("max_steps", 20),
+            confirm=kw.get("confirm", True),
+            max_confirmations=kw.get("max_confirmations", 3),
         )
     raise CapacityError("unknown plan %r; use linear or adaptive" % kind)
 
 
 def check_time_budget(
-    plan, warmup_s: float, hold_s: float, time_limit_s: float, initial_warmup_s: float = 0.0, baseline: bool = False
+    plan,
+    warmup_s: float,
+    hold_s: float,
+    time_limit_s: float,
+    initial_warmup_s: float = 0.0,
+    baseline: bool = False,
+    knee_hold_s: float | None = None,
+    confirm_hold_s: float | None = None,
 ) -> float:
     """Worst-case seconds the plan needs; raises when it exceeds ``time_limit_s``."""
     if hold_s <= 0:
         raise CapacityError("hold must be > 0 s")
     if warmup_s < 0:
         raise CapacityError("warm-up must be >= 0 s")
+    holds = {
+        "step": hold_s,
+        "knee": hold_s if knee_hold_s is None else knee_hold_s,
+        "confirm": hold_s if confirm_hold_s is None else confirm_hold_s,
+    }
+    if min(holds.values()) <= 0:
+        raise CapacityError("knee_hold and confirm_hold must be > 0 s")
     steps = plan.worst_case_steps() + (1 if baseline else 0)
-    need = initial_warmup_s + steps * (warmup_s + hold_s)
+    need = initial_warmup_s + plan.worst_case_seconds(warmup_s, holds) + (warmup_s + hold_s if baseline else 0.0)
     if time_limit_s and need > time_limit_s:
+        longer = holds["knee"] != hold_s or holds["confirm"] != hold_s
         raise CapacityError(
-            "the %s plan needs up to %d steps x (%g s warm-up + %g s hold)%s = %.0f s, more than time_limit %.0f s; "
+            "the %s plan needs up to %d steps x (%g s warm-up + %g s hold)%s%s = %.0f s, more than time_limit %.0f s; "
             "raise time_limit, shorten hold/warm-up, or lower max_steps/max_rps"
             % (
                 plan.kind,
                 steps,
                 warmup_s,
                 hold_s,
+                " (knee steps %g s, confirmations %g s)" % (holds["knee"], holds["confirm"]) if longer else "",
                 " + %g s initial warm-up" % initial_warmup_s if initial_warmup_s else "",
                 need,
                 time_limit_s,
@@ -489,13 +604,26 @@ _T95 = [6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.
 _T95 += [1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697]
 
 
-def t95(df: int) -> float:
-    """One-sided 95% Student-t critical value."""
+def _t_critical(df: int, table: list, normal: float, tail: float) -> float:
+    """Student-t critical value from ``table`` (df 1..len), beyond it the normal quantile plus ``tail / df``."""
     if df < 1:
         return math.inf
-    if df <= len(_T95):
-        return _T95[df - 1]
-    return 1.645 + 1.6 / df
+    if df <= len(table):
+        return table[df - 1]
+    return normal + tail / df
+
+
+def t95(df: int) -> float:
+    """One-sided 95% Student-t critical value."""
+    return _t_critical(df, _T95, 1.645, 1.6)
+
+
+_T99 = [31.821, 6.965, 4.541, 3.747, 3.365, 3.143, 2.998, 2.896, 2.821, 2.764, 2.718, 2.681, 2.650, 2.624, 2.602]
+
+
+def t99(df: int) -> float:
+    """One-sided 99% Student-t critical value."""
+    return _t_critical(df, _T99, 2.326, 3.4)
 
 
 def linear_fit(xs: list, ys: list) -> tuple[float, float, float]:
@@ -516,7 +644,7 @@ def linear_fit(xs: list, ys: list) -> tuple[float, float, float]:
 
 
 def queue_trend(samples: list, duration: float | None = None, blocks: int = 8) -> dict | None:
-    """Slope of a queue-length series ``[(t, q), ...]`` with a one-sided 95% lower bound.
+    """Slope of a queue-length series ``[(t, q), ...]`` with one-sided 95% and 99% lower bounds.
 
     Samples are averaged into ``blocks`` consecutive blocks first (batch means), because queue samples are strongly
     autocorrelated and a plain regression would be far too confident. None with fewer than 6 samples.
@@ -540,6 +668,10 @@ def queue_trend(samples: list, duration: float | None = None, blocks: int = 8) -
         "slope": slope,
         "slope_lower": lower,
         "slope_upper": upper,
+        # the growth verdict uses the 99% bound: a stable queue near the knee wanders, and a plan runs many steps
+        "slope_lower99": slope - t99(len(xs) - 2) * se if math.isfinite(se) else -math.inf,
+        "slope_se": se,
+        "df": len(xs) - 2,
         "growth": slope * span,
         "start_level": ys[0],
         "end_level": ys[-1],
@@ -548,6 +680,39 @@ def queue_trend(samples: list, duration: float | None = None, blocks: int = 8) -
         "blocks": len(xs),
         "span_s": span,
     }
+
+
+def combine_trends(trends: list) -> dict | None:
+    """One queue trend from the trends of several runs at the same rate: their slopes weighted by inverse variance.
+
+    Each run starts from the queue the drain left (empty); pooling their slopes gives the confirmation the power of
+    its whole measured time. Levels come from the longest run.
+    """
+    trends = [t for t in trends if t]
+    if not trends:
+        return None
+    longest = max(trends, key=lambda t: t.get("span_s") or 0.0)
+    usable = [t for t in trends if t.get("slope_se") and math.isfinite(t["slope_se"]) and t["slope_se"] > 0]
+    if len(usable) < 2:
+        return longest
+    weights = [1.0 / (t["slope_se"] ** 2) for t in usable]
+    total = sum(weights)
+    slope = sum(weights[i] * t["slope"] for i, t in enumerate(usable)) / total
+    se = math.sqrt(1.0 / total)
+    df = sum(max(1, int(t.get("df") or 1)) for t in usable)
+    out = dict(longest)
+    out.update(
+        slope=slope,
+        slope_se=se,
+        df=df,
+        slope_lower=slope - t95(df) * se,
+        slope_upper=slope + t95(df) * se,
+        slope_lower99=slope - t99(df) * se,
+        growth=slope * (longest.get("span_s") or 0.0),
+        blocks=sum(int(t.get("blocks") or 0) for t in usable),
+        runs=len(usable),
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -611,6 +776,13 @@ def evaluate_step(step: dict, sla: Sla, baseline: dict | None = None) -> dict:
         add("requests", False, 0, None, "no request was measured in the hold window")
         return _verdict(checks, void=True, hard=False)
 
+    stopped = step.get("stopped_early")
+    if stopped:
+        hard = True
+        add(
+            "early_stop", False, stopped.get("at_s"), step.get("hold_planned_s"), stopped.get("reason", "stopped early")
+        )
+
     # 2. errors
     errors = step.get("errors") or {}
     n_err = sum(errors.values())
@@ -660,13 +832,15 @@ def evaluate_step(step: dict, sla: Sla, baseline: dict | None = None) -> dict:
         add("queue_growth", True, None, None, "queue not observed (too few samples); growth not judged")
     else:
         min_growth = max(sla.queue_growth_min, 0.1 * max(q.get("start_level", 0.0), 0.0))
-        growing = q["slope_lower"] > 0 and q["growth"] >= min_growth
+        min_slope = sla.queue_growth_share * offered
+        lower = q.get("slope_lower99", q["slope_lower"])
+        growing = lower > 0 and q["growth"] >= min_growth and q["slope"] >= min_slope
         src = q.get("source", "client in-flight")
         if growing:
             msg = (
-                "%s grows %+.2f/s over the %.1f s hold (95%% lower bound %+.2f/s), from %.1f to %.1f: "
+                "%s grows %+.2f/s over the %.1f s hold (99%% lower bound %+.2f/s), from %.1f to %.1f: "
                 "the queue does not return to baseline"
-                % (src, q["slope"], q["span_s"], q["slope_lower"], q["start_level"], q["end_level"])
+                % (src, q["slope"], q["span_s"], lower, q["start_level"], q["end_level"])
             )
         else:
             msg = "%s stable: slope %+.2f/s (95%% CI %+.2f..%+.2f), mean %.1f, max %.0f" % (
@@ -738,11 +912,103 @@ def _verdict(checks: list, void: bool, hard: bool) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def pool_steps(runs: list) -> dict:
+    """One step from several runs at the same rate (a confirmation pools with the earlier runs there).
+
+    Latency histograms merge, counts and errors add up, rates are hold-weighted; the queue trend and server metrics
+    come from the longest run (the most power to see growth), the schedule lag from the worst one.
+    """
+    if not runs:
+        raise CapacityError("nothing to pool")
+    hist = LatencyHistogram()
+    for r in runs:
+        if r.get("histogram"):
+            hist.merge(LatencyHistogram.from_dict(r["histogram"]))
+    hold = sum(float(r.get("hold_s") or 0.0) for r in runs)
+
+    def weighted(key):
+        if not hold:
+            return 0.0
+        return round(sum(float(r.get(key) or 0.0) * float(r.get("hold_s") or 0.0) for r in runs) / hold, 3)
+
+    errors: dict = {}
+    for r in runs:
+        for k, v in (r.get("errors") or {}).items():
+            errors[k] = errors.get(k, 0) + v
+    lags = [(r.get("schedule_lag_ms") or {}).get("p99") for r in runs]
+    longest = max(runs, key=lambda r: (float(r.get("hold_s") or 0.0), r.get("index", 0)))
+    last = runs[-1]
+    return {
+        "index": last.get("index"),
+        "kind": last.get("kind", "step"),
+        "offered_rps": last["offered_rps"],
+        "offered_actual_rps": weighted("offered_actual_rps"),
+        "achieved_rps": weighted("achieved_rps"),
+        "hold_s": round(hold, 3),
+        "measured": sum(int(r.get("measured") or 0) for r in runs),
+        "ok": sum(int(r.get("ok") or 0) for r in runs),
+        "errors": errors,
+        "latency_ms": hist.summary_ms(),
+        "schedule_lag_ms": {"p99": max((x for x in lags if x is not None), default=None)},
+        "queue": combine_trends([r.get("queue") for r in runs]),
+        "server": longest.get("server"),
+        "stopped_early": next((r["stopped_early"] for r in runs if r.get("stopped_early")), None),
+        "runs": [r.get("index") for r in runs],
+    }
+
+
+def judge_step(step: dict, steps: list, sla: Sla, baseline: dict | None, role: str = "step") -> StepOutcome:
+    """Give a finished step its verdict (pooled over every run at its rate when it is a confirmation).
+
+    ``steps`` are the steps judged before it. Sets ``role``, ``verdict`` and, for a confirmation, ``pooled``; returns
+    the :class:`StepOutcome` the plan needs.
+    """
+    step["role"] = role
+    step["verdict"] = evaluate_step(step, sla, baseline)
+    if role == "confirm":
+        runs = [
+            x
+            for x in steps
+            if x.get("kind", "step") == step.get("kind", "step")
+            and x["offered_rps"] == step["offered_rps"]
+            and not x["verdict"]["void"]
+        ]
+        if runs:
+            pooled = pool_steps([*runs, step])
+            pooled["verdict"] = evaluate_step(pooled, sla, baseline)
+            step["pooled"] = pooled
+    v = (step.get("pooled") or step)["verdict"]
+    return StepOutcome(step["offered_rps"], v["passed"], v["void"], v["hard_break"], role)
+
+
+def effective_steps(steps: list) -> list:
+    """The measurements that count: per offered rate, the latest run, with a confirmation's pooled verdict.
+
+    A confirmation re-runs a rate and pools every run there (``pooled``), so it replaces the earlier verdicts.
+    """
+    latest: dict = {}
+    for s in steps:
+        if s.get("kind", "step") in ("step", "baseline") and s.get("verdict"):
+            key = (s.get("kind", "step"), s["offered_rps"])
+            if not s["verdict"]["void"] or key not in latest:
+                latest[key] = s
+    out = []
+    for s in latest.values():
+        if s.get("pooled"):
+            out.append(dict(s["pooled"], index=s.get("index"), kind=s.get("kind", "step"), confirmed=True))
+        else:
+            out.append(s)
+    return sorted(out, key=lambda s: (s["offered_rps"], s.get("index") or 0))
+
+
 def summarize_capacity(steps: list, sla: Sla) -> dict:
-    """The sustained rate (highest passing step below the first failing one), the knee and the saturation rate."""
-    measured = [s for s in steps if s.get("kind", "step") in ("step", "baseline") and s.get("verdict")]
+    """The sustained rate (highest passing rate below the lowest failing one), the knee and the saturation rate.
+
+    Only the latest measurement at each rate counts (:func:`effective_steps`): a confirmation replaces earlier runs.
+    """
+    measured = effective_steps(steps)
     valid = [s for s in measured if not s["verdict"]["void"]]
-    voids = [s for s in measured if s["verdict"]["void"]]
+    voids = [s for s in steps if s.get("verdict") and s["verdict"]["void"]]
     fails = sorted((s for s in valid if not s["verdict"]["passed"]), key=lambda s: s["offered_rps"])
     knee = fails[0] if fails else None
     passes = [s for s in valid if s["verdict"]["passed"] and (knee is None or s["offered_rps"] < knee["offered_rps"])]
@@ -759,6 +1025,8 @@ def summarize_capacity(steps: list, sla: Sla) -> dict:
         "achieved_rps": best.get("achieved_rps") if best else None,
         "latency_ms": dict(best.get("latency_ms") or {}) if best else None,
         "max_queue": _max_queue(best) if best else None,
+        "confirmed": bool(best and best.get("confirmed")),
+        "measured_s": round(float(best.get("hold_s") or 0.0), 2) if best else None,
         "knee_rps": knee["offered_rps"] if knee else None,
         "knee_reasons": [c["message"] for c in knee["verdict"]["checks"] if not c["passed"]] if knee else [],
         "knee_step": knee.get("index") if knee else None,
@@ -774,8 +1042,9 @@ def summarize_capacity(steps: list, sla: Sla) -> dict:
     elif best is None:
         out["note"] = "no valid step was measured"
     else:
-        out["note"] = "capacity lies between %g RPS (last pass) and %g RPS (knee)" % (
+        out["note"] = "capacity lies between %g RPS (last pass%s) and %g RPS (knee)" % (
             best["offered_rps"],
+            ", confirmed over %.0f s" % best["hold_s"] if best.get("confirmed") else "",
             knee["offered_rps"],
         )
     return out
@@ -807,6 +1076,72 @@ def erlang_c(c: int, a: float) -> float:
         b = a * b / (k + a * b)
     rho = a / c
     return b / (1.0 - rho * (1.0 - b))
+
+
+def mmc_response_tail(t: float, rate: float, c: int, mean_s: float) -> float:
+    """Exact ``P(R > t)`` for the response time (queue wait + service) of a FIFO M/M/c queue.
+
+    The wait is 0 with probability ``1 - C`` and otherwise exponential with rate ``theta = c mu - lambda`` (Erlang C);
+    it is independent of the request's own exponential service, so
+    ``P(R > t) = (1 - C) e^(-mu t) + C (theta e^(-mu t) - mu e^(-theta t)) / (theta - mu)``
+    (``(1 + mu t) e^(-mu t)`` when ``theta = mu``). 1.0 at or above saturation.
+    """
+    mu = 1.0 / mean_s
+    if rate >= c * mu:
+        return 1.0
+    if t <= 0:
+        return 1.0
+    pw = erlang_c(c, rate / mu)
+    theta = c * mu - rate
+    e_mu = math.exp(-mu * t)
+    if abs(theta - mu) <= 1e-9 * mu:
+        both = (1.0 + mu * t) * e_mu
+    else:
+        both = (theta * e_mu - mu * math.exp(-theta * t)) / (theta - mu)
+    return (1.0 - pw) * e_mu + pw * both
+
+
+def mmc_response_quantile(rate: float, c: int, mean_s: float, p: float) -> float:
+    """Exact p-quantile (seconds) of the M/M/c response time, by bisection on :func:`mmc_response_tail`."""
+    if rate >= c / mean_s:
+        return math.inf
+    target = 1.0 - p
+    hi = mean_s * max(1.0, -math.log(target))
+    for _step in range(200):  # the tail halves at least every few means: bounded doubling
+        if mmc_response_tail(hi, rate, c, mean_s) <= target:
+            break
+        hi *= 2.0
+    lo = 0.0
+    for _step in range(100):
+        mid = (lo + hi) / 2.0
+        if mmc_response_tail(mid, rate, c, mean_s) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(hi, 1e-9):
+            break
+    return hi
+
+
+def mmc_sla_rate(c: int, mean_s: float, limit_s: float, p: float) -> float:
+    """Exact highest arrival rate at which the p-quantile of M/M/c response time is at most ``limit_s``.
+
+    The quantile rises strictly with the rate, so bisection on ``(0, c / mean_s)`` converges to the one root;
+    0.0 when the service time alone breaks the limit.
+    """
+    sat = c / mean_s
+    if mmc_response_quantile(0.0, c, mean_s, p) > limit_s:
+        return 0.0
+    lo, hi = 0.0, sat
+    for _step in range(100):
+        mid = (lo + hi) / 2.0
+        if mmc_response_quantile(mid, c, mean_s, p) <= limit_s:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-10 * sat:
+            break
+    return lo
 
 
 def _service_points(mean_s: float, cs2: float, samples=None, n: int = 400) -> list:
@@ -876,12 +1211,25 @@ def predict_capacity(
     if mean_s <= 0:
         raise CapacityError("service time must be > 0")
     mu = 1.0 / mean_s
-    pts = _service_points(mean_s, cs2, samples)
     limit = limit_ms / 1000.0
     sat = c * mu
-    base = response_quantile(1e-9 * sat, c, mean_s, p, cs2, ca2, _points=pts)
+    exact = samples is None and cs2 == 1.0 and ca2 == 1.0
+    if exact:
+        # M/M/c: the closed form, no discretised service law
+        def quantile(rate):
+            return mmc_response_quantile(rate, c, mean_s, p)
+
+    else:
+        pts = _service_points(mean_s, cs2, samples)
+
+        def quantile(rate):
+            return response_quantile(rate, c, mean_s, p, cs2, ca2, _points=pts)
+
+    base = quantile(1e-9 * sat)
     out = {
-        "model": "M/M/c (Erlang C)"
+        "model": "M/M/c (Erlang C, exact)"
+        if exact
+        else "M/M/c (Erlang C)"
         if abs(cs2 - 1) < 0.05 and abs(ca2 - 1) < 0.05
         else "G/G/c (Erlang C, Allen-Cunneen)",
         "c": c,
@@ -899,9 +1247,9 @@ def predict_capacity(
         )
         return out
     lo, hi = 0.0, sat
-    for _step in range(30):
+    for _step in range(40 if exact else 30):
         mid = (lo + hi) / 2
-        if response_quantile(mid, c, mean_s, p, cs2, ca2, _points=pts) <= limit:
+        if quantile(mid) <= limit:
             lo = mid
         else:
             hi = mid
@@ -1105,6 +1453,8 @@ def sla_sentence(service: str, capacity: dict, sla: Sla, profile: str | None = N
     measured = ", ".join(
         "%s %s" % (pct_name(p), _fmt_ms(lat.get(pct_name(p)))) for p, _v in limits if lat.get(pct_name(p)) is not None
     )
+    if measured and capacity.get("confirmed") and capacity.get("measured_s"):
+        measured += " over %g s, confirmed" % capacity["measured_s"]
     tail = ""
     if capacity.get("knee_rps") is not None:
         tail = "; the knee is at %g RPS" % capacity["knee_rps"]
@@ -1205,6 +1555,12 @@ STEP_COLUMNS = [
     "void",
     "hard_break",
     "verdict",
+    "role",
+    "hold_s",
+    "stopped_early_s",
+    "pooled_runs",
+    "pooled_p95_ms",
+    "pooled_passed",
 ]
 
 
@@ -1216,6 +1572,7 @@ def step_rows(steps: list) -> list:
         q = s.get("queue") or {}
         srv = s.get("server") or {}
         v = s.get("verdict") or {}
+        pooled = s.get("pooled") or {}
         offered = s.get("offered_rps") or 0
         rows.append(
             {
@@ -1240,6 +1597,12 @@ def step_rows(steps: list) -> list:
                 "void": v.get("void"),
                 "hard_break": v.get("hard_break"),
                 "verdict": v.get("summary"),
+                "role": s.get("role"),
+                "hold_s": s.get("hold_s"),
+                "stopped_early_s": (s.get("stopped_early") or {}).get("at_s"),
+                "pooled_runs": " ".join(str(i) for i in pooled.get("runs") or []),
+                "pooled_p95_ms": (pooled.get("latency_ms") or {}).get("p95"),
+                "pooled_passed": (pooled.get("verdict") or {}).get("passed"),
             }
         )
     return rows

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import csv
+import functools
 import json
+import math
 import os
 import random
 import ssl
@@ -26,13 +29,14 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
     STEP_COLUMNS,
     CapacityError,
     LatencyHistogram,
-    StepOutcome,
     build_plan,
     check_time_budget,
     evaluate_step,
     extract_known,
+    judge_step,
     parse_prometheus,
     parse_sla,
+    pct_name,
     percentile_sorted,
     predict_capacity,
     queue_trend,
@@ -147,79 +151,298 @@ async def read_response(reader: asyncio.StreamReader, keep_body: bool = False) -
     return status, (body if keep_body else None), keep_alive
 
 
+def _header(head: bytes, name: bytes, end: int):
+    """Value of header ``name`` (lower case, with its leading CRLF and colon) in a lower-cased head, or None."""
+    i = head.find(name)
+    if i < 0:
+        return None
+    j = head.find(b"\r\n", i + 2)
+    return head[i + len(name) : j if j >= 0 else end].strip()
+
+
+def parse_response(buf: bytes):
+    """Parse the HTTP/1.x response at the start of ``buf`` (the generator's fast path).
+
+    None when more bytes are needed; else ``(status, keep_alive, end)`` with ``end`` the offset just past the response,
+    or -1 when the body runs until the connection closes. Raises ValueError on a malformed response.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > 65536:
+            raise ValueError("response head longer than 64 KiB")
+        return None
+    if buf[:5] != b"HTTP/" or buf[8:9] != b" ":
+        raise ValueError("malformed status line %r" % buf[: buf.find(b"\r\n")][:80])
+    try:
+        status = int(buf[9:12])
+    except ValueError:
+        raise ValueError("malformed status line %r" % buf[: buf.find(b"\r\n")][:80]) from None
+    head = buf[:end].lower()
+    keep = head[5:8] != b"1.0"
+    start = end + 4
+    if b"\r\nconnection:" in head:
+        conn = _header(head, b"\r\nconnection:", end)
+        if conn == b"close":
+            keep = False
+        elif conn == b"keep-alive":
+            keep = True
+    length = _header(head, b"\r\ncontent-length:", end)
+    if length is not None:
+        total = start + int(length)
+        return None if len(buf) < total else (status, keep, total)
+    te = _header(head, b"\r\ntransfer-encoding:", end)
+    if te is not None and b"chunked" in te:
+        pos = start
+        for _step in range(1_000_000):  # bounded: one chunk per iteration
+            j = buf.find(b"\r\n", pos)
+            if j < 0:
+                return None
+            size = int(buf[pos:j].split(b";")[0].strip(), 16)
+            if size == 0:
+                if buf[j + 2 : j + 4] == b"\r\n":
+                    return status, keep, j + 4
+                k = buf.find(b"\r\n\r\n", j)  # trailers until the empty line
+                return None if k < 0 else (status, keep, k + 4)
+            pos = j + 2 + size + 2
+            if len(buf) < pos:
+                return None
+        raise ValueError("more than a million chunks")
+    if status in (204, 304) or 100 <= status < 200:
+        return status, keep, start
+    return status, False, -1
+
+
+class Exchange:
+    """One request of the open-loop schedule: when it was meant to go, when it went, how it ended."""
+
+    __slots__ = (
+        "cb",
+        "conn",
+        "done",
+        "end",
+        "intended",
+        "kind",
+        "measured",
+        "pidx",
+        "retried",
+        "sent",
+        "start",
+        "status",
+    )
+
+    def __init__(self, intended: float, pidx: int, measured: bool, cb) -> None:
+        self.intended = intended
+        self.pidx = pidx
+        self.measured = measured
+        self.cb = cb
+        self.sent = intended  # when the schedule handed it over (the generator's own lag ends here)
+        self.start = None  # when its bytes were written (after waiting for a free or new connection)
+        self.conn = None
+        self.done = False
+        self.end = 0.0
+        self.status = 0
+        self.kind = None
+        self.retried = False
+
+
+class _Conn(asyncio.Protocol):
+    """A keep-alive connection with at most one request in flight (no pipelining: it would distort latency)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport = None
+        self.buf = b""
+        self.ex = None
+        self.data = b""
+        self.closed = False
+        self.until_close = None
+        self.used = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def send(self, ex: Exchange, data: bytes) -> None:
+        self.ex = ex
+        self.data = data
+        self.used += 1
+        ex.conn = self
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.ex
+        if ex is None or self.until_close is not None:
+            if ex is None:  # bytes nobody asked for: the connection is out of step
+                self.transport.abort()
+            return
+        buf = self.buf + data if self.buf else data
+        try:
+            res = parse_response(buf)
+        except ValueError:
+            self.buf = b""
+            self.ex = None
+            self.pool.finish(self, ex, 0, "connection", False)
+            self.transport.abort()
+            return
+        if res is None:
+            self.buf = buf
+            return
+        status, keep, end = res
+        self.buf = b""
+        if end < 0:  # the body runs until the server closes
+            self.until_close = status
+            return
+        self.ex = None
+        self.pool.finish(self, ex, status, classify(status), keep and end == len(buf))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        ex, self.ex = self.ex, None
+        if ex is not None:
+            if self.until_close is not None:
+                self.pool.finish(self, ex, self.until_close, classify(self.until_close), False)
+            elif self.used > 1 and not self.buf and not ex.retried and not ex.done:
+                # a kept-alive connection the server had closed while idle: nothing was answered, so send the
+                # request again on another connection (once), as HTTP clients do; its clock keeps running
+                ex.retried = True
+                self.pool.lost(self)
+                self.pool.submit(ex, self.data)
+                return
+            else:
+                self.pool.finish(self, ex, 0, "connection", False)
+        self.pool.lost(self)
+
+
 class Pool:
-    """Keep-alive connections to one endpoint; opens more on demand up to ``max_connections``."""
+    """Keep-alive connections to one endpoint (asyncio protocols, no stream or task per request).
+
+    A request goes out at once on an idle connection; otherwise a new connection opens, up to ``max_connections``
+    (and ``MAX_CONNECTING`` at once), beyond which requests wait for the next free connection: that wait is part of
+    their latency and is reported as ``connection_wait_ms``, apart from the generator's send lag.
+    """
+
+    # connections being opened at once: when the server is slow to accept, more connects only add to its load
+    MAX_CONNECTING = 32
 
     def __init__(self, endpoint: Endpoint, max_connections: int = 4096, connect_timeout: float = 10.0) -> None:
         self.ep = endpoint
-        self.max = max_connections
+        self.max = max(1, int(max_connections))
         self.connect_timeout = connect_timeout
         self.idle: list = []
+        self.busy: set = set()
+        self.waiting: collections.deque = collections.deque()
         self.open = 0
-        self.waiters: list = []
         self.peak = 0
+        self.connecting: set = set()
+        self.loop = None
+        self.closed = False
 
-    async def acquire(self):
-        if self.idle:
-            return self.idle.pop()
-        if self.open < self.max:
-            self.open += 1
-            self.peak = max(self.peak, self.open)
-            try:
-                return await asyncio.wait_for(
-                    asyncio.open_connection(self.ep.host, self.ep.port, ssl=self.ep.ssl), self.connect_timeout
-                )
-            except BaseException:
-                self.open -= 1
-                self._wake()
-                raise
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        return await fut
+    def submit(self, ex: Exchange, data: bytes) -> None:
+        if self.closed:
+            self.fail(ex, "connection")
+        elif self.idle:
+            conn = self.idle.pop()
+            self.busy.add(conn)
+            ex.start = self.loop.time()
+            conn.send(ex, data)
+        elif self.open < self.max and len(self.connecting) < self.MAX_CONNECTING:
+            self._open(ex, data)
+        else:
+            self.waiting.append((ex, data))
 
-    def _wake(self) -> None:
-        while self.waiters:
-            fut = self.waiters.pop(0)
-            if not fut.done():
-                # hand over a "slot": the waiter opens a connection itself
-                fut.set_result(None)
+    def _open(self, ex: Exchange, data: bytes) -> None:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        task = self.loop.create_task(self._connect(ex, data))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def _connect(self, ex: Exchange, data: bytes) -> None:
+        ep = self.ep
+        try:
+            _transport, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: _Conn(self), ep.host, ep.port, ssl=ep.ssl, server_hostname=ep.host if ep.ssl else None
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, *_TIMEOUTS):
+            self.open -= 1
+            self.fail(ex, "connection")
+            self._next_waiting_on_new()
+            return
+        self.busy.add(conn)
+        self._next_waiting_on_new()  # more requests queued behind the connect limit: keep opening
+        if ex.done:  # it timed out while the connection opened: serve the next one
+            self._reuse(conn)
+            return
+        ex.start = self.loop.time()
+        conn.send(ex, data)
+
+    def fail(self, ex: Exchange, kind: str) -> None:
+        if not ex.done:
+            ex.done = True
+            ex.end = self.loop.time()
+            ex.kind = kind
+            ex.cb(ex)
+
+    def finish(self, conn: _Conn, ex: Exchange, status: int, kind, reusable: bool) -> None:
+        if not ex.done:
+            ex.done = True
+            ex.end = self.loop.time()
+            ex.status = status
+            ex.kind = kind
+            ex.cb(ex)
+        if reusable and not conn.closed:
+            self._reuse(conn)
+        elif not conn.closed:
+            conn.transport.close()
+
+    def _reuse(self, conn: _Conn) -> None:
+        while self.waiting:
+            ex, data = self.waiting.popleft()
+            if not ex.done:
+                ex.start = self.loop.time()
+                conn.send(ex, data)
+                return
+        self.busy.discard(conn)
+        self.idle.append(conn)
+
+    def _next_waiting_on_new(self) -> None:
+        while self.waiting and self.open < self.max and len(self.connecting) < self.MAX_CONNECTING:
+            ex, data = self.waiting.popleft()
+            if not ex.done:
+                self._open(ex, data)
                 return
 
-    def release(self, conn, reusable: bool) -> None:
-        if reusable:
-            while self.waiters:
-                fut = self.waiters.pop(0)
-                if not fut.done():
-                    fut.set_result(conn)
-                    return
-            self.idle.append(conn)
-            return
+    def lost(self, conn: _Conn) -> None:
         self.open -= 1
-        with contextlib.suppress(Exception):  # closing a broken socket must not fail the request accounting
-            conn[1].close()
-        self._wake()
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._next_waiting_on_new()
 
-    async def get(self):
-        conn = await self.acquire()
-        if conn is None:  # a slot freed by a closed connection
-            self.open += 1
-            self.peak = max(self.peak, self.open)
-            try:
-                conn = await asyncio.wait_for(
-                    asyncio.open_connection(self.ep.host, self.ep.port, ssl=self.ep.ssl), self.connect_timeout
-                )
-            except BaseException:
-                self.open -= 1
-                self._wake()
-                raise
-        return conn
+    def expire(self, ex: Exchange) -> None:
+        """Time ``ex`` out: a response that may still come would be out of step, so its connection is dropped."""
+        if ex.done:
+            return
+        conn = ex.conn
+        self.fail(ex, "timeout")
+        if conn is not None and conn.ex is ex:
+            conn.ex = None
+            conn.transport.abort()
 
     def close(self) -> None:
-        for _r, w in self.idle:
-            with contextlib.suppress(Exception):
-                w.close()
-        self.open -= len(self.idle)
+        self.closed = True
+        for task in list(self.connecting):
+            task.cancel()
+        for conn in [*self.idle, *self.busy]:
+            if conn.transport is not None and not conn.closed:
+                conn.transport.abort()
         self.idle = []
+        self.waiting.clear()
 
 
 async def http_once(
@@ -550,6 +773,9 @@ class Runner:
     """Sends requests on a schedule (constant or Poisson) and measures each step; open loop, no coordinated omission.
 
     A request's latency runs from its *intended* send time, so a stalled server cannot slow the clock down.
+    Requests are pre-encoded bytes written to pooled keep-alive connections (asyncio protocols): no task, stream or
+    timer per request. Timeouts are swept in send order; the schedule sleeps to just before a send time and then
+    yields to the event loop until it is due, so the send lag stays under a millisecond while the loop keeps up.
     """
 
     def __init__(
@@ -578,83 +804,73 @@ class Runner:
         self.progress = progress
         self.keep_samples = keep_samples
         self.seq = 0
+        # seconds to nap between yields in the last millisecond before a send (0: spin); a nap blocks the loop
+        self.nap = 0.0001
 
-    async def _send(self, request: bytes) -> tuple:
-        """One exchange on a pooled connection: ``(status, kind)``."""
-        conn = await self.pool.get()
-        reusable = False
-        try:
-            conn[1].write(request)
-            status, _body, reusable = await read_response(conn[0])
-            return status, classify(status)
-        finally:
-            self.pool.release(conn, reusable)
+    async def run_phase(
+        self,
+        rate: float,
+        warmup: float,
+        hold: float,
+        index: int = 0,
+        kind: str = "step",
+        stop_rule: dict | None = None,
+    ) -> dict:
+        """Run ``warmup`` + ``hold`` seconds at ``rate`` RPS; measure the hold window; drain; return the step dict.
 
-    async def run_phase(self, rate: float, warmup: float, hold: float, index: int = 0, kind: str = "step") -> dict:
-        """Run ``warmup`` + ``hold`` seconds at ``rate`` RPS; measure the hold window; drain; return the step dict."""
+        ``stop_rule`` (``{"limit_s", "fraction", "min_hold_s", "min_requests", "reason"}``) ends the hold early when,
+        among the measured requests sent at least ``limit_s`` ago, more than ``fraction`` took longer than ``limit_s``
+        (or failed): the step is then a clear failure and holding it longer only deepens the backlog.
+        """
         loop = asyncio.get_running_loop()
+        pool = self.pool
+        pool.loop = loop
         offsets = schedule_offsets(rate, warmup + hold, self.arrival, self.rng)
         timeout = self.target.timeout
         t0 = loop.time() + 0.01
         hold_start = t0 + warmup
-        hold_end = hold_start + hold
+        win = {"end": hold_start + hold}
         st = {"inflight": 0, "sent": 0, "done": 0, "ok_in_window": 0, "measured": 0, "ok": 0}
         errors = dict.fromkeys(ERROR_KINDS, 0)
         hist = LatencyHistogram()
         lags: list = []
+        waits: list = []
         samples: list = []
         svc: list = []
         by_payload: dict = {}
-        tasks: set = set()
         record = self.record_requests
         reqs = self.requests
         names = self.target.names
         keep = self.keep_samples
+        multi = len(names) > 1
+        drained = asyncio.Event()
+        sending = {"on": True}
+        order: collections.deque = collections.deque()  # sent, in intended-time order: the timeout sweep
+        watched: list = []  # measured requests, in order: the early-stop rule
+        stopped: dict = {}
 
-        async def one(intended: float, pidx: int, request: bytes) -> None:
-            start = loop.time()
-            measured = hold_start <= intended < hold_end
-            st["inflight"] += 1
-            st["sent"] += 1
-            task = asyncio.current_task()
-            fired = []
-
-            def expire():
-                fired.append(True)
-                task.cancel()
-
-            handle = loop.call_later(timeout - (start - intended) if start - intended < timeout else 0.0, expire)
-            status, kind_ = 0, None
-            try:
-                status, kind_ = await self._send(request)
-            except asyncio.CancelledError:
-                if not fired:
-                    raise
-                if hasattr(task, "uncancel"):
-                    task.uncancel()
-                kind_ = "timeout"
-            except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError):
-                kind_ = "connection"
-            finally:
-                handle.cancel()
-                st["inflight"] -= 1
-                st["done"] += 1
-            end = loop.time()
-            lat = end - intended
-            if kind_ is None and hold_start <= end < hold_end:
+        def done(ex: Exchange) -> None:
+            end = ex.end
+            lat = end - ex.intended
+            kind_ = ex.kind
+            st["inflight"] -= 1
+            st["done"] += 1
+            if kind_ is None and hold_start <= end < win["end"]:
                 st["ok_in_window"] += 1
-            if measured:
+            if ex.measured:
                 st["measured"] += 1
-                lags.append(start - intended)
+                lags.append(ex.sent - ex.intended)
+                waits.append((ex.start if ex.start is not None else end) - ex.sent)
                 if kind_ is None:
                     st["ok"] += 1
                     hist.record(lat)
                     if len(svc) < keep:
                         svc.append(lat)
-                    ph = by_payload.get(pidx)
-                    if ph is None:
-                        ph = by_payload[pidx] = LatencyHistogram()
-                    ph.record(lat)
+                    if multi:
+                        ph = by_payload.get(ex.pidx)
+                        if ph is None:
+                            ph = by_payload[ex.pidx] = LatencyHistogram()
+                        ph.record(lat)
                 else:
                     errors[kind_] += 1
                     if kind_ == "timeout":
@@ -663,26 +879,66 @@ class Runner:
                 reqs.append(
                     (
                         index,
-                        round(intended - t0, 6),
-                        round(start - intended, 6),
-                        status,
+                        round(ex.intended - t0, 6),
+                        round(ex.sent - ex.intended, 6),
+                        ex.status,
                         round(lat, 6),
                         kind_ or "",
-                        names[pidx],
-                        measured,
+                        names[ex.pidx],
+                        ex.measured,
                     )
                 )
+            if not sending["on"] and st["inflight"] == 0:
+                drained.set()
 
         stop = asyncio.Event()
+        rule = dict(stop_rule or {})
+        check = {"next": 0, "n": 0, "bad": 0}
 
-        async def sampler() -> None:
+        def early_stop(now: float) -> None:
+            # every measured request older than the limit is either done (latency known) or still waiting (over it)
+            limit = rule["limit_s"]
+            i = check["next"]
+            while i < len(watched) and watched[i].intended <= now - limit:
+                ex = watched[i]
+                check["n"] += 1
+                if not ex.done or ex.kind is not None or ex.end - ex.intended > limit:
+                    check["bad"] += 1
+                i += 1
+            check["next"] = i
+            n, bad = check["n"], check["bad"]
+            if (
+                now - hold_start >= rule.get("min_hold_s", 1.0)
+                and n >= rule.get("min_requests", 100)
+                and bad > rule["fraction"] * n
+            ):
+                stopped.update(
+                    at_s=round(now - hold_start, 3),
+                    reason="stopped %.1f s into the %g s hold: %d of %d requests (%.1f%%) took over %s or failed (%s)"
+                    % (now - hold_start, hold, bad, n, 100.0 * bad / n, _fmt_s(limit), rule.get("reason", "")),
+                )
+
+        async def housekeeping() -> None:
+            # timeouts in send order, in-flight samples, the early-stop rule
+            tick = max(0.005, min(self.sample_interval, timeout / 20.0))
+            next_sample = loop.time()
             n = 0
-            limit = int((warmup + hold + timeout + 5) / self.sample_interval) + 10
-            while not stop.is_set() and n < limit:
-                samples.append((loop.time() - hold_start, st["inflight"]))
+            limit = int((warmup + hold + timeout + 10) / tick) + 10
+            while n < limit:
                 n += 1
-                with contextlib.suppress(_TIMEOUTS):
-                    await asyncio.wait_for(stop.wait(), self.sample_interval)
+                now = loop.time()
+                while order and (order[0].done or order[0].intended + timeout <= now):
+                    ex = order.popleft()
+                    if not ex.done:
+                        pool.expire(ex)
+                if stop.is_set() and not order:
+                    return
+                if now >= next_sample and not stop.is_set():
+                    samples.append((now - hold_start, st["inflight"]))
+                    next_sample += self.sample_interval
+                if rule and not stopped and sending["on"] and now >= hold_start:
+                    early_stop(now)
+                await asyncio.sleep(tick)
 
         async def ticker() -> None:
             n = 0
@@ -707,7 +963,7 @@ class Runner:
                 with contextlib.suppress(_TIMEOUTS):
                     await asyncio.wait_for(stop.wait(), 0.5)
 
-        helpers = [asyncio.ensure_future(sampler())]
+        helpers = [asyncio.ensure_future(housekeeping())]
         if self.progress:
             helpers.append(asyncio.ensure_future(ticker()))
         if self.scraper and self.scraper.urls:
@@ -716,42 +972,68 @@ class Runner:
 
         pick = self.target.pick
         prng = self.payload_rng
+        submit = pool.submit
+        clock = loop.time
+        nap = self.nap
         n = len(offsets)
         i = 0
         deadline = t0 + warmup + hold + 5.0
+        hold_end = win["end"]
         while i < n:  # bounded: every pass either sends, sleeps towards a send time, or hits the deadline
             now = loop.time()
-            if now > deadline:
+            if now > deadline or stopped:
                 break
             due = t0 + offsets[i]
             if due > now + 0.00005:
-                # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield
-                # to the loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms
-                await asyncio.sleep(due - now - 0.0012 if due - now > 0.0015 else 0)
+                # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield to the
+                # loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms. In that last
+                # stretch a 0.1 ms nap between yields keeps the wait from spinning a core.
+                if due - now > 0.0015:
+                    await asyncio.sleep(due - now - 0.0012)
+                else:
+                    await asyncio.sleep(0)
+                    if nap and due - clock() > 3 * nap:
+                        time.sleep(nap)
                 continue
-            while i < n and t0 + offsets[i] <= now + 0.00005:
+            limit_t = now + 0.00005
+            while i < n:
+                intended = t0 + offsets[i]
+                if intended > limit_t:
+                    break
                 pidx, req = pick(prng, self.seq)
                 self.seq += 1
-                t = asyncio.ensure_future(one(t0 + offsets[i], pidx, req))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+                ex = Exchange(intended, pidx, hold_start <= intended < hold_end, done)
+                ex.sent = clock()
+                st["inflight"] += 1
+                st["sent"] += 1
+                order.append(ex)
+                if ex.measured and rule:
+                    watched.append(ex)
+                submit(ex, req)
                 i += 1
         unsent = n - i
+        if stopped:
+            unsent = 0
+            win["end"] = loop.time()
+        sending["on"] = False
         # let the hold window end, then drain the outstanding requests (bounded by the request timeout)
-        if loop.time() < hold_end:
-            await asyncio.sleep(hold_end - loop.time())
-        if tasks:
-            _done, pending = await asyncio.wait(set(tasks), timeout=timeout + 2.0)
-            for t in pending:
-                t.cancel()
+        if not stopped and loop.time() < win["end"]:
+            await asyncio.sleep(win["end"] - loop.time())
+        if st["inflight"] > 0:
+            with contextlib.suppress(*_TIMEOUTS):
+                await asyncio.wait_for(drained.wait(), timeout + 2.0)
         stop.set()
         for h in helpers:
             try:
                 await asyncio.wait_for(h, 10.0)
             except (*_TIMEOUTS, asyncio.CancelledError):
                 pass
+        for ex in list(order):  # anything left after the drain timed out
+            pool.expire(ex)
 
+        hold_s = max(win["end"] - hold_start, 1e-9) if stopped else hold
         lags.sort()
+        waits.sort()
         measured = st["measured"]
         shift = min(hist.mean() or 0.0, warmup)
         step = {
@@ -762,17 +1044,18 @@ class Runner:
             # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
             # Poisson bursts around the window edges do not read as lost throughput
             "offered_actual_rps": round(
-                sum(1 for o in offsets if warmup - shift <= o < warmup + hold - shift) / hold, 3
+                sum(1 for o in offsets if warmup - shift <= o < warmup + hold_s - shift) / hold_s, 3
             )
-            if hold
+            if hold_s
             else 0.0,
             "warmup_s": warmup,
-            "hold_s": hold,
+            "hold_s": round(hold_s, 3),
+            "hold_planned_s": hold,
             "scheduled": n,
             "unsent": unsent,
             "measured": measured,
             "ok": st["ok"],
-            "achieved_rps": round(st["ok_in_window"] / hold, 3) if hold else 0.0,
+            "achieved_rps": round(st["ok_in_window"] / hold_s, 3) if hold_s else 0.0,
             "errors": {k: v for k, v in errors.items() if v},
             "latency_ms": hist.summary_ms(),
             "histogram": hist.to_dict(),
@@ -781,27 +1064,35 @@ class Runner:
                 "p99": _ms(percentile_sorted(lags, 99)),
                 "max": _ms(lags[-1] if lags else None),
             },
-            "by_payload": {names[k]: h.summary_ms() for k, h in sorted(by_payload.items())},
+            # waiting for a free or newly opened connection: part of the latency the user sees, not generator lag
+            "connection_wait_ms": {"p50": _ms(percentile_sorted(waits, 50)), "p99": _ms(percentile_sorted(waits, 99))},
+            "by_payload": (
+                {names[k]: h.summary_ms() for k, h in sorted(by_payload.items())}
+                if multi
+                else {names[0]: hist.summary_ms()}
+            ),
             "inflight_samples": [[round(t, 3), q] for t, q in samples],
-            "connections_peak": self.pool.peak,
+            "connections_peak": pool.peak,
         }
+        if stopped:
+            step["stopped_early"] = stopped
         if unsent:
             step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
         if kind == "baseline" or index == 0:
             step["service_samples_ms"] = [round(x * 1000, 4) for x in svc]
-        hold_samples = [(t, q) for t, q in samples if 0.0 <= t <= hold]
-        trend = queue_trend(hold_samples, hold)
+        hold_samples = [(t, q) for t, q in samples if 0.0 <= t <= hold_s]
+        trend = queue_trend(hold_samples, hold_s)
         if trend:
             trend["source"] = "client in-flight"
         if self.scraper and self.scraper.urls:
-            in_hold = [(t, s) for t, s in self.scraper.samples if -self.scraper.interval <= t <= hold]
+            in_hold = [(t, s) for t, s in self.scraper.samples if -self.scraper.interval <= t <= hold_s]
             server = summarize_server_metrics(in_hold)
             if self.scraper.errors:
                 server["errors"] = list(self.scraper.errors)
                 self.scraper.errors = []
             step["server"] = server
             sq = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
-            strend = queue_trend(sq, hold, blocks=6)
+            strend = queue_trend(sq, hold_s, blocks=6)
             if strend:
                 qnames = [
                     n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
@@ -818,6 +1109,7 @@ class Runner:
         This is what coordinated omission looks like: a stall delays only the few requests in flight.
         """
         loop = asyncio.get_running_loop()
+        self.pool.loop = loop
         hist = LatencyHistogram()
         end = loop.time() + duration
         counter = {"n": 0, "err": 0}
@@ -827,13 +1119,15 @@ class Runner:
                 counter["n"] += 1
                 _idx, req = self.target.pick(self.payload_rng, counter["n"])
                 t = loop.time()
+                fut = loop.create_future()
+                ex = Exchange(t, 0, True, functools.partial(_wake, fut))
+                self.pool.submit(ex, req)
                 try:
-                    _status, kind_ = await asyncio.wait_for(self._send(req), self.target.timeout)
-                except (*_TIMEOUTS, OSError, asyncio.IncompleteReadError, ConnectionError):
-                    counter["err"] += 1
-                    continue
-                if kind_ is None:
-                    hist.record(loop.time() - t)
+                    await asyncio.wait_for(asyncio.shield(fut), self.target.timeout)
+                except _TIMEOUTS:
+                    self.pool.expire(ex)
+                if ex.kind is None and ex.done:
+                    hist.record(ex.end - t)
                 else:
                     counter["err"] += 1
 
@@ -848,6 +1142,15 @@ class Runner:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _wake(fut, _ex) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fmt_s(seconds: float) -> str:
+    return "%.0f ms" % (seconds * 1000.0) if seconds < 10 else "%.1f s" % seconds
 
 
 def _ms(v):
@@ -873,6 +1176,11 @@ DEFAULTS = {
     "resolution": 0.03,
     "warmup": 5.0,
     "hold": 30.0,
+    "knee_hold": None,
+    "confirm": True,
+    "confirm_hold": None,
+    "max_confirmations": 3,
+    "early_stop": True,
     "initial_warmup": 10.0,
     "baseline_rps": None,
     "time_limit": 1800.0,
@@ -887,11 +1195,36 @@ DEFAULTS = {
     "validate_certs": True,
     "target_rps": None,
     "cooldown": 0.0,
+    "noisy_neighbour": None,
 }
 
+# what a neighbour (service B of a noisy-neighbour run) may set; the rest comes from service A's options
+NEIGHBOUR_KEYS = (
+    "url",
+    "protocol",
+    "model",
+    "model_version",
+    "method",
+    "headers",
+    "payload",
+    "payload_file",
+    "template",
+    "template_file",
+    "variants",
+    "payload_mix",
+    "prompt",
+    "max_tokens",
+    "batch",
+    "service",
+    "seed",
+)
 
-def normalize_config(options: dict) -> dict:
-    """Defaults filled in, types checked, the SLA parsed; raises CapacityError on bad input."""
+
+def normalize_config(options: dict, search: bool = True) -> dict:
+    """Defaults filled in, types checked, the SLA parsed; raises CapacityError on bad input.
+
+    ``search=False`` skips the step-plan checks (a noisy-neighbour run holds fixed rates).
+    """
     cfg = dict(DEFAULTS)
     cfg.update({k: v for k, v in options.items() if v is not None})
     if not cfg.get("url"):
@@ -899,42 +1232,214 @@ def normalize_config(options: dict) -> dict:
     if cfg.get("sla") is None:
         raise CapacityError("sla is required, e.g. {p95_ms: 300, p99_ms: 800}")
     cfg["sla_obj"] = parse_sla(cfg["sla"])
-    for key in ("start_rps", "hold", "request_timeout", "time_limit"):
+    if search:
+        if cfg["plan"] not in ("linear", "adaptive", "none"):
+            raise CapacityError("unknown plan %r; use linear, adaptive or none" % cfg["plan"])
+        if cfg["plan"] == "none" and not (cfg.get("noisy_neighbour") or {}).get("a_rps"):
+            raise CapacityError(
+                "plan none runs no capacity search: it needs noisy_neighbour with a_rps (the rate to hold the service at)"
+            )
+    for key in ("hold", "request_timeout", "time_limit") + (("start_rps",) if search and cfg["plan"] != "none" else ()):
         if float(cfg[key]) <= 0:
+            raise CapacityError("%s must be > 0, got %s" % (key, cfg[key]))
+    for key in ("knee_hold", "confirm_hold"):
+        if cfg.get(key) is not None and float(cfg[key]) <= 0:
             raise CapacityError("%s must be > 0, got %s" % (key, cfg[key]))
     for host in [urlsplit(u).hostname for u in [cfg["url"], *list(cfg.get("metrics_urls") or [])]]:
         if not host:
             raise CapacityError("every URL needs a host")
+    nn = cfg.get("noisy_neighbour")
+    if nn:
+        unknown = set(nn) - set(NEIGHBOUR_KEYS) - {"rps", "multipliers", "a_rps", "hold", "warmup"}
+        if unknown:
+            raise CapacityError(
+                "noisy_neighbour: unknown key(s) %s; use %s, rps, multipliers, a_rps, hold, warmup"
+                % (", ".join(sorted(unknown)), ", ".join(NEIGHBOUR_KEYS))
+            )
+        if not nn.get("url") or not nn.get("rps") or float(nn["rps"]) <= 0:
+            raise CapacityError("noisy_neighbour needs url and rps > 0 (the neighbour's base rate)")
+        mults = [float(m) for m in nn.get("multipliers") or (1.0, 2.0, 3.0)]
+        if not mults or min(mults) <= 0:
+            raise CapacityError("noisy_neighbour multipliers must be > 0")
     return cfg
 
 
+def _holds(cfg: dict) -> dict:
+    hold = float(cfg["hold"])
+    knee = float(cfg["knee_hold"]) if cfg.get("knee_hold") else hold
+    return {"step": hold, "knee": knee, "confirm": float(cfg["confirm_hold"]) if cfg.get("confirm_hold") else knee}
+
+
+def _neighbour_plan(cfg: dict) -> dict:
+    """Service B's options (from noisy_neighbour, the rest from A's) and the run's shape."""
+    nn = dict(cfg["noisy_neighbour"])
+    b_opts = {k: v for k, v in cfg.items() if k not in NEIGHBOUR_KEYS and k not in ("sla_obj", "noisy_neighbour")}
+    b_opts.update({k: nn[k] for k in NEIGHBOUR_KEYS if nn.get(k) is not None})
+    b_opts.setdefault("service", nn.get("url"))
+    b_opts["plan"] = "none"
+    b_opts["noisy_neighbour"] = None
+    return {
+        "b": b_opts,
+        "b_rps": float(nn["rps"]),
+        "a_rps": float(nn["a_rps"]) if nn.get("a_rps") else None,
+        "multipliers": [float(m) for m in nn.get("multipliers") or (1.0, 2.0, 3.0)],
+        "hold": float(nn.get("hold") or cfg["hold"]),
+        "warmup": float(nn.get("warmup") if nn.get("warmup") is not None else cfg["warmup"]),
+    }
+
+
 async def run_capacity_test(options: dict, progress=None, check_only: bool = False) -> dict:
-    """Probe, then run the step plan, judge every step, and summarise: capacity, SLA sentence, table row, prediction."""
+    """Probe, then run the step plan, judge every step, and summarise: capacity, SLA sentence, table row, prediction.
+
+    With ``noisy_neighbour`` the service is then held at its sustained rate (or ``a_rps``) while the neighbour steps
+    through its multipliers (:func:`run_noisy_neighbour`); ``plan: none`` runs only that.
+    """
     cfg = normalize_config(options)
     sla = cfg["sla_obj"]
     warnings: list = []
-    plan = build_plan(
-        cfg["plan"],
-        start_rps=float(cfg["start_rps"]),
-        step_pct=float(cfg["step_pct"]),
-        max_rps=float(cfg["max_rps"]) if cfg.get("max_rps") else None,
-        max_steps=int(cfg["max_steps"]),
-        steps_after_knee=int(cfg["steps_after_knee"]),
-        growth=float(cfg["growth"]),
-        resolution=float(cfg["resolution"]),
-    )
-    budget = check_time_budget(
-        plan,
-        float(cfg["warmup"]),
-        float(cfg["hold"]),
-        float(cfg["time_limit"]),
-        float(cfg["initial_warmup"]),
-        bool(cfg.get("baseline_rps")),
-    )
+    holds = _holds(cfg)
+    plan = None
+    budget = 0.0
+    if cfg["plan"] != "none":
+        plan = build_plan(
+            cfg["plan"],
+            start_rps=float(cfg["start_rps"]),
+            step_pct=float(cfg["step_pct"]),
+            max_rps=float(cfg["max_rps"]) if cfg.get("max_rps") else None,
+            max_steps=int(cfg["max_steps"]),
+            steps_after_knee=int(cfg["steps_after_knee"]),
+            growth=float(cfg["growth"]),
+            resolution=float(cfg["resolution"]),
+            confirm=bool(cfg["confirm"]),
+            max_confirmations=int(cfg["max_confirmations"]),
+        )
+        budget = check_time_budget(
+            plan,
+            float(cfg["warmup"]),
+            holds["step"],
+            0,
+            float(cfg["initial_warmup"]),
+            bool(cfg.get("baseline_rps")),
+            holds["knee"],
+            holds["confirm"],
+        )
+    neighbour = _neighbour_plan(cfg) if cfg.get("noisy_neighbour") else None
+    if neighbour:
+        budget += (len(neighbour["multipliers"]) + 2) * (neighbour["warmup"] + neighbour["hold"])
+    if budget > float(cfg["time_limit"]):
+        if plan is not None and not neighbour:
+            check_time_budget(
+                plan,
+                float(cfg["warmup"]),
+                holds["step"],
+                float(cfg["time_limit"]),
+                float(cfg["initial_warmup"]),
+                bool(cfg.get("baseline_rps")),
+                holds["knee"],
+                holds["confirm"],
+            )
+        raise CapacityError(
+            "the test needs up to %.0f s (%s), more than time_limit %.0f s; raise time_limit or shorten the holds"
+            % (
+                budget,
+                "capacity search plus noisy-neighbour run" if plan is not None else "noisy-neighbour run",
+                float(cfg["time_limit"]),
+            )
+        )
     target = build_target(cfg)
     target = await prepare_target(cfg, target)
+    status, probe_ms = await _probe(cfg, target)
+    scraper = None
+    if cfg.get("metrics_urls"):
+        scraper = Scraper(cfg["metrics_urls"], float(cfg["metrics_interval"]), cfg.get("metrics_labels") or {})
+        warnings.extend(await scraper.probe())
+    result = {
+        "schema": SCHEMA,
+        "service": _service_meta(cfg, target),
+        "sla": sla.to_dict(),
+        "plan": {
+            "kind": cfg["plan"],
+            "description": plan.describe() if plan is not None else "none: no capacity search",
+            "worst_case_s": round(budget, 1),
+            "holds_s": holds,
+        },
+        "config": _public_config(cfg),
+        "probe": {"status": status, "latency_ms": probe_ms},
+        "warnings": warnings,
+    }
+    if neighbour:
+        b_cfg = normalize_config(neighbour["b"], search=False)
+        await _probe(b_cfg, await prepare_target(b_cfg, build_target(b_cfg)))
+    if check_only:
+        result["checked"] = True
+        return result
 
-    # first probe: the endpoint answers 2xx
+    started = time.time()
+    t_start = time.monotonic()
+    steps: list = []
+    requests: list = []
+    if plan is not None:
+        steps, requests = await _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start)
+    for s in steps:
+        if s["verdict"]["void"]:
+            warnings.append("step %d at %g RPS is void: %s" % (s["index"], s["offered_rps"], s["verdict"]["summary"]))
+        if (s.get("server") or {}).get("errors"):
+            warnings.append("step %d: metrics scrape errors: %s" % (s["index"], "; ".join(s["server"]["errors"][:3])))
+    if scraper and steps and not any((s.get("server") or {}).get("available") for s in steps):
+        warnings.append(
+            "no known server metric was scraped during any step; queue growth was judged from client in-flight requests"
+        )
+    meta = result["service"]
+    if plan is not None:
+        capacity = summarize_capacity(steps, sla)
+        prediction = predict_from_steps(steps, cfg, capacity, sla)
+        if prediction.get("warning"):
+            warnings.append(prediction["warning"])
+        result.update(
+            steps=steps,
+            capacity=capacity,
+            prediction=prediction,
+            sla_sentence=sla_sentence(meta["service"], capacity, sla, meta.get("profile"), meta.get("gpu")),
+            table_row=table_row(meta, capacity, sla, prediction, cfg.get("target_rps")),
+        )
+    if neighbour:
+        a_rps = neighbour["a_rps"] or (result.get("capacity") or {}).get("sustained_rps")
+        if not a_rps:
+            warnings.append("noisy-neighbour run skipped: no sustained rate was found to hold the service at")
+        else:
+            result["noisy_neighbour"] = await run_noisy_neighbour(
+                cfg,
+                a_rps,
+                neighbour["b"],
+                neighbour["b_rps"],
+                neighbour["multipliers"],
+                neighbour["hold"],
+                neighbour["warmup"],
+                progress=progress,
+            )
+            if plan is None:
+                result["sla_sentence"] = result["noisy_neighbour"]["sentence"]
+    result.update(
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        duration_s=round(time.monotonic() - t_start, 2),
+    )
+    if cfg.get("record_requests") and plan is not None:
+        result["requests_columns"] = [
+            "step",
+            "intended_s",
+            "send_lag_s",
+            "status",
+            "latency_s",
+            "error",
+            "payload",
+            "measured",
+        ]
+        result["requests"] = requests
+    return result
+
+
+async def _probe(cfg: dict, target: Target) -> tuple:
+    """The first request: the endpoint must answer 2xx before any load. Returns ``(status, latency_ms)``."""
     _pidx, req_bytes = target.pick(random.Random(0), 0)
     head, _sep, body = req_bytes.partition(b"\r\n\r\n")
     hdrs = {}
@@ -957,23 +1462,29 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
             "the first probe of %s %s returned HTTP %d (%s); fix the URL, payload or headers before measuring capacity"
             % (target.method, target.url, status, _snippet(rbody))
         )
-    scraper = None
-    if cfg.get("metrics_urls"):
-        scraper = Scraper(cfg["metrics_urls"], float(cfg["metrics_interval"]), cfg.get("metrics_labels") or {})
-        warnings.extend(await scraper.probe())
-    result = {
-        "schema": SCHEMA,
-        "service": _service_meta(cfg, target),
-        "sla": sla.to_dict(),
-        "plan": {"kind": plan.kind, "description": plan.describe(), "worst_case_s": round(budget, 1)},
-        "config": _public_config(cfg),
-        "probe": {"status": status, "latency_ms": probe_ms},
-        "warnings": warnings,
-    }
-    if check_only:
-        result["checked"] = True
-        return result
+    return status, probe_ms
 
+
+def _stop_rule(sla) -> dict:
+    """Early stop of a clearly failing step: the primary percentile above ``hard_factor`` x its limit."""
+    pct, limit = sla.primary()
+    tail = 1.0 - pct / 100.0
+    return {
+        "limit_s": sla.hard_factor * limit / 1000.0,
+        # well past the tail share, with enough requests that a short burst cannot trigger it
+        "fraction": max(2.0 * tail, tail + 0.02),
+        "min_requests": max(100, math.ceil(20.0 / tail)),
+        "min_hold_s": 1.0,
+        "reason": "%s would be over %g x its %g ms limit: a hard break" % (pct_name(pct), sla.hard_factor, limit),
+    }
+
+
+async def _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start) -> tuple:
+    """The step plan: search steps, knee steps and confirmations, each judged; a confirmation pools its rate's runs.
+
+    Returns ``(steps, recorded requests)``.
+    """
+    sla = cfg["sla_obj"]
     runner = Runner(
         target,
         cfg["arrival"],
@@ -984,13 +1495,12 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
         bool(cfg["record_requests"]),
         progress,
     )
-    started = time.time()
-    t_start = time.monotonic()
     limit = float(cfg["time_limit"])
     steps: list = []
     history: list = []
     baseline = None
-    warmup, hold = float(cfg["warmup"]), float(cfg["hold"])
+    warmup = float(cfg["warmup"])
+    rule = _stop_rule(sla) if cfg.get("early_stop", True) else None
 
     def emit(ev):
         if progress:
@@ -1013,75 +1523,49 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
                 warnings.append("the initial warm-up got no successful response (%s)" % w["errors"])
         index = 0
         if cfg.get("baseline_rps"):
-            emit({"event": "phase", "kind": "baseline", "rate": float(cfg["baseline_rps"]), "duration": warmup + hold})
-            b = await runner.run_phase(float(cfg["baseline_rps"]), warmup, hold, index=index, kind="baseline")
+            emit(
+                {
+                    "event": "phase",
+                    "kind": "baseline",
+                    "rate": float(cfg["baseline_rps"]),
+                    "duration": warmup + holds["step"],
+                }
+            )
+            b = await runner.run_phase(float(cfg["baseline_rps"]), warmup, holds["step"], index=index, kind="baseline")
+            b["role"] = "baseline"
             b["verdict"] = evaluate_step(b, sla, None)
             steps.append(b)
             baseline = b
             index += 1
             emit({"event": "step", "step": b})
         for _step in range(1000):
-            rate = plan.next_rate(history)
-            if rate is None:
+            nxt = plan.next_step(history)
+            if nxt is None:
                 break
+            rate, role = nxt
+            hold = holds[role]
             if time.monotonic() - t_start + warmup + hold > limit:
                 warnings.append(
                     "time_limit %.0f s reached before the plan finished; next step would have been %g RPS"
                     % (limit, rate)
                 )
                 break
-            emit({"event": "phase", "kind": "step", "index": index, "rate": rate, "duration": warmup + hold})
-            s = await runner.run_phase(rate, warmup, hold, index=index, kind="step")
-            s["verdict"] = evaluate_step(s, sla, baseline)
+            emit({"event": "phase", "kind": role, "index": index, "rate": rate, "duration": warmup + hold})
+            s = await runner.run_phase(rate, warmup, hold, index=index, kind="step", stop_rule=rule)
+            outcome = judge_step(s, steps, sla, baseline, role)
             if baseline is None and not s["verdict"]["void"]:
                 baseline = s
             steps.append(s)
-            history.append(StepOutcome(rate, s["verdict"]["passed"], s["verdict"]["void"], s["verdict"]["hard_break"]))
+            history.append(outcome)
             emit({"event": "step", "step": s})
             index += 1
-            if s["verdict"]["hard_break"]:
+            if outcome.hard_break:
                 emit({"event": "note", "message": "hard SLA break at %g RPS" % rate})
             if float(cfg.get("cooldown") or 0) > 0:
                 await asyncio.sleep(float(cfg["cooldown"]))
     finally:
         runner.close()
-
-    for s in steps:
-        if s["verdict"]["void"]:
-            warnings.append("step %d at %g RPS is void: %s" % (s["index"], s["offered_rps"], s["verdict"]["summary"]))
-        if (s.get("server") or {}).get("errors"):
-            warnings.append("step %d: metrics scrape errors: %s" % (s["index"], "; ".join(s["server"]["errors"][:3])))
-    if scraper and steps and not any((s.get("server") or {}).get("available") for s in steps):
-        warnings.append(
-            "no known server metric was scraped during any step; queue growth was judged from client in-flight requests"
-        )
-    capacity = summarize_capacity(steps, sla)
-    prediction = predict_from_steps(steps, cfg, capacity, sla)
-    if prediction.get("warning"):
-        warnings.append(prediction["warning"])
-    meta = result["service"]
-    result.update(
-        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        duration_s=round(time.monotonic() - t_start, 2),
-        steps=steps,
-        capacity=capacity,
-        prediction=prediction,
-        sla_sentence=sla_sentence(meta["service"], capacity, sla, meta.get("profile"), meta.get("gpu")),
-        table_row=table_row(meta, capacity, sla, prediction, cfg.get("target_rps")),
-    )
-    if cfg.get("record_requests"):
-        result["requests_columns"] = [
-            "step",
-            "intended_s",
-            "send_lag_s",
-            "status",
-            "latency_s",
-            "error",
-            "payload",
-            "measured",
-        ]
-        result["requests"] = runner.requests
-    return result
+    return steps, runner.requests
 
 
 def predict_from_steps(steps: list, cfg: dict, capacity: dict, sla) -> dict:
@@ -1163,6 +1647,8 @@ def _public_config(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in skip}
     out["headers"] = sorted((cfg.get("headers") or {}).keys())  # names only: values may be secrets
     out["payload_mix"] = [p.get("name") for p in cfg.get("payload_mix") or []]
+    if cfg.get("noisy_neighbour"):
+        out["noisy_neighbour"] = _public_config(dict(cfg["noisy_neighbour"]))
     return out
 
 
@@ -1177,16 +1663,12 @@ async def run_noisy_neighbour(
     progress=None,
 ) -> dict:
     """Hold A at ``a_rps`` while B steps through ``multipliers`` x ``b_rps``; A's latency before, during and after."""
-    a_cfg, b_cfg = normalize_config(a_options), normalize_config(b_options)
+    a_cfg, b_cfg = normalize_config(a_options, search=False), normalize_config(b_options, search=False)
     sla = a_cfg["sla_obj"]
     ta, tb = build_target(a_cfg), build_target(b_cfg)
     ta, tb = await prepare_target(a_cfg, ta), await prepare_target(b_cfg, tb)
-    for t in (ta, tb):
-        _i, req = t.pick(random.Random(0), 0)
-        body = req.partition(b"\r\n\r\n")[2]
-        status, rbody = await http_once(t.url, t.method, body or None, timeout=t.timeout)
-        if not 200 <= status < 300:
-            raise CapacityError("the first probe of %s returned HTTP %d (%s)" % (t.url, status, _snippet(rbody)))
+    await _probe(a_cfg, ta)
+    await _probe(b_cfg, tb)
     ra = Runner(ta, a_cfg["arrival"], int(a_cfg["seed"]), progress=progress)
     rb = Runner(tb, b_cfg["arrival"], int(b_cfg["seed"]) + 7)
     phases = []

@@ -106,13 +106,14 @@ options:
         SLA break.
       - V(adaptive) multiplies the rate by O(growth) while steps pass, then bisects between the last pass and the first
         failure down to O(resolution).
+      - Both then confirm the result (see O(confirm)).
+      - V(none) runs no capacity search, only the O(noisy_neighbour) run (which then needs its C(a_rps)).
     type: str
-    choices: [linear, adaptive]
+    choices: [linear, adaptive, none]
     default: linear
   start_rps:
-    description: Rate of the first step (requests per second).
+    description: Rate of the first step (requests per second). Required unless O(plan=none).
     type: float
-    required: true
   step_pct:
     description: Linear plan increase per step, in percent of the previous step.
     type: float
@@ -121,7 +122,7 @@ options:
     description: Never offer more than this rate.
     type: float
   max_steps:
-    description: At most this many steps.
+    description: At most this many search steps; confirmation steps come on top (O(max_confirmations)).
     type: int
     default: 20
   steps_after_knee:
@@ -144,6 +145,34 @@ options:
     description: Seconds of each step that are measured.
     type: float
     default: 30.0
+  knee_hold:
+    description:
+      - Seconds measured in the adaptive plan's steps close to the knee (bracket narrower than 25 %), whose verdicts
+        are close calls. Defaults to O(hold).
+      - A percentile near its limit needs many times the queue's relaxation time to settle; short steps there decide
+        by luck.
+    type: float
+  confirm:
+    description:
+      - Confirm the result before the plan ends. The candidate (highest passing rate below the lowest failing one)
+        is run again for O(confirm_hold) seconds and judged on all its runs pooled; if it fails, the plan searches
+        below it. The lowest failing rate is run again too when it failed without a hard break.
+    type: bool
+    default: true
+  confirm_hold:
+    description: Seconds measured by a confirmation step. Defaults to O(knee_hold).
+    type: float
+  max_confirmations:
+    description: At most this many confirmation steps.
+    type: int
+    default: 3
+  early_stop:
+    description:
+      - End a step's hold early when it clearly breaks hard - more than twice the allowed share of requests (at
+        least 2 points more) took longer than C(sla.hard_factor) x the primary percentile's limit, or failed. The
+        step is a hard break either way; stopping saves time and keeps the backlog from spilling into the next step.
+    type: bool
+    default: true
   initial_warmup:
     description: Seconds at O(start_rps) before the first step (connections, caches, JIT); not measured.
     type: float
@@ -172,7 +201,8 @@ options:
       - The service-level objective. A mapping with at least one latency percentile in milliseconds (C(p95_ms),
         C(p99_ms), any C(pNN_ms)) and optionally C(max_error_rate) (fraction, default 0), C(min_throughput_ratio)
         (0.95), C(baseline_factor) (p95 above this many times the low-load p95 is a knee; 3, 0 disables),
-        C(hard_factor) (2), C(hard_error_rate) (0.1), C(max_schedule_lag_ms) (10) and C(queue_growth_min) (2).
+        C(hard_factor) (2), C(hard_error_rate) (0.1), C(max_schedule_lag_ms) (10), C(queue_growth_min) (2, requests
+        over the hold) and C(queue_growth_share) (0.005, the share of the offered rate growth must also absorb).
       - Or a string such as V(p95<300ms, p99<800ms, errors<=0.1%).
     type: raw
     required: true
@@ -231,6 +261,87 @@ options:
   output_dir:
     description: Directory on the host to write C(<name>.json) (everything) and C(<name>.steps.csv) into.
     type: path
+  noisy_neighbour:
+    description:
+      - After the capacity search, hold this service at C(a_rps) (default - the sustained rate just found) while a
+        neighbour (for example another MIG slice of the same GPU) steps to C(multipliers) x C(rps); report this
+        service's p95/p99 before, during and after, and whether it stayed within its SLA (RV(noisy_neighbour)).
+      - The neighbour's request is built from its own options below; the rest (SLA, arrival, timeouts) is this
+        service's.
+    type: dict
+    suboptions:
+      url:
+        description: The neighbour's endpoint, as O(url).
+        type: str
+        required: true
+      rps:
+        description: The neighbour's base rate; it runs at each multiple of it.
+        type: float
+        required: true
+      multipliers:
+        description: Neighbour rates as multiples of C(rps), one phase each.
+        type: list
+        elements: float
+        default: [1.0, 2.0, 3.0]
+      a_rps:
+        description: Rate to hold this service at. Defaults to its sustained rate from the search; required with O(plan=none).
+        type: float
+      hold:
+        description: Seconds measured per phase. Defaults to O(hold).
+        type: float
+      warmup:
+        description: Seconds of warm-up per phase. Defaults to O(warmup).
+        type: float
+      protocol:
+        description: As O(protocol), for the neighbour.
+        type: str
+        choices: [generic, v2, openai, openai_chat]
+      model:
+        description: As O(model), for the neighbour.
+        type: str
+      model_version:
+        description: As O(model_version), for the neighbour.
+        type: str
+      method:
+        description: As O(method), for the neighbour.
+        type: str
+      headers:
+        description: As O(headers), for the neighbour.
+        type: dict
+      payload:
+        description: As O(payload), for the neighbour.
+        type: raw
+      payload_file:
+        description: As O(payload_file), for the neighbour.
+        type: path
+      template:
+        description: As O(template), for the neighbour.
+        type: str
+      template_file:
+        description: As O(template_file), for the neighbour.
+        type: path
+      variants:
+        description: As O(variants), for the neighbour.
+        type: int
+      payload_mix:
+        description: As O(payload_mix), for the neighbour.
+        type: list
+        elements: dict
+      prompt:
+        description: As O(prompt), for the neighbour.
+        type: str
+      max_tokens:
+        description: As O(max_tokens), for the neighbour.
+        type: int
+      batch:
+        description: As O(batch), for the neighbour.
+        type: int
+      service:
+        description: The neighbour's name in the sentence. Defaults to its URL.
+        type: str
+      seed:
+        description: Random seed of the neighbour's arrivals.
+        type: int
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -293,6 +404,22 @@ EXAMPLES = r"""
     metrics_urls: [http://127.0.0.1:8001/metrics]
     output_dir: /var/tmp/capacity
 
+- name: Does chat keep its SLA at its capacity while the OCR slice on the same GPU triples its load?
+  gpu.mig.capacity_test:
+    url: http://127.0.0.1:8001/v1/completions
+    payload: {model: llama, prompt: "Hi", max_tokens: 32}
+    plan: adaptive
+    start_rps: 2
+    sla: "p95<2s, p99<4s"
+    noisy_neighbour:
+      url: http://127.0.0.1:8002/v2/models/ocr/infer
+      payload: {inputs: []}
+      rps: 20
+      multipliers: [1, 2, 3]
+  async: 7200
+  poll: 30
+  register: shared
+
 - name: Only validate the options and probe the endpoint
   gpu.mig.capacity_test:
     url: http://127.0.0.1:8000/v2/models/m/infer
@@ -304,7 +431,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 sla_sentence:
-  description: The capacity in one sentence, or why none can be stated.
+  description:
+    - The capacity in one sentence, or why none can be stated. With O(plan=none), the noisy-neighbour sentence.
   returned: success and not check mode
   type: str
   sample: >-
@@ -312,10 +440,11 @@ sla_sentence:
     queue growth (measured p95 212 ms, p99 540 ms; the knee is at 207 RPS).
 capacity:
   description:
-    - C(sustained_rps) (highest passing step below the first failing one), its C(latency_ms) and C(max_queue);
+    - C(sustained_rps) (highest passing rate below the lowest failing one; the latest run at a rate counts, a
+      confirmation pools all runs there), its C(latency_ms), C(max_queue), C(confirmed) and C(measured_s);
       C(knee_rps) and C(knee_reasons); C(saturation_rps) (mean throughput of the saturated steps); C(reached)
       (false when no step failed, so C(sustained_rps) is a lower bound); C(note).
-  returned: success and not check mode
+  returned: success, not check mode, and O(plan) is not V(none)
   type: dict
   sample: {"sustained_rps": 180.0, "knee_rps": 207.0, "saturation_rps": 199.6, "reached": true, "knee_reasons": ["p95 412 ms > SLA 300 ms"]}
 table_row:
@@ -336,8 +465,11 @@ steps:
     - Every step, in the order run - C(index), C(kind), C(offered_rps), C(offered_actual_rps), C(achieved_rps),
       C(latency_ms) (p50/p90/p95/p99/p999/max/mean), C(schedule_lag_ms), C(errors) by kind (C(timeout),
       C(rejected_503), C(rejected_429), C(http_5xx), C(http_4xx), C(connection)), C(queue) (trend with slope and 95%
-      bound), C(server) (scraped metrics), C(inflight_samples), and C(verdict) with C(passed), C(void),
-      C(hard_break), C(checks) and a C(summary) in words.
+      bound), C(server) (scraped metrics), C(inflight_samples), C(connection_wait_ms), and C(verdict) with
+      C(passed), C(void), C(hard_break), C(checks) and a C(summary) in words.
+    - C(role) says why the plan ran it (V(step), V(knee), V(confirm), V(baseline)); C(hold_s) is the measured time
+      (shorter than C(hold_planned_s) when C(stopped_early) says why). A confirmation has C(pooled) - the verdict,
+      latency and counts over every run at its rate, which replace the earlier verdicts there.
   returned: success and not check mode
   type: list
   elements: dict
@@ -348,6 +480,15 @@ capacity_warnings:
   returned: success
   type: list
   elements: str
+noisy_neighbour:
+  description:
+    - With O(noisy_neighbour) - C(sentence) (did this service stay within its SLA while the neighbour stepped up),
+      C(within_sla), and C(phases), one per phase (C(before), C(during xN), C(after)) with this service's
+      C(a_p95_ms), C(a_p99_ms), C(a_errors), C(a_within_sla) and the neighbour's C(b_rps), C(b_achieved_rps),
+      C(b_p99_ms).
+  returned: when O(noisy_neighbour) is set, a rate to hold was known, and not check mode
+  type: dict
+  sample: {"within_sla": true, "sentence": "chat at 180 RPS stayed within its SLA while ocr stepped to 3x 20 RPS: p99 540 ms before, up to 610 ms during (during x3), 530 ms after."}
 probe:
   description: Status and latency of the first probe request.
   returned: success
@@ -383,8 +524,8 @@ ARGUMENT_SPEC = dict(
     batch=dict(type="int"),
     arrival=dict(type="str", default="poisson", choices=["constant", "poisson"]),
     seed=dict(type="int", default=1),
-    plan=dict(type="str", default="linear", choices=["linear", "adaptive"]),
-    start_rps=dict(type="float", required=True),
+    plan=dict(type="str", default="linear", choices=["linear", "adaptive", "none"]),
+    start_rps=dict(type="float"),
     step_pct=dict(type="float", default=15.0),
     max_rps=dict(type="float"),
     max_steps=dict(type="int", default=20),
@@ -393,6 +534,11 @@ ARGUMENT_SPEC = dict(
     resolution=dict(type="float", default=0.03),
     warmup=dict(type="float", default=5.0),
     hold=dict(type="float", default=30.0),
+    knee_hold=dict(type="float"),
+    confirm=dict(type="bool", default=True),
+    confirm_hold=dict(type="float"),
+    max_confirmations=dict(type="int", default=3),
+    early_stop=dict(type="bool", default=True),
     initial_warmup=dict(type="float", default=10.0),
     baseline_rps=dict(type="float"),
     cooldown=dict(type="float", default=0.0),
@@ -413,6 +559,33 @@ ARGUMENT_SPEC = dict(
     target_rps=dict(type="float"),
     host=dict(type="str"),
     output_dir=dict(type="path"),
+    noisy_neighbour=dict(
+        type="dict",
+        options=dict(
+            url=dict(type="str", required=True),
+            rps=dict(type="float", required=True),
+            multipliers=dict(type="list", elements="float", default=[1.0, 2.0, 3.0]),
+            a_rps=dict(type="float"),
+            hold=dict(type="float"),
+            warmup=dict(type="float"),
+            protocol=dict(type="str", choices=["generic", "v2", "openai", "openai_chat"]),
+            model=dict(type="str"),
+            model_version=dict(type="str"),
+            method=dict(type="str"),
+            headers=dict(type="dict"),
+            payload=dict(type="raw"),
+            payload_file=dict(type="path"),
+            template=dict(type="str"),
+            template_file=dict(type="path"),
+            variants=dict(type="int"),
+            payload_mix=dict(type="list", elements="dict"),
+            prompt=dict(type="str"),
+            max_tokens=dict(type="int", no_log=False),
+            batch=dict(type="int"),
+            service=dict(type="str"),
+            seed=dict(type="int"),
+        ),
+    ),
 )
 
 
@@ -420,9 +593,12 @@ def main():
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
         mutually_exclusive=[("payload", "payload_file", "template", "template_file", "payload_mix")],
+        required_if=[("plan", "linear", ("start_rps",)), ("plan", "adaptive", ("start_rps",))],
         supports_check_mode=True,
     )
     options = {k: v for k, v in module.params.items() if k != "output_dir"}
+    if options.get("noisy_neighbour"):
+        options["noisy_neighbour"] = {k: v for k, v in options["noisy_neighbour"].items() if v is not None}
     try:
         result = run_sync(run_capacity_test(options, check_only=module.check_mode))
     except CapacityError as exc:
@@ -460,8 +636,10 @@ def main():
         "sla",
         "started_at",
         "duration_s",
+        "noisy_neighbour",
     ):
-        out[key] = result.get(key)
+        if key in result:
+            out[key] = result[key]
     out["schema"] = result.get("schema")
     module.exit_json(**out)
 

@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
+MMC_SERVER = Path(__file__).resolve().parent / "mmc_server.py"  # independent exponential draws: exact M/M/c
 
 
 class ServerHandle:
@@ -27,11 +28,15 @@ class ServerHandle:
 
 @pytest.fixture
 def capacity_server():
-    """Factory: ``capacity_server(workers=4, mean_ms=20, service="deterministic", ...)`` -> ServerHandle."""
+    """Factory: ``capacity_server(workers=4, mean_ms=20, service="deterministic", ...)`` -> ServerHandle.
+
+    ``iid=True`` starts the exact M/M/c variant (independent exponential service times).
+    """
     procs = []
 
     def start(**opts) -> ServerHandle:
-        args = [sys.executable, str(SERVER), "--port", "0", "--max-seconds", str(opts.pop("max_seconds", 120))]
+        script = MMC_SERVER if opts.pop("iid", False) else SERVER
+        args = [sys.executable, str(script), "--port", "0", "--max-seconds", str(opts.pop("max_seconds", 120))]
         for key, value in opts.items():
             args += ["--" + key.replace("_", "-"), str(value)]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)

@@ -81,7 +81,9 @@ def test_run_writes_results_plots_and_report(cli, capacity_server, tmp_path, cap
     assert "Knee at 256 RPS because" in md and "Queueing model" in md
     result = json.loads((tmp_path / "capacity-chat.json").read_text())
     assert result["table_row"]["limits"] == "instances=4, maxconn=4"
-    assert [s["offered_rps"] for s in result["steps"] if s["kind"] == "step"] == [100.0, 160.0, 256.0]
+    steps = [(s["offered_rps"], s["role"]) for s in result["steps"] if s["kind"] == "step"]
+    assert steps[:4] == [(100.0, "step"), (160.0, "step"), (256.0, "step"), (160.0, "confirm")]
+    assert result["capacity"]["confirmed"] and "confirmed" in out
 
     # a second service, then one fleet table from both result files
     assert cli.main(_run_args(server, tmp_path, "ocr", "--profile", "2g.20gb", "--no-report", "--max-steps", "1")) == 0
@@ -116,7 +118,9 @@ def test_check_bad_input_and_predict(cli, capacity_server, tmp_path, capsys, fre
     assert cli.main(args) == 2
     assert "cannot reach" in capsys.readouterr().err
     assert cli.main(["predict", "--c", "4", "--service-ms", "20", "--sla-ms", "90"]) == 0
-    assert "p95 stays under 90 ms up to 156.8" in capsys.readouterr().out
+    assert (
+        "M/M/c (Erlang C, exact)" in (out := capsys.readouterr().out) and "p95 stays under 90 ms up to 156.694" in out
+    )
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"schema": "x"}))
     assert cli.main(["fleet", str(empty), "--out", str(tmp_path / "f")]) == 2

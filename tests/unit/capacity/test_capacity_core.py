@@ -83,26 +83,67 @@ def test_linear_plan_rates_and_stop_rules():
     assert rates[:3] == [100.0, 110.0, 121.0]
     assert rates[-1] == 200.0 and all(b > a for a, b in itertools.pairwise(rates))
     hist = []
-    assert plan.next_rate(hist) == 100.0
+    assert plan.next_step(hist) == (100.0, "step")
     hist.append(cap.StepOutcome(100, True))
     assert plan.next_rate(hist) == 110.0
-    hist.append(cap.StepOutcome(110, False))  # knee: one more step, then stop
+    hist.append(cap.StepOutcome(110, False))  # knee: one more step, then confirm the last pass
     assert plan.next_rate(hist) == 121.0
     hist.append(cap.StepOutcome(121, False))
-    assert plan.next_rate(hist) is None
-    # a hard break stops at once
-    assert plan.next_rate([cap.StepOutcome(100, True), cap.StepOutcome(110, False, hard_break=True)]) is None
-    # so does a void step
-    assert plan.next_rate([cap.StepOutcome(100, False, void=True)]) is None
+    assert plan.next_step(hist) == (100, "confirm")
+    hist.append(cap.StepOutcome(100, True, role="confirm"))
+    assert plan.next_step(hist) == (110, "confirm")  # the knee failed softly: one more look
+    hist.append(cap.StepOutcome(110, False, role="confirm"))
+    assert plan.next_step(hist) is None
+    # a hard break stops the search at once, and the last pass is still confirmed
+    assert plan.next_step([cap.StepOutcome(100, True), cap.StepOutcome(110, False, hard_break=True)]) == (
+        100,
+        "confirm",
+    )
+    # a void step is run once more; a second void at the same rate stops everything
+    void = cap.StepOutcome(100, False, void=True)
+    assert plan.next_step([void]) == (100, "step")
+    assert plan.next_step([void, void]) is None
+    assert plan.next_step([void, cap.StepOutcome(100, True)]) == (110, "step")
+    # without confirmation the knee ends the plan
+    bare = cap.LinearPlan(100, step_pct=10, max_rps=200, confirm=False)
+    assert (
+        bare.next_rate([cap.StepOutcome(100, True), cap.StepOutcome(110, False), cap.StepOutcome(121, False)]) is None
+    )
+
+
+def test_failed_confirmation_moves_the_result_down():
+    plan = cap.LinearPlan(100, step_pct=10, max_rps=200, steps_after_knee=0)
+    hist = [cap.StepOutcome(100, True), cap.StepOutcome(110, True), cap.StepOutcome(121, False)]
+    assert plan.next_step(hist) == (110, "confirm")
+    hist.append(cap.StepOutcome(110, False, role="confirm"))  # pooled over both runs, 110 fails after all
+    assert cap.effective_outcomes(hist)[110].passed is False
+    assert plan.next_step(hist) == (100, "confirm")
+    hist.append(cap.StepOutcome(100, True, role="confirm"))
+    assert plan.next_step(hist) is None  # 110 (the new lowest failure) was itself a confirmation
+    # the adaptive plan bisects again below a candidate that failed its confirmation
+    ad = cap.AdaptivePlan(100, max_rps=1000, resolution=0.05)
+    hist = [cap.StepOutcome(r, r <= 300) for r in (100, 200, 400)]
+    for _step in range(10):
+        nxt = ad.next_step(hist)
+        if nxt[1] == "confirm":
+            break
+        hist.append(cap.StepOutcome(nxt[0], nxt[0] <= 300, role=nxt[1]))
+    lo, hi = ad.bracket(hist)
+    assert nxt == (lo, "confirm") and (hi - lo) / lo <= 0.05
+    assert {h.role for h in hist if 300 < h.rate < 400} <= {"knee", "step"}
+    hist.append(cap.StepOutcome(lo, False, role="confirm"))
+    assert ad.bracket(hist)[1] == lo  # the confirmation's verdict replaces the earlier pass
+    nxt = ad.next_step(hist)
+    assert lo > nxt[0] > ad.bracket(hist)[0]
 
 
 def _simulate(plan, true_cap, limit=100):
     hist = []
     for _step in range(limit):
-        r = plan.next_rate(hist)
-        if r is None:
+        nxt = plan.next_step(hist)
+        if nxt is None:
             break
-        hist.append(cap.StepOutcome(r, r <= true_cap))
+        hist.append(cap.StepOutcome(nxt[0], nxt[0] <= true_cap, role=nxt[1]))
     return hist
 
 
@@ -119,20 +160,37 @@ def test_adaptive_plan_brackets_true_capacity(true_cap, start):
     else:
         assert lo <= true_cap < hi
         assert (hi - lo) / lo <= 0.03 + 0.01  # rounding of rates
+        # both ends of the bracket were confirmed before the plan ended (on top of max_steps search steps)
+        assert {h.rate for h in hist if h.role == "confirm"} == {lo, hi}
 
 
 def test_adaptive_plan_respects_max_rps_and_void():
     plan = cap.AdaptivePlan(10, max_rps=50)
     hist = _simulate(plan, 1e9)
     assert [h.rate for h in hist] == [10.0, 20.0, 40.0, 50.0]
-    assert plan.next_rate([cap.StepOutcome(10, True), cap.StepOutcome(20, False, void=True)]) is None
+    void = cap.StepOutcome(20, False, void=True, role="knee")
+    assert plan.next_step([cap.StepOutcome(10, True), void]) == (20, "knee")  # once more
+    assert plan.next_rate([cap.StepOutcome(10, True), void, void]) is None
+    # a void confirmation replaces nothing: the candidate keeps its earlier pass
+    hist = [
+        cap.StepOutcome(10, True),
+        cap.StepOutcome(20, False),
+        cap.StepOutcome(10, False, void=True, role="confirm"),
+    ]
+    assert cap.effective_outcomes(hist)[10].passed and plan.bracket(hist) == (10, 20)
 
 
 def test_time_budget_rejects_plan_longer_than_limit():
     plan = cap.LinearPlan(10, step_pct=10, max_steps=12)
-    with pytest.raises(cap.CapacityError, match=r"12 steps x \(5 s warm-up \+ 10 s hold\).*180 s.*time_limit 120 s"):
+    # 12 search steps and up to 3 confirmations
+    with pytest.raises(cap.CapacityError, match=r"15 steps x \(5 s warm-up \+ 10 s hold\).*225 s.*time_limit 120 s"):
         cap.check_time_budget(plan, 5, 10, 120)
-    assert cap.check_time_budget(plan, 5, 10, 200) == 180
+    assert cap.check_time_budget(plan, 5, 10, 300) == 225
+    assert cap.check_time_budget(cap.LinearPlan(10, step_pct=10, max_steps=12, confirm=False), 5, 10, 200) == 180
+    # longer knee and confirmation holds count in full
+    assert cap.check_time_budget(plan, 5, 10, 1000, knee_hold_s=20, confirm_hold_s=40) == 12 * 25 + 3 * 45
+    with pytest.raises(cap.CapacityError, match=r"knee steps 20 s, confirmations 40 s"):
+        cap.check_time_budget(plan, 5, 10, 100, knee_hold_s=20, confirm_hold_s=40)
     with pytest.raises(cap.CapacityError, match="adaptive plan"):
         cap.check_time_budget(cap.AdaptivePlan(1, max_rps=1000), 10, 60, 300)
 
@@ -386,3 +444,113 @@ def test_table_row_csv_markdown():
     assert md.count("\n") == 3 and "| chat |" in md
     with pytest.raises(cap.CapacityError, match="no capacity rows"):
         cap.rows_to_markdown([])
+
+
+# ---------------------------------------------------------------- exact M/M/c, pooling, confirmation
+
+
+def test_mmc_response_tail_matches_a_simulated_queue():
+    """The closed form against a long FIFO M/M/3 simulation (200k requests): every quantile within 2 %."""
+    import heapq
+
+    rng = random.Random(7)
+    c, mean, rate = 3, 0.010, 240.0  # rho = 0.8
+    free = [0.0] * c
+    t = 0.0
+    sojourn = []
+    for _step in range(200_000):
+        t += rng.expovariate(rate)
+        start = max(t, heapq.heappop(free))
+        done = start + rng.expovariate(1.0 / mean)
+        heapq.heappush(free, done)
+        sojourn.append(done - t)
+    sojourn.sort()
+    for p in (0.5, 0.9, 0.95, 0.99):
+        simulated = sojourn[int(p * len(sojourn))]
+        assert cap.mmc_response_quantile(rate, c, mean, p) == pytest.approx(simulated, rel=0.02), p
+    assert cap.mmc_response_tail(0.0, rate, c, mean) == 1.0
+    assert cap.mmc_response_quantile(300.0, c, mean, 0.95) == math.inf  # at saturation
+
+
+def test_mmc_sla_rate_is_exact_and_monotone():
+    rate = cap.mmc_sla_rate(16, 0.010, 0.040, 0.95)
+    assert rate == pytest.approx(1476.0, abs=0.5)
+    assert cap.mmc_response_quantile(rate, 16, 0.010, 0.95) == pytest.approx(0.040, rel=1e-6)
+    assert cap.mmc_sla_rate(16, 0.010, 0.050, 0.95) > rate > cap.mmc_sla_rate(16, 0.010, 0.035, 0.95)
+    assert cap.mmc_sla_rate(4, 0.020, 0.050, 0.95) == 0.0  # the service's own p95 (60 ms) breaks 50 ms
+    # the prediction uses the closed form for exact M/M/c inputs
+    pred = cap.predict_capacity(16, 0.010, 40, 0.95, cs2=1.0, ca2=1.0)
+    assert pred["model"] == "M/M/c (Erlang C, exact)" and pred["rate_rps"] == pytest.approx(rate, abs=0.01)
+
+
+def _judged(rate, p95, hold=2.0, index=0, queue=None, achieved=None, tail=6):
+    """A judged-ready step whose histogram holds 100 requests, ``tail`` of them at about ``p95``."""
+    s = _step(rate, p95=p95, achieved=achieved, queue=queue)
+    h = cap.LatencyHistogram()
+    for _i in range(100 - tail):
+        h.record(p95 * 0.5 / 1000.0)
+    for _i in range(tail):
+        h.record(p95 * 1.01 / 1000.0)
+    s.update(index=index, hold_s=hold, histogram=h.to_dict(), measured=100, ok=100, offered_actual_rps=rate)
+    return s
+
+
+def test_confirmation_pools_runs_and_replaces_the_earlier_verdict():
+    sla = cap.parse_sla({"p95_ms": 100, "baseline_factor": 0})
+    steps = []
+    for i, (rate, p95) in enumerate([(100, 50), (200, 90), (300, 400)]):
+        s = _judged(rate, p95, index=i)
+        cap.judge_step(s, steps, sla, None)
+        steps.append(s)
+    assert cap.summarize_capacity(steps, sla)["sustained_rps"] == 200
+    # the confirmation at 200 sees p95 130 ms (a fifth of its requests): pooled with the first run (90 ms) over
+    # 2 + 6 s, a tenth of all requests took 131 ms, so the pooled p95 fails too
+    confirm = _judged(200, 130, hold=6.0, index=3, tail=20)
+    outcome = cap.judge_step(confirm, steps, sla, None, role="confirm")
+    steps.append(confirm)
+    pooled = confirm["pooled"]
+    assert pooled["runs"] == [1, 3] and pooled["hold_s"] == 8.0 and pooled["measured"] == 200
+    assert pooled["latency_ms"]["p95"] == pytest.approx(131.3, rel=0.01)  # merged histograms
+    assert not outcome.passed and outcome.role == "confirm"
+    capacity = cap.summarize_capacity(steps, sla)
+    assert capacity["sustained_rps"] == 100 and capacity["knee_rps"] == 200 and not capacity["confirmed"]
+    # a confirmation that holds makes the result "confirmed" and says how long it was measured
+    ok = _judged(100, 40, hold=6.0, index=4)
+    cap.judge_step(ok, steps, sla, None, role="confirm")
+    steps.append(ok)
+    capacity = cap.summarize_capacity(steps, sla)
+    assert capacity["confirmed"] and capacity["measured_s"] == 8.0
+    assert "over 8 s, confirmed" in cap.sla_sentence("chat", capacity, sla)
+    rows = cap.step_rows(steps)
+    assert rows[3]["role"] == "confirm" and rows[3]["pooled_runs"] == "1 3" and rows[3]["pooled_passed"] is False
+
+
+def test_pooled_queue_trends_gain_power():
+    rng = random.Random(3)
+    # two runs each with a weak upward drift that neither shows with 99 % confidence alone
+    runs = [_queue([5 + 0.4 * i / 10 + rng.choice([-2, 0, 2]) for i in range(60)], hold=3.0) for _run in range(4)]
+    combined = cap.combine_trends(runs)
+    assert combined["runs"] == 4 and combined["df"] == sum(r["df"] for r in runs)
+    assert combined["slope_se"] < min(r["slope_se"] for r in runs)
+    assert combined["slope"] == pytest.approx(sum(r["slope"] for r in runs) / 4, rel=0.5)
+    assert cap.combine_trends([None, runs[0]]) == runs[0]
+    assert cap.combine_trends([]) is None
+
+
+def test_queue_growth_needs_a_share_of_the_offered_rate():
+    sla = cap.parse_sla({"p95_ms": 100})
+    # +0.5/s over 16 s: significant, 8 requests of growth, but 0.05 % of 1000 RPS: a stable queue wandering
+    wander = _queue([10 + 0.5 * 16 * i / 99 + random.Random(i).choice([-0.2, 0.2]) for i in range(100)], hold=16.0)
+    assert wander["slope_lower99"] > 0 and wander["growth"] > 2
+    assert cap.evaluate_step(_step(1000, queue=wander), sla)["passed"]
+    # the same drift at 50 RPS is 1 % of the arrivals: growth
+    v = cap.evaluate_step(_step(50, queue=wander), sla)
+    assert not v["passed"] and "99% lower bound" in v["summary"]
+
+
+def test_early_stopped_step_is_a_hard_break():
+    sla = cap.parse_sla({"p95_ms": 100})
+    s = _step(300, p95=90)
+    s["stopped_early"] = {"at_s": 1.2, "reason": "stopped 1.2 s into the 4 s hold: 300 of 700 requests took over"}
+    v = cap.evaluate_step(s, sla)
+    assert not v["passed"] and v["hard_break"] and "stopped 1.2 s into the 4 s hold" in v["summary"]

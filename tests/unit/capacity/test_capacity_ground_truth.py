@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import virtual_mmc as vmmc
 
 from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
 from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg
@@ -49,7 +50,11 @@ def _options(server, **kw):
 
 def test_deterministic_server_knee_within_5_percent(capacity_server):
     server = capacity_server(workers=WORKERS, mean_ms=SERVICE_MS, service="deterministic")
-    res = lg.run_sync(lg.run_capacity_test(_options(server, arrival="constant", start_rps=120, max_rps=300, hold=1.5)))
+    res = lg.run_sync(
+        lg.run_capacity_test(
+            _options(server, arrival="constant", start_rps=120, max_rps=300, hold=1.5, resolution=0.04)
+        )
+    )
     c = res["capacity"]
     print([(s["offered_rps"], s["achieved_rps"], s["latency_ms"]["p95"], s["verdict"]["passed"]) for s in res["steps"]])
     print(c, res["prediction"], res["duration_s"])
@@ -70,39 +75,84 @@ def test_deterministic_server_knee_within_5_percent(capacity_server):
     assert not res["warnings"], res["warnings"]
 
 
-def test_exponential_server_matches_erlang_c(capacity_server):
-    """M/M/c: c=4 workers, exponential 20 ms service, Poisson arrivals (true stability capacity 200 RPS)."""
-    workers, service_ms, true_cap = WORKERS, SERVICE_MS, TRUE_CAPACITY
-    server = capacity_server(workers=workers, mean_ms=service_ms, service="exponential", seed=11)
-    sla_ms = 90.0
+# M/M/c ground truth: 16 workers, independent exponential service times of mean 10 ms (1600 RPS at saturation),
+# Poisson arrivals, SLA p95 < 40 ms. The SLA capacity is exact (Erlang C): about 1476 RPS, 92 % of saturation, so a
+# tool that reported the saturation point instead would be 8 % off. 16 workers at 10 ms make the queue relax fast
+# enough for a one-minute test to pin p95 down: the plan's error has a spread of about 1.6 % (virtual-time runs, see
+# test_adaptive_plan_converges_in_virtual_time), so +-5 % is three of them.
+MMC_WORKERS = 16
+MMC_SERVICE_MS = 10.0
+MMC_SLA_MS = 40.0
+
+
+def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
+    server = capacity_server(workers=MMC_WORKERS, mean_ms=MMC_SERVICE_MS, service="exponential", seed=11, iid=True)
+    sat = MMC_WORKERS / (MMC_SERVICE_MS / 1000.0)
     res = lg.run_sync(
         lg.run_capacity_test(
             _options(
                 server,
                 arrival="poisson",
-                sla={"p95_ms": sla_ms, "max_schedule_lag_ms": LAG_MS, "baseline_factor": 0},
-                concurrency=workers,
-                baseline_rps=50,  # low load (rho = 0.25): latency is nearly all service time
-                start_rps=130,
-                max_rps=260,
-                warmup=1.0,
-                hold=2.5,
-                resolution=0.05,
+                sla={"p95_ms": MMC_SLA_MS, "max_schedule_lag_ms": LAG_MS, "baseline_factor": 0},
+                concurrency=MMC_WORKERS,
+                baseline_rps=sat / 4,  # low load (rho = 0.25): latency is nearly all service time
+                start_rps=sat / 2,
+                max_rps=sat * 1.25,
+                warmup=1.5,
+                hold=2.0,
+                knee_hold=4.0,  # close calls near the knee get longer holds...
+                confirm_hold=8.0,  # ...and the result is re-run and judged on all its runs pooled
+                resolution=0.02,
+                initial_warmup=0.5,
+                time_limit=240,
             )
         )
     )
     c, pred = res["capacity"], res["prediction"]
-    print([(s["offered_rps"], s["achieved_rps"], s["latency_ms"]["p95"], s["verdict"]["passed"]) for s in res["steps"]])
+    print([(s["role"], s["offered_rps"], s["latency_ms"]["p95"], s["verdict"]["passed"]) for s in res["steps"]])
     print(c, pred, res["duration_s"])
-    # stability capacity (the queue grows without bound above it) is c / E[S]; saturated steps serve exactly that
-    assert c["saturation_rps"] == pytest.approx(true_cap, rel=0.05), c
-    # Erlang C from the measured service time lands near the exact M/M/c rate for the SLA; the service-time shape
-    # comes from ~125 low-load samples, whose tail (p95 of S) is itself only good to about 10 %
-    exact = cap.predict_capacity(workers, service_ms / 1000.0, sla_ms - pred["overhead_ms"], 0.95, cs2=1.0, ca2=1.0)
-    assert pred["rate_rps"] == pytest.approx(exact["rate_rps"], rel=0.10), (pred, exact)
-    # the measured SLA capacity lands near the model. Near rho = 0.8 the queue relaxes in about a second, so steps of
-    # a few seconds start below the steady-state queue and read p95 a little low: the band is wider above than below
-    assert -0.10 <= (c["sustained_rps"] - exact["rate_rps"]) / exact["rate_rps"] <= 0.15, (c, exact)
+    print(res["warnings"])  # a void step (the machine stalled the generator) is run again once
+    # The truth: the exact M/M/c rate at which p95 of (wait + service) reaches the SLA, less what the client adds
+    # (loopback, parsing, scheduling). That overhead is random: at the p95 level it adds between its mean (measured
+    # as low-load latency beyond the server's execution time) and its low-load p95 share (measured p95 beyond the
+    # exact M/M/c p95 at the baseline rate). On a quiet machine both are about a millisecond and the bracket is
+    # the true rate; on a busy one the client's own tail widens it, on the low side only.
+    base = next(s for s in res["steps"] if s["kind"] == "baseline")
+    exact_base_p95 = cap.mmc_response_quantile(base["offered_rps"], MMC_WORKERS, MMC_SERVICE_MS / 1000.0, 0.95)
+    tail_ms = max(pred["overhead_ms"], base["latency_ms"]["p95"] - exact_base_p95 * 1000.0)
+    assert 0 <= pred["overhead_ms"] <= tail_ms < 0.3 * MMC_SLA_MS, (pred, base["latency_ms"])
+
+    def truth(overhead_ms):
+        return cap.mmc_sla_rate(MMC_WORKERS, MMC_SERVICE_MS / 1000.0, (MMC_SLA_MS - overhead_ms) / 1000.0, 0.95)
+
+    low, high = truth(tail_ms), truth(pred["overhead_ms"])
+    print("truth between %.1f and %.1f RPS (client overhead %.2f..%.2f ms)" % (low, high, pred["overhead_ms"], tail_ms))
+    assert c["reached"] and c["confirmed"], c
+    assert 0.95 * low <= c["sustained_rps"] <= 1.05 * high, (c, low, high)
+    assert c["sustained_rps"] < 0.97 * sat  # the SLA capacity, not the saturation point
+    # Erlang C from the measured low-load service times lands near it too (their tail is ~100 samples)
+    assert 0.9 * low <= pred["rate_rps"] <= 1.1 * high, (pred, low, high)
+    # the knee explains itself with the latency SLA, the confirmation says how long it measured
+    assert any("p95" in r for r in c["knee_reasons"]), c
+    assert "confirmed" in res["sla_sentence"]
+
+
+def test_adaptive_plan_converges_in_virtual_time():
+    """The plan's statistics, apart from machine load: M/M/16 (20 ms) in virtual time, SLA p95 < 80 ms."""
+    sla = cap.parse_sla({"p95_ms": 80, "baseline_factor": 0})
+    truth = cap.mmc_sla_rate(16, 0.020, 0.080, 0.95)
+    holds = {"step": 2.0, "knee": 4.0, "confirm": 8.0}
+    errors, seconds = [], []
+    for seed in range(8):
+        plan = cap.AdaptivePlan(200, max_rps=1000, resolution=0.02)
+        _steps, capacity, took = vmmc.run_plan(plan, sla, holds, 1.5, 16, 0.020, seed)
+        errors.append((capacity["sustained_rps"] - truth) / truth)
+        seconds.append(took)
+        assert capacity["confirmed"], capacity
+    print(truth, [round(100 * e, 1) for e in errors], seconds)
+    assert max(abs(e) for e in errors) <= 0.05, errors
+    assert sorted(abs(e) for e in errors)[len(errors) // 2] <= 0.025, errors  # median
+    assert max(seconds) < 120
 
 
 def test_exponential_latency_percentiles_follow_mmc(capacity_server):

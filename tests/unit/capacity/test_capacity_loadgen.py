@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 
@@ -267,3 +268,62 @@ def test_rejections_by_admission_control_are_counted(capacity_server):
     assert step["errors"].get("rejected_503", 0) > 50
     assert not v["passed"] and "rejected_503" in v["summary"]
     assert step["latency_ms"]["p99"] < 200  # admitted requests waited at most ~4 x 20 ms / 2 workers + service
+
+
+@pytest.mark.parametrize(
+    "raw, parsed",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", (200, True, "all")),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", None),  # body not complete yet
+        (b"HTTP/1.1 200 OK\r\nContent-", None),  # head not complete yet
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", (200, True, "all")),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", None),
+        (b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", (503, False, "all")),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil-eof", (200, False, -1)),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", (200, True, "all")),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", (204, True, "all")),
+    ],
+)
+def test_parse_response_fast_path(raw, parsed):
+    if parsed and parsed[2] == "all":  # complete: the response ends where the bytes end
+        parsed = (*parsed[:2], len(raw))
+    assert lg.parse_response(raw) == parsed
+    if parsed and parsed[2] > 0:  # a second response behind it does not change where the first one ends
+        assert lg.parse_response(raw + b"HTTP/1.1 200 OK\r\n") == parsed
+
+
+def test_parse_response_rejects_garbage():
+    with pytest.raises(ValueError, match="malformed status line"):
+        lg.parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+def test_idle_connection_closed_by_the_server_is_retried_once():
+    """A server that drops each kept-alive connection when the second request arrives on it, unanswered (the race
+    of an idle-timeout close): that request is sent again on a new connection instead of counting as a connection
+    error; its clock keeps running from its intended send time."""
+
+    async def go():
+        accepted = []
+
+        async def handle(reader, writer):
+            accepted.append(1)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await reader.readuntil(b"\r\n\r\n")
+            writer.close()  # the second request goes unanswered
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        runner = lg.Runner(lg.build_target({"url": "http://127.0.0.1:%d/x" % port}), "constant")
+        try:
+            step = await runner.run_phase(10, 0.0, 1.0)  # one request every 100 ms: each finds its connection closed
+        finally:
+            runner.close()
+            server.close()
+        return step, len(accepted)
+
+    step, connections = _run(go())
+    assert step["errors"] == {} and step["ok"] == 10
+    assert connections >= 10  # every request after the first was dropped once and retried on a new connection

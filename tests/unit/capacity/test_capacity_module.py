@@ -107,3 +107,67 @@ def test_non_2xx_probe_fails(run, capacity_server):
     server = capacity_server()
     result, failed = run(_args(server, url=server.url("/status/500")))
     assert failed and "returned HTTP 500" in result["msg"]
+
+
+def test_noisy_neighbour_after_the_search(run, capacity_server, tmp_path):
+    """The search finds A's rate; A is then held there while B (sharing A's 4 workers) steps to 3x."""
+    server = capacity_server(workers=4, mean_ms=20)  # 200 RPS in all
+    result, failed = run(
+        _args(
+            server,
+            url=server.url("/a"),
+            start_rps=60,
+            max_steps=1,
+            confirm=False,
+            sla={"p99_ms": 150, "max_schedule_lag_ms": 50},
+            output_dir=str(tmp_path),
+            noisy_neighbour={
+                "url": server.url("/b"),
+                "payload": {},
+                "rps": 60,
+                "multipliers": [1, 3],
+                "service": "ocr",
+                "hold": 1.0,
+                "warmup": 0.3,
+            },
+        )
+    )
+    assert not failed, result
+    nn = result["noisy_neighbour"]
+    assert [p["phase"] for p in nn["phases"]] == ["before", "during x1", "during x3", "after"]
+    assert all(p["a_rps"] == 60.0 for p in nn["phases"])  # held at the sustained rate the search found
+    ok = {p["phase"]: p["a_within_sla"] for p in nn["phases"]}
+    assert ok["before"] and ok["during x1"] and ok["after"]  # 120 of 200 RPS: fine
+    assert not ok["during x3"] and not nn["within_sla"]  # 240 RPS offered to a 200 RPS server
+    assert nn["sentence"].startswith("chat at 60 RPS did NOT stay within its SLA while ocr stepped to 3x 60 RPS")
+    assert result["sla_sentence"].startswith("chat on MIG 1g.10gb (H100) sustains 60 RPS")
+    saved = json.loads((tmp_path / "capacity-chat.json").read_text())
+    assert saved["noisy_neighbour"]["within_sla"] is False
+
+
+def test_noisy_neighbour_only(run, capacity_server):
+    server = capacity_server(workers=4, mean_ms=5)
+    nn = {"url": server.url("/b"), "payload": {}, "rps": 20, "multipliers": [2], "hold": 0.6, "warmup": 0.2}
+    args = _args(server, sla={"p95_ms": 200, "max_schedule_lag_ms": 50}, plan="none", noisy_neighbour=nn)
+    del args["start_rps"]
+    result, failed = run(args)
+    assert failed and "needs noisy_neighbour with a_rps" in result["msg"]
+    result, failed = run(dict(args, noisy_neighbour=dict(nn, a_rps=30)))
+    assert not failed, result
+    assert "steps" not in result and "capacity" not in result
+    assert result["noisy_neighbour"]["within_sla"] and result["sla_sentence"] == result["noisy_neighbour"]["sentence"]
+    assert [p["phase"] for p in result["noisy_neighbour"]["phases"]] == ["before", "during x2", "after"]
+    # a plan that searches needs its start rate
+    result, failed = run(dict(args, plan="linear"))
+    assert failed and "start_rps" in result["msg"]
+
+
+def test_header_values_stay_out_of_the_results(run, capacity_server, tmp_path):
+    server = capacity_server(workers=4, mean_ms=5)
+    nn = {"url": server.url("/b"), "payload": {}, "rps": 20, "multipliers": [1], "hold": 0.4, "warmup": 0.1}
+    nn["headers"] = {"Authorization": "Bearer b-secret"}
+    args = _args(server, max_steps=1, confirm=False, output_dir=str(tmp_path), noisy_neighbour=nn)
+    result, failed = run(dict(args, headers={"Authorization": "Bearer a-secret"}))
+    assert not failed, result
+    text = (tmp_path / "capacity-chat.json").read_text()
+    assert "a-secret" not in text and "b-secret" not in text and "Authorization" in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -39,11 +40,14 @@ def test_run_task_passes_every_module_option():
     assert "async" in task and "poll" in task
 
 
-def _render(name: str, rows: list, sentences: list) -> str:
+def _render(name: str, rows: list, sentences: list, noisy: list | None = None) -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(ROLE / "templates")), trim_blocks=True, keep_trailing_newline=True
     )
-    return env.get_template(name).render(_capacity_fleet_rows=rows, _capacity_fleet_sentences=sentences)
+    env.filters["to_nice_json"] = lambda v, indent=4: json.dumps(v, indent=indent, sort_keys=True)
+    return env.get_template(name).render(
+        _capacity_fleet_rows=rows, _capacity_fleet_sentences=sentences, _capacity_fleet_noisy=noisy or []
+    )
 
 
 def _rows():
@@ -80,3 +84,38 @@ def test_fleet_markdown_template():
     assert table == cap.rows_to_markdown(sorted(rows, key=lambda r: r["service"]), cap.TABLE_COLUMNS).splitlines()
     assert "ocr\\|x" in text and "- chat sustains 180 RPS" in text
     assert "No capacity rows" in _render("fleet.md.j2", [], [])
+
+
+def _noisy():
+    phase = {"a_p95_ms": 40.0, "a_p99_ms": 60.0, "a_errors": 0, "a_within_sla": True, "b_rps": None, "b_p99_ms": None}
+    phases = [
+        dict(phase, phase="before"),
+        dict(phase, phase="during x3", a_p99_ms=900.0, a_within_sla=False, b_rps=60.0, b_p99_ms=1200.0),
+        dict(phase, phase="after"),
+    ]
+    return [{"host": "n1", "within_sla": False, "sentence": "chat at 60 RPS did NOT stay ...", "phases": phases}]
+
+
+def test_fleet_templates_report_noisy_neighbours():
+    rows, sentences = _rows()
+    md = _render("fleet.md.j2", rows, sentences, _noisy())
+    assert "## Noisy neighbours" in md and "- chat at 60 RPS did NOT stay" in md
+    assert "| n1 | during x3 | 40.0 | 900.0 | 0 | NO | 60.0 | 1200.0 |" in md
+    assert "## Noisy neighbours" not in _render("fleet.md.j2", rows, sentences)
+    data = json.loads(_render("fleet.json.j2", rows, sentences, _noisy()))
+    assert data["noisy_neighbour"][0]["within_sla"] is False and len(data["rows"]) == 2
+
+
+def test_preflight_accepts_noisy_only_tests():
+    tasks = yaml.safe_load((ROLE / "tasks" / "preflight.yml").read_text())
+    checks = tasks[1]["ansible.builtin.assert"]["that"]
+    env = jinja2.Environment()
+
+    def ok(test):
+        return all(env.compile_expression(c)(_capacity_test=test) for c in checks)
+
+    base = {"url": "http://x/infer", "sla": {"p95_ms": 100}}
+    assert ok(dict(base, start_rps=10))
+    assert not ok(base)
+    assert ok(dict(base, plan="none", noisy_neighbour={"url": "http://y", "rps": 5, "a_rps": 10}))
+    assert not ok(dict(base, plan="none", noisy_neighbour={"url": "http://y", "rps": 5}))
