@@ -86,6 +86,7 @@ class Nvml:
 
     def __init__(self):
         self._handles: dict[int, object] = {}
+        self._profile_tables: dict[tuple, list[dict]] = {}
 
     def __enter__(self) -> Nvml:
         try:
@@ -157,7 +158,7 @@ class Nvml:
             "processes": [],
         }
         if facts["mig"]["supported"]:
-            facts["profiles"] = self.profiles(index)
+            facts["profiles"] = self.profiles(index, (facts["name"], memory.total, facts["mig"]["current"]))
         if facts["mig"]["current"]:
             facts["gpu_instances"] = self.gpu_instances(index, facts["profiles"])
             facts["processes"] = [p for gi in facts["gpu_instances"] for p in gi["processes"]]
@@ -186,8 +187,36 @@ class Nvml:
         enabled = pynvml.NVML_DEVICE_MIG_ENABLE
         return {"supported": True, "current": current == enabled, "pending": pending == enabled}
 
-    def profiles(self, index: int) -> list[dict]:
-        """The GPU-instance profile table read live, with free counts and placements."""
+    def profiles(self, index: int, model: tuple | None = None) -> list[dict]:
+        """The GPU-instance profile table read live, with free counts and placements.
+
+        The static part (sizes, engines, placements) is the same on every GPU of one model in one MIG mode: it is read
+        once per ``model`` key (name, memory, MIG mode; read here when not given) and session. Free counts are per GPU.
+        """
+        handle = self.handle(index)
+        if model is None:
+            memory = self._call(index, "reading memory info", pynvml.nvmlDeviceGetMemoryInfo, handle)
+            model = (_text(pynvml.nvmlDeviceGetName(handle)), memory.total, self.mig_mode(index)["current"])
+        if model not in self._profile_tables:
+            self._profile_tables[model] = self._static_profiles(index)
+        return [
+            dict(
+                profile,
+                free=self._call(
+                    index,
+                    "reading remaining capacity",
+                    pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity,
+                    handle,
+                    profile["id"],
+                    absent=("NVML_ERROR_NOT_SUPPORTED",),
+                )
+                or 0,
+                placement_starts=list(profile["placement_starts"]),
+            )
+            for profile in self._profile_tables[model]
+        ]
+
+    def _static_profiles(self, index: int) -> list[dict]:
         handle = self.handle(index)
         table = []
         for nvml_index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
@@ -217,15 +246,7 @@ class Nvml:
                     "jpeg": info.jpegCount,
                     "ofa": info.ofaCount,
                     "total": info.instanceCount,
-                    "free": self._call(
-                        index,
-                        "reading remaining capacity",
-                        pynvml.nvmlDeviceGetGpuInstanceRemainingCapacity,
-                        handle,
-                        info.id,
-                        absent=("NVML_ERROR_NOT_SUPPORTED",),
-                    )
-                    or 0,
+                    "free": None,
                     "placement_starts": starts,
                 }
             )
@@ -255,6 +276,8 @@ class Nvml:
         handle = self.handle(index)
         found = []
         for profile in profiles:
+            if profile["free"] == profile["total"]:
+                continue  # room for every instance of it: none exists, skip the NVML round trip
             array = (pynvml.c_nvmlGpuInstance_t * max(profile["total"], 1))()
             count = ctypes.c_uint(0)
             self._call(

@@ -155,3 +155,31 @@ def test_hopper_mode_switches_at_once(sim_host):
     with _nvml.Nvml() as nvml:
         nvml.set_mig_mode(0, True)
         assert nvml.mig_mode(0) == {"supported": True, "current": True, "pending": True}
+
+
+def test_one_session_reads_each_models_profile_table_once_with_per_gpu_free_counts(sim_host, monkeypatch):
+    sim_host(
+        "H100-80GB:mig=on",
+        "H100-80GB:mig=on",
+        "H100-80GB",
+        "A100-SXM4-40GB:mig=on",
+        instances=["0:3g.40gb@4", "1:1g.10gb@0", "1:1g.10gb@1", "3:7g.40gb"],
+        init=False,
+    )
+    separate = []
+    for index in range(4):
+        with _nvml.Nvml() as nvml:
+            separate.append(nvml.gpu(index))
+    reads = []
+    profile_info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo
+    monkeypatch.setattr(
+        pynvml,
+        "nvmlDeviceGetGpuInstanceProfileInfo",
+        lambda handle, index: reads.append(index) or profile_info(handle, index),
+    )
+    together = _nvml.gather()["gpus"]
+    assert together == separate
+    # one table per (model, MIG mode): H100 on, H100 off, A100 on
+    assert len(reads) == 3 * pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT
+    assert free_counts(together[0])["1g.10gb"] == 4 and free_counts(together[1])["1g.10gb"] == 5
+    assert [len(g["gpu_instances"]) for g in together] == [1, 2, 0, 1]
