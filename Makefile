@@ -13,7 +13,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.build/ansible-tmp
 export ANSIBLE_REMOTE_TMP := $(CURDIR)/.build/ansible-tmp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test venv collection unit sanity ansible-units capacity-tests lint importer molecule molecule-systemd benchmarks clean
+.PHONY: demo test venv collection unit sanity ansible-units capacity-tests lint importer quadlet molecule molecule-systemd benchmarks clean
 
 $(BIN)/ansible: requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -37,8 +37,13 @@ demo: collection
 # `make test` is what CI runs.
 test: lint sanity ansible-units capacity-tests molecule
 
+# podman's Quadlet generator (Debian 13's, checked against the archive key): the services tests run it on the
+# rendered .container files.
+quadlet:
+	@hacking/quadlet.sh >/dev/null
+
 # Quick local loop: the unit tests under plain pytest.
-unit: collection
+unit: collection quadlet
 	$(BIN)/pytest -q -n 2 tests/unit
 
 # ansible-test needs the tree under ansible_collections/<ns>/<name>: sync a copy of the tracked files.
@@ -51,7 +56,7 @@ sanity: $(TESTCOPY)
 	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test sanity --python 3.11 --local --color no
 
 # Everything under tests/unit except the capacity tests, which measure latency and run on their own, serially.
-ansible-units: $(TESTCOPY)
+ansible-units: $(TESTCOPY) quadlet
 	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test units --python 3.11 --local --color no \
 		tests/unit/plugins/ tests/unit/simulator/ tests/unit/services/
 

@@ -61,6 +61,21 @@ def run_role(root: Path, services: list) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
+def fake_root(tmp_path: Path, name: str, unit: str, binary: str) -> Path:
+    """A root for systemd-analyze --root (toolchain-probe §3): the system units, a stub gpu-mig.target, the unit,
+    and stubs for its binary and the start hook's python3."""
+    fake = tmp_path / "fakeroot"
+    shutil.copytree("/lib/systemd/system", fake / "usr/lib/systemd/system", symlinks=True)
+    (fake / "etc/systemd/system").mkdir(parents=True)
+    (fake / "etc/systemd/system/gpu-mig.target").write_text("[Unit]\nDescription=stub\n")
+    (fake / "etc/systemd/system" / name).write_text(unit)
+    for stub in (fake / binary.lstrip("/"), fake / "usr/bin/python3"):
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    return fake
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("svc") / "root"
@@ -95,15 +110,8 @@ def test_unit_verifies_and_exposure_is_at_most_3(deployed, tmp_path: Path):
     root = deployed[0]
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is required (Debian package systemd)"
-    fake = tmp_path / "fakeroot"  # toolchain-probe §3: a fake root with the system units and a stub binary
-    shutil.copytree("/lib/systemd/system", fake / "usr/lib/systemd/system", symlinks=True)
-    (fake / "etc/systemd/system").mkdir(parents=True)
-    (fake / "etc/systemd/system/gpu-mig.target").write_text("[Unit]\nDescription=stub\n")
-    shutil.copy(root / "etc/systemd/system/inference-chat.service", fake / "etc/systemd/system/")
-    for stub in (fake / "opt/tritonserver/bin/tritonserver", fake / "usr/bin/python3"):
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
+    unit = (root / "etc/systemd/system/inference-chat.service").read_text()
+    fake = fake_root(tmp_path, "inference-chat.service", unit, "/opt/tritonserver/bin/tritonserver")
     verify = subprocess.run(
         [analyze, "verify", f"--root={fake}", "inference-chat.service"], capture_output=True, text=True, check=False
     )
@@ -125,3 +133,33 @@ def test_preflight_refuses_before_writing_anything(tmp_path: Path):
         -3000:
     ]
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["slots.json"]
+
+
+def test_quadlet_generates_a_service_that_verifies(deployed, tmp_path: Path):
+    quadlet = Path.home() / ".cache/gpu-mig/quadlet/quadlet"
+    assert quadlet.is_file(), "podman's Quadlet generator is required: run hacking/quadlet.sh (make quadlet)"
+    units = deployed[0] / "etc/containers/systemd"
+    generated = subprocess.run(
+        [str(quadlet), "-dryrun"],
+        env={**os.environ, "QUADLET_UNIT_DIRS": str(units)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert generated.returncode == 0 and "inference-ocr.container" in generated.stderr, generated.stderr
+    assert not re.search(r"(?i)unsupported|error|warning", generated.stderr), generated.stderr
+    service = generated.stdout.split("---inference-ocr.service---\n", 1)[1]
+    exec_start = re.search(r"^ExecStart=(.*)$", service, re.M).group(1).split()
+    # The slot's CDI device goes to podman as one word that systemd expands from the slot's env file at each start.
+    assert exec_start[exec_start.index("--device") + 1] == "${GPU_MIG_CDI_DEVICE}"
+    assert {"--read-only", "--security-opt=no-new-privileges"} <= set(exec_start)
+    assert exec_start[exec_start.index("--cap-drop") + 1] == "all"
+    assert "EnvironmentFile=/run/gpu-mig/slots/ocr.env" in service and "After=gpu-mig.target" in service
+    fake = fake_root(tmp_path, "inference-ocr.service", service, "/usr/bin/podman")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={fake}", "inference-ocr.service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0 and "Unknown key" not in verify.stderr, verify.stderr
