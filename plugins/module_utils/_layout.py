@@ -752,16 +752,6 @@ class Action(NamedTuple):
         }
 
 
-class CiAssignment(NamedTuple):
-    """A slot's compute instance: existing (``ci_id``/``mig_uuid``) or to be created (None)."""
-
-    name: str
-    profile: str
-    profile_id: int | None
-    ci_id: int | None
-    mig_uuid: str | None
-
-
 class SlotAssignment(NamedTuple):
     """Where a slot lives after the plan: GPU, profile, placement, and its GI id when it already exists."""
 
@@ -773,7 +763,6 @@ class SlotAssignment(NamedTuple):
     start: int
     size: int
     gi_id: int | None
-    compute_instances: tuple[CiAssignment, ...]
 
 
 class GpuPlan(NamedTuple):
@@ -932,20 +921,7 @@ class _GpuPlanner:
             self.act(CREATE_CI, slot=slot.name, gi_id=gi_id, ci_name=want.name, profile=want.profile,
                      profile_id=want.profile_id, placement=placement, gi_profile_id=prof.id)  # fmt: skip
         self.slots.append(
-            SlotAssignment(
-                slot.name,
-                self.gpu.index,
-                self.gpu.uuid,
-                prof.name,
-                prof.id,
-                start,
-                placement[1],
-                gi_id,
-                tuple(
-                    CiAssignment(w.name, w.profile, w.profile_id, c.id if c else None, c.uuid if c else None)
-                    for w, c in pairs
-                ),
-            )
+            SlotAssignment(slot.name, self.gpu.index, self.gpu.uuid, prof.name, prof.id, start, placement[1], gi_id)
         )
         return _render(slot.profile.name, start, gi_id, slot.name, (w.profile for w in slot.cis))
 

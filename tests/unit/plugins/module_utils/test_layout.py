@@ -354,7 +354,8 @@ def test_same_profile_slots_with_different_splits_are_order_independent():
     gpus = L.apply_plan_to_state(state(facts()), plan([{"gpus": 0, "slots": [split, whole]}], state(facts())))
     again = plan([{"gpus": 0, "slots": [whole, split]}], gpus)
     assert not again.changed
-    assert {s.name: len(s.compute_instances) for s in again.slots} == {"chat": 1, "batch": 2}
+    cis = {gi.id: len(gi.compute_instances) for gi in gpus[0].gpu_instances}
+    assert {s.name: cis[s.gi_id] for s in again.slots} == {"chat": 1, "batch": 2}
 
 
 def test_pinned_placement_moves_an_instance():
@@ -374,7 +375,7 @@ def test_noop_on_converged_state():
     p = plan(one("1g.5gb", "3g.20gb", "1g.5gb"), gpus)
     assert not p.changed and p.actions == ()
     assert p.diff()["before"] == p.diff()["after"]
-    assert next(s for s in p.slots if s.name == "s1").compute_instances[0].mig_uuid == "MIG-0-1-0"
+    assert next(s for s in p.slots if s.name == "s1").gi_id == 1
 
 
 def test_ci_split_change_keeps_the_gpu_instance():
@@ -398,7 +399,7 @@ def test_ci_split_change_keeps_the_gpu_instance():
         ("create_ci", 1, "1c.3g.20gb"),
     ]
     assert p.gpus[0].keep == (1,)
-    assert [c.name for c in p.slots[0].compute_instances] == ["ci0", "b"]
+    assert [a.ci_name for a in p.actions if a.op == "create_ci"] == ["b", "ci0"]
     after = L.apply_plan_to_state(gpus, p)
     assert sorted(c.profile for c in after[0].gpu_instances[0].compute_instances) == ["1c.3g.20gb", "2c.3g.20gb"]
     assert not plan(layout, after).changed
