@@ -136,7 +136,7 @@ def test_preflight_refuses_before_writing_anything(tmp_path: Path):
 
 
 def test_quadlet_generates_a_service_that_verifies(deployed, tmp_path: Path):
-    quadlet = Path.home() / ".cache/gpu-mig/quadlet/quadlet"
+    quadlet = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpu-mig/quadlet/quadlet"
     assert quadlet.is_file(), "podman's Quadlet generator is required: run hacking/quadlet.sh (make quadlet)"
     units = deployed[0] / "etc/containers/systemd"
     generated = subprocess.run(
