@@ -80,7 +80,7 @@ importer: collection
 # Simulated-fleet scenarios, then systemd_hosts: real systemd hosts (podman + runc, systemd as PID 1; needs root and
 # the packages .ci/run installs) with simulated GPUs and real CPU inference services. `make molecule-systemd` runs
 # only that one.
-MOLECULE_SCENARIOS := fleet_facts fleet_layout fleet_roles systemd_hosts
+MOLECULE_SCENARIOS := fleet_facts fleet_layout fleet_roles capacity systemd_hosts
 molecule: collection
 	for scenario in $(MOLECULE_SCENARIOS); do $(BIN)/molecule test -s $$scenario || exit 1; done
 

@@ -29,15 +29,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / ".build" / "collections"))
-sys.path.insert(0, str(REPO / "tests" / "unit" / "capacity"))
+COLLECTIONS = REPO / ".build" / "collections"
+sys.path.insert(0, str(COLLECTIONS))
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
 MMC_SERVER = REPO / "tests" / "unit" / "capacity" / "mmc_server.py"
 
-import virtual_mmc  # noqa: E402
-
 from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap  # noqa: E402
 from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg  # noqa: E402
+from ansible_collections.gpu.mig.tests.unit.capacity import virtual_mmc  # noqa: E402
 
 WORKERS = 16
 SERVICE_MS = 10.0
@@ -101,7 +100,10 @@ def virtual(trials: int) -> None:
 
 def start_server(script: Path, law: str, workers: int, service_ms: float) -> tuple[subprocess.Popen, int]:
     args = [sys.executable, str(script), "--workers", str(workers), "--mean-ms", str(service_ms)]
-    proc = subprocess.Popen([*args, "--service", law, "--max-seconds", "1800"], stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))  # mmc_server.py imports the shared server from there
+    proc = subprocess.Popen(
+        [*args, "--service", law, "--max-seconds", "1800"], stdout=subprocess.PIPE, text=True, env=env
+    )
     return proc, int(proc.stdout.readline().split()[1])
 
 

@@ -189,6 +189,16 @@ class Progress:
         self.stream.flush()
 
 
+def _print_noisy(res: dict) -> None:
+    """The noisy-neighbour sentence, then service A's p95/p99 and SLA verdict in each phase (before, during, after)."""
+    print(res["sentence"])
+    for p in res["phases"]:
+        print(
+            "  %-12s A p95 %8s ms  p99 %8s ms  errors %d  %s"
+            % (p["phase"], p["a_p95_ms"], p["a_p99_ms"], p["a_errors"], "ok" if p["a_within_sla"] else "SLA BROKEN")
+        )
+
+
 def cmd_run(args) -> int:
     opts = module_options(args)
     progress = None if args.quiet else Progress()
@@ -205,18 +215,26 @@ def cmd_run(args) -> int:
         return 0
     for w in result.get("warnings", []):
         print("warning: %s" % w, file=sys.stderr)
-    print(result["sla_sentence"])
+    noisy = result.get("noisy_neighbour")
+    if "capacity" in result:  # plan none runs only the noisy-neighbour test
+        print(result["sla_sentence"])
+    if noisy:
+        _print_noisy(noisy)
     if args.out:
         base = lg.slug("capacity-" + result["service"]["service"])
         files = lg.write_results(result, args.out, base)
         if not args.no_report:
-            from _capacity_report import render_report
+            from _capacity_report import render_noisy, render_report
 
-            files.update(render_report(result, args.out, base))
+            if "capacity" in result:
+                files.update(render_report(result, args.out, base))
+            if noisy:
+                files.update(("noisy_" + k, v) for k, v in render_noisy(noisy, args.out, base + "-noisy").items())
         for kind, path in sorted(files.items()):
             print("%-10s %s" % (kind, path))
     else:
-        print(json.dumps({k: result[k] for k in ("capacity", "prediction", "table_row")}, indent=1))
+        keys = ("capacity", "prediction", "table_row", "noisy_neighbour")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))
     return 0
 
 
@@ -268,12 +286,7 @@ def cmd_noisy(args) -> int:
     except cap.CapacityError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
-    print(res["sentence"])
-    for p in res["phases"]:
-        print(
-            "  %-12s A p95 %8s ms  p99 %8s ms  errors %d  %s"
-            % (p["phase"], p["a_p95_ms"], p["a_p99_ms"], p["a_errors"], "ok" if p["a_within_sla"] else "SLA BROKEN")
-        )
+    _print_noisy(res)
     if args.out:
         from _capacity_report import render_noisy
 

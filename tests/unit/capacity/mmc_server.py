@@ -13,12 +13,8 @@ service time independently, so Erlang C gives the rate at which p95 reaches the 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "capacity_server"))
-
-import server as shared
+from ansible_collections.gpu.mig.tests.capacity_server import server as shared
 
 
 class IidServer(shared.Server):

@@ -5,23 +5,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def cli():
-    sys.path.insert(0, str(REPO / "tools"))
-    spec = importlib.util.spec_from_file_location("capacity_cli", REPO / "tools" / "capacity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from ansible_collections.gpu.mig.tools import capacity as cli
 
 
 def _run_args(server, out, *extra):
@@ -69,7 +56,7 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_run_writes_results_plots_and_report(cli, capacity_server, tmp_path, capsys):
+def test_run_writes_results_plots_and_report(capacity_server, tmp_path, capsys):
     server = capacity_server(workers=4, mean_ms=20)
     assert cli.main(_run_args(server, tmp_path, "chat", "--profile", "1g.10gb")) == 0
     out = capsys.readouterr().out
@@ -105,7 +92,7 @@ def test_run_writes_results_plots_and_report(cli, capacity_server, tmp_path, cap
     assert _is_png(rep / "capacity-ocr-queue.png") and (rep / "capacity-ocr.md").exists()
 
 
-def test_check_bad_input_and_predict(cli, capacity_server, tmp_path, capsys, free_port):
+def test_check_bad_input_and_predict(capacity_server, tmp_path, capsys, free_port):
     server = capacity_server()
     assert cli.main([*_run_args(server, tmp_path, "x"), "--check"]) == 0
     assert "ok: options valid" in capsys.readouterr().out
@@ -126,7 +113,7 @@ def test_check_bad_input_and_predict(cli, capacity_server, tmp_path, capsys, fre
     assert cli.main(["fleet", str(empty), "--out", str(tmp_path / "f")]) == 2
 
 
-def test_noisy_neighbour_sharing_workers_breaks_a(cli, capacity_server, tmp_path, capsys):
+def test_noisy_neighbour_sharing_workers_breaks_a(capacity_server, tmp_path, capsys):
     """A and B share one 4-worker server (capacity 200 RPS): B at 3 x 60 RPS pushes A past its SLA."""
     server = capacity_server(workers=4, mean_ms=20)
     rc = cli.main(
@@ -166,3 +153,27 @@ def test_noisy_neighbour_sharing_workers_breaks_a(cli, capacity_server, tmp_path
     assert ok["before"] and ok["during x1"] and ok["after"]  # 120 RPS of 200: fine; back to normal afterwards
     assert not ok["during x3"]  # 240 RPS offered to a 200 RPS server
     assert _is_png(tmp_path / "noisy-neighbour.png")
+
+
+def test_run_plan_none_prints_noisy_neighbour(capacity_server, tmp_path, capsys):
+    """``run --plan none --noisy-neighbour``: no capacity search, A's p95/p99 per phase and the SLA verdict."""
+    server = capacity_server(workers=4, mean_ms=20)
+    neighbour = {"url": server.url("/b"), "rps": 60, "a_rps": 60, "multipliers": [1, 3], "hold": 1.0, "warmup": 0.3}
+    args = _run_args(server, tmp_path, "A", "--plan", "none", "--noisy-neighbour", json.dumps(neighbour))
+    args[args.index("--sla") + 1] = '{"p99_ms": 150, "max_schedule_lag_ms": 50}'
+    out_at = args.index("--out")
+    assert cli.main(args[:out_at] + args[out_at + 2 :]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("A at 60 RPS did NOT stay within its SLA while %s stepped to 3x 60 RPS" % server.url("/b"))
+    lines = out.splitlines()
+    for phase, verdict in (("before", "ok"), ("during x1", "ok"), ("during x3", "SLA BROKEN"), ("after", "ok")):
+        row = next(line for line in lines if line.strip().startswith(phase + " "))
+        assert " A p95 " in row and " p99 " in row and row.endswith(verdict), row
+    printed = json.loads(out[out.index("\n{") :])
+    assert "capacity" not in printed and not printed["noisy_neighbour"]["within_sla"]
+
+    assert cli.main(args) == 0  # with --out: the noisy-neighbour plot and report, no capacity report
+    out = capsys.readouterr().out
+    assert "SLA BROKEN" in out and "capacity-A.json" in out
+    assert _is_png(tmp_path / "capacity-A-noisy.png") and (tmp_path / "capacity-A-noisy.md").exists()
+    assert not (tmp_path / "capacity-A-throughput.png").exists()

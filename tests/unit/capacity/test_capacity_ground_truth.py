@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import virtual_mmc as vmmc
 
 from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
 from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg
+from ansible_collections.gpu.mig.tests.unit.capacity import virtual_mmc as vmmc
 
 WORKERS = 4
 SERVICE_MS = 20.0
@@ -72,44 +72,65 @@ def test_deterministic_server_knee_within_5_percent(capacity_server):
     # the server's queue gauge was scraped and used
     assert any("server queue" in (s.get("queue") or {}).get("source", "") for s in res["steps"])
     assert res["sla_sentence"].startswith("%s sustains " % server.url("/infer"))
-    assert not res["warnings"], res["warnings"]
+    # nothing to warn about but a step the busy machine voided (it is run again)
+    assert all(" is void: " in w for w in res["warnings"]), res["warnings"]
 
 
-# M/M/c ground truth: 16 workers, independent exponential service times of mean 10 ms (1600 RPS at saturation),
-# Poisson arrivals, SLA p95 < 40 ms. The SLA capacity is exact (Erlang C): about 1476 RPS, 92 % of saturation, so a
-# tool that reported the saturation point instead would be 8 % off. 16 workers at 10 ms make the queue relax fast
-# enough for a one-minute test to pin p95 down: the plan's error has a spread of about 1.6 % (virtual-time runs, see
-# test_adaptive_plan_converges_in_virtual_time), so +-5 % is three of them.
+# M/M/c ground truth: 16 workers, independent exponential service times of mean 20 ms (800 RPS at saturation),
+# Poisson arrivals, SLA p95 < 80 ms. The SLA capacity is exact (Erlang C): about 738 RPS, 92 % of saturation, so a
+# tool that reported the saturation point instead would be 8 % off. The time scale is chosen for a shared 2-core
+# machine: at 10 ms and 1476 RPS the server and the generator need ~0.7 of a core between them, so on a loaded
+# machine they wait for a core and the scheduler's millisecond delays land in every response (one 100 ms stall in a
+# 2 s hold pushes 5 % of requests over a 40 ms SLA). At 20 ms the load is half and each millisecond of delay costs
+# half as much; the longer knee and confirmation holds buy back the statistics (virtual-time runs: the plan's error
+# stays within +-3.5 %, see test_adaptive_plan_converges_in_virtual_time). Unlike the throughput knees above, a
+# latency SLA needs the generator on schedule: with 10 busy processes on the 2 cores its p99 send lag was 14-29 ms
+# and p95 at 400 RPS read 80 ms against the exact 59.9 ms, while the one step with 1.3 ms lag read 57.8 ms. A lag
+# over MMC_LAG_MS voids the step (it is run once more): 5 ms of extra latency moves this capacity by 1.4 %.
 MMC_WORKERS = 16
-MMC_SERVICE_MS = 10.0
-MMC_SLA_MS = 40.0
+MMC_SERVICE_MS = 20.0
+MMC_SLA_MS = 80.0
+MMC_SAT = MMC_WORKERS / (MMC_SERVICE_MS / 1000.0)
+MMC_HOLDS = {"step": 2.0, "knee": 6.0, "confirm": 12.0}
+MMC_WARMUP = 1.5
+MMC_LAG_MS = 5.0
+MMC_TIME_LIMIT = 300  # the server lives as long as the test may run
+
+
+def _mmc_plan():
+    """Options shared by the real and the virtual runs; a fourth confirmation settles a bracket that moved."""
+    return {"start_rps": MMC_SAT / 2, "max_rps": MMC_SAT * 1.25, "resolution": 0.02, "max_confirmations": 4}
 
 
 def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
-    server = capacity_server(workers=MMC_WORKERS, mean_ms=MMC_SERVICE_MS, service="exponential", seed=11, iid=True)
-    sat = MMC_WORKERS / (MMC_SERVICE_MS / 1000.0)
+    server = capacity_server(
+        workers=MMC_WORKERS,
+        mean_ms=MMC_SERVICE_MS,
+        service="exponential",
+        seed=11,
+        iid=True,
+        max_seconds=MMC_TIME_LIMIT + 60,
+    )
     res = lg.run_sync(
         lg.run_capacity_test(
             _options(
                 server,
                 arrival="poisson",
-                sla={"p95_ms": MMC_SLA_MS, "max_schedule_lag_ms": LAG_MS, "baseline_factor": 0},
+                sla={"p95_ms": MMC_SLA_MS, "max_schedule_lag_ms": MMC_LAG_MS, "baseline_factor": 0},
                 concurrency=MMC_WORKERS,
-                baseline_rps=sat / 4,  # low load (rho = 0.25): latency is nearly all service time
-                start_rps=sat / 2,
-                max_rps=sat * 1.25,
-                warmup=1.5,
-                hold=2.0,
-                knee_hold=4.0,  # close calls near the knee get longer holds...
-                confirm_hold=8.0,  # ...and the result is re-run and judged on all its runs pooled
-                resolution=0.02,
+                baseline_rps=MMC_SAT / 4,  # low load (rho = 0.25): latency is nearly all service time
+                warmup=MMC_WARMUP,
+                hold=MMC_HOLDS["step"],
+                knee_hold=MMC_HOLDS["knee"],  # close calls near the knee get longer holds...
+                confirm_hold=MMC_HOLDS["confirm"],  # ...and the result is re-run and judged on all its runs pooled
                 initial_warmup=0.5,
-                time_limit=240,
+                time_limit=MMC_TIME_LIMIT,
+                **_mmc_plan(),
             )
         )
     )
     c, pred = res["capacity"], res["prediction"]
-    print([(s["role"], s["offered_rps"], s["latency_ms"]["p95"], s["verdict"]["passed"]) for s in res["steps"]])
+    print([(s["role"], s["offered_rps"], s["latency_ms"]["p95"], s["schedule_lag_ms"]["p99"]) for s in res["steps"]])
     print(c, pred, res["duration_s"])
     print(res["warnings"])  # a void step (the machine stalled the generator) is run again once
     # The truth: the exact M/M/c rate at which p95 of (wait + service) reaches the SLA, less what the client adds
@@ -126,10 +147,11 @@ def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
         return cap.mmc_sla_rate(MMC_WORKERS, MMC_SERVICE_MS / 1000.0, (MMC_SLA_MS - overhead_ms) / 1000.0, 0.95)
 
     low, high = truth(tail_ms), truth(pred["overhead_ms"])
-    print("truth between %.1f and %.1f RPS (client overhead %.2f..%.2f ms)" % (low, high, pred["overhead_ms"], tail_ms))
+    ohs = pred["overhead_ms"], tail_ms
+    print("truth %.1f..%.1f RPS (client overhead %.2f..%.2f ms; %.1f without)" % (low, high, *ohs, truth(0.0)))
     assert c["reached"] and c["confirmed"], c
     assert 0.95 * low <= c["sustained_rps"] <= 1.05 * high, (c, low, high)
-    assert c["sustained_rps"] < 0.97 * sat  # the SLA capacity, not the saturation point
+    assert c["sustained_rps"] < 0.97 * MMC_SAT  # the SLA capacity, not the saturation point
     # Erlang C from the measured low-load service times lands near it too (their tail is ~100 samples)
     assert 0.9 * low <= pred["rate_rps"] <= 1.1 * high, (pred, low, high)
     # the knee explains itself with the latency SLA, the confirmation says how long it measured
@@ -138,21 +160,21 @@ def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
 
 
 def test_adaptive_plan_converges_in_virtual_time():
-    """The plan's statistics, apart from machine load: M/M/16 (20 ms) in virtual time, SLA p95 < 80 ms."""
-    sla = cap.parse_sla({"p95_ms": 80, "baseline_factor": 0})
-    truth = cap.mmc_sla_rate(16, 0.020, 0.080, 0.95)
-    holds = {"step": 2.0, "knee": 4.0, "confirm": 8.0}
+    """The plan's statistics apart from machine load: the M/M/c test above, run in virtual time."""
+    sla = cap.parse_sla({"p95_ms": MMC_SLA_MS, "baseline_factor": 0})
+    mean_s = MMC_SERVICE_MS / 1000.0
+    truth = cap.mmc_sla_rate(MMC_WORKERS, mean_s, MMC_SLA_MS / 1000.0, 0.95)
     errors, seconds = [], []
     for seed in range(8):
-        plan = cap.AdaptivePlan(200, max_rps=1000, resolution=0.02)
-        _steps, capacity, took = vmmc.run_plan(plan, sla, holds, 1.5, 16, 0.020, seed)
+        plan = cap.AdaptivePlan(**_mmc_plan())
+        _steps, capacity, took = vmmc.run_plan(plan, sla, MMC_HOLDS, MMC_WARMUP, MMC_WORKERS, mean_s, seed)
         errors.append((capacity["sustained_rps"] - truth) / truth)
         seconds.append(took)
         assert capacity["confirmed"], capacity
     print(truth, [round(100 * e, 1) for e in errors], seconds)
-    assert max(abs(e) for e in errors) <= 0.05, errors
-    assert sorted(abs(e) for e in errors)[len(errors) // 2] <= 0.025, errors  # median
-    assert max(seconds) < 120
+    assert max(abs(e) for e in errors) <= 0.04, errors
+    assert sorted(abs(e) for e in errors)[len(errors) // 2] <= 0.02, errors  # median
+    assert max(seconds) < 150
 
 
 def test_exponential_latency_percentiles_follow_mmc(capacity_server):
