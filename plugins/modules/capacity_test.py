@@ -488,7 +488,11 @@ noisy_neighbour:
       C(b_p99_ms).
   returned: when O(noisy_neighbour) is set, a rate to hold was known, and not check mode
   type: dict
-  sample: {"within_sla": true, "sentence": "chat at 180 RPS stayed within its SLA while ocr stepped to 3x 20 RPS: p99 540 ms before, up to 610 ms during (during x3), 530 ms after."}
+  sample:
+    within_sla: true
+    sentence: >-
+      chat at 180 RPS stayed within its SLA while ocr stepped to 3x 20 RPS: p99 540 ms before, up to 610 ms during
+      (during x3), 530 ms after.
 probe:
   description: Status and latency of the first probe request.
   returned: success
