@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import ctypes
 import functools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ from nvmlsim.state import Host
 MIB = 1024 * 1024
 _MAGIC = 0x5A << 40
 _KINDS = {"device": 1, "mig": 2, "gi": 3, "ci": 4}
+_KIND_NAMES = {number: kind for kind, number in _KINDS.items()}
 _NO_ID = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId of processes on a GPU without MIG
 
-_root: Path | None = None
+_root: str | None = None  # the host directory, as a string: state.read runs on every call
 _init_count = 0
 _call: contextvars.ContextVar[str] = contextvars.ContextVar("nvmlsim_call", default="")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,7 +43,7 @@ ERROR_STRINGS = {
 def configure(root: Path | str) -> None:
     """Point the API at a host directory and forget any nvmlInit of a previous host."""
     global _root, _init_count
-    _root = Path(root)
+    _root = os.fspath(root)
     _init_count = 0
 
 
@@ -83,7 +85,7 @@ def _decode(handle: Any) -> Ref:
     value = ctypes.cast(handle, ctypes.c_void_p).value if handle is not None else None
     if not value or value >> 40 != _MAGIC >> 40:
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-    kind = {v: k for k, v in _KINDS.items()}.get(value >> 32 & 0xFF)
+    kind = _KIND_NAMES.get(value >> 32 & 0xFF)
     if kind is None:
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
     return Ref(kind, value >> 16 & 0xFF, value >> 8 & 0xFF, value & 0xFF)

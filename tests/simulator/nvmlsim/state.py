@@ -145,41 +145,39 @@ def transaction(root: Path | str) -> Iterator[Host]:
                 save(host)
 
 
-_READ_CACHE: dict[str, tuple[tuple[Any, ...], Host]] = {}
-_STATE_FILES: dict[str, tuple[str, str]] = {}
+_READ_CACHE: dict[str, tuple[tuple[int, int, int] | None, Host]] = {}
+_VOLATILE_FILES: dict[str, str] = {}
 
 
-def _signature(root: str) -> tuple[Any, ...]:
-    """Identity of both state files: writers replace them atomically, so a new inode means new content.
+def _signature(root: str) -> tuple[int, int, int] | None:
+    """Identity of the volatile state file (None when absent): every writer replaces or removes it last, after the
+    persistent one, and replaces it atomically, so a new inode means new state.
 
-    Runs on every simulated NVML call, hence plain os.stat on strings rather than pathlib.
+    Runs on every simulated NVML call, hence one os.stat on a cached string rather than pathlib.
     """
-    sig: list[Any] = []
-    paths = _STATE_FILES.get(root)
-    if paths is None:
-        paths = _STATE_FILES[root] = (os.path.join(root, PERSISTENT), os.path.join(root, VOLATILE))
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            sig.append(None)
-            continue
-        sig.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(sig)
+    path = _VOLATILE_FILES.get(root)
+    if path is None:
+        path = _VOLATILE_FILES[root] = os.path.join(root, VOLATILE)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def read(root: Path | str) -> Host:
     """Current state for a read-only call (lock-free: writers replace files atomically).
 
-    The parsed state is reused while neither file changed; callers must not modify it.
+    The parsed state is reused while the volatile file is unchanged; callers must not modify it.
     """
     key = os.fspath(root)
     sig = _signature(key)
     cached = _READ_CACHE.get(key)
-    if cached and cached[0] == sig and sig[1] is not None:
+    if cached and sig is not None and cached[0] == sig:
         host = cached[1]
         for gpu in host.volatile["gpus"]:  # processes may have exited since
-            gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
+            if gpu["processes"]:
+                gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
         return host
     host, booted = _load(Path(root))
     if booted:  # first access after boot: persist the boot under the lock
