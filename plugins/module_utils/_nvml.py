@@ -87,6 +87,8 @@ class Nvml:
     def __init__(self):
         self._handles: dict[int, object] = {}
         self._profile_tables: dict[tuple, list[dict]] = {}
+        self._models: dict[int, tuple] = {}
+        self._ci_profiles: dict[tuple, object] = {}
 
     def __enter__(self) -> Nvml:
         try:
@@ -197,6 +199,7 @@ class Nvml:
         if model is None:
             memory = self._call(index, "reading memory info", pynvml.nvmlDeviceGetMemoryInfo, handle)
             model = (_text(pynvml.nvmlDeviceGetName(handle)), memory.total, self.mig_mode(index)["current"])
+        self._models[index] = model
         if model not in self._profile_tables:
             self._profile_tables[model] = self._static_profiles(index)
         return [
@@ -300,7 +303,7 @@ class Nvml:
         for gi in self._gi_handles(index, profiles):
             info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
             profile = by_id.get(info.profileId, {})
-            cis = self._compute_instances(index, gi, info.id, profile.get("name", "?"), profile.get("slices"), devices)
+            cis = self._compute_instances(index, gi, info.id, profile, devices)
             instances.append(
                 {
                     "id": info.id,
@@ -314,20 +317,13 @@ class Nvml:
             )
         return sorted(instances, key=lambda gi: gi["placement"]["start"])
 
-    def _compute_instances(self, index: int, gi, gi_id: int, gi_name: str, gi_slices, devices: dict) -> list[dict]:
+    def _compute_instances(self, index: int, gi, gi_id: int, profile: dict, devices: dict) -> list[dict]:
+        gi_name, gi_slices = profile.get("name", "?"), profile.get("slices")
         result = []
         for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
             if gi_slices and CI_PROFILE_SLICES.get(ci_index, 0) > gi_slices:
                 continue  # no compute instance is larger than its GPU instance: skip the NVML round trip
-            pinfo = self._call(
-                index,
-                "reading compute-instance profiles",
-                pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
-                gi,
-                ci_index,
-                pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                absent=_NO_PROFILE,
-            )
+            pinfo = self._ci_profile(index, gi, profile.get("id"), ci_index)
             if pinfo is None:
                 continue
             array = (pynvml.c_nvmlComputeInstance_t * max(pinfo.instanceCount, 1))()
@@ -360,6 +356,26 @@ class Nvml:
                     }
                 )
         return sorted(result, key=lambda ci: ci["id"])
+
+    def _ci_profile(self, index: int, gi, gi_profile_id: int | None, ci_index: int):
+        """A compute-instance profile of a GPU instance (None if absent): static per model and GPU-instance profile,
+        so read once per session when the GPU's model and the GPU-instance profile are known (see profiles())."""
+        model = self._models.get(index) if gi_profile_id is not None else None
+        key = (model, gi_profile_id, ci_index)
+        if model is None or key not in self._ci_profiles:
+            pinfo = self._call(
+                index,
+                "reading compute-instance profiles",
+                pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
+                gi,
+                ci_index,
+                pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                absent=_NO_PROFILE,
+            )
+            if model is None:
+                return pinfo
+            self._ci_profiles[key] = pinfo
+        return self._ci_profiles[key]
 
     def mig_devices(self, index: int) -> dict[tuple[int, int], dict]:
         """(GI id, CI id) -> {uuid, memory_mib, processes} for every MIG device of the GPU."""

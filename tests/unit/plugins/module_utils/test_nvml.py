@@ -170,16 +170,25 @@ def test_one_session_reads_each_models_profile_table_once_with_per_gpu_free_coun
     for index in range(4):
         with _nvml.Nvml() as nvml:
             separate.append(nvml.gpu(index))
-    reads = []
+    reads, ci_reads = [], []
     profile_info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo
+    ci_profile_info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo
     monkeypatch.setattr(
         pynvml,
         "nvmlDeviceGetGpuInstanceProfileInfo",
         lambda handle, index: reads.append(index) or profile_info(handle, index),
     )
+    monkeypatch.setattr(
+        pynvml,
+        "nvmlGpuInstanceGetComputeInstanceProfileInfo",
+        lambda gi, index, engines: ci_reads.append(index) or ci_profile_info(gi, index, engines),
+    )
     together = _nvml.gather()["gpus"]
     assert together == separate
     # one table per (model, MIG mode): H100 on, H100 off, A100 on
     assert len(reads) == 3 * pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT
+    # compute-instance profiles up to the GI's size, once per (model, GI profile): H100 3g.40gb (0, 1, 2, 7),
+    # H100 1g.10gb (0, 7; both instances on GPU 1 share it), A100 7g.40gb (all but the 8-slice index 5)
+    assert sorted(ci_reads) == sorted([0, 1, 2, 7, 0, 7, 0, 1, 2, 3, 4, 6, 7, 8])
     assert free_counts(together[0])["1g.10gb"] == 4 and free_counts(together[1])["1g.10gb"] == 5
     assert [len(g["gpu_instances"]) for g in together] == [1, 2, 0, 1]
