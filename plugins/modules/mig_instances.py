@@ -183,7 +183,10 @@ def desired_layout(module: AnsibleModule, host: tuple) -> list:
         selected = [g for g in select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
         return [{"gpus": g["uuid"], "slots": []} for g in selected]
     if params["mig_parted_config"] is not None:
-        return _layout.layout_from_mig_parted(
+        # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
+        from ansible_collections.gpu.mig.plugins.module_utils import _migparted
+
+        return _migparted.layout_from_mig_parted(
             params["mig_parted_config"], params["mig_parted_config_name"], states, models
         )
     return params["layout"]

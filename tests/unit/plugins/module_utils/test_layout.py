@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.module_utils import _layout as L
+from ansible_collections.gpu.mig.plugins.module_utils import _migparted
 from ansible_collections.gpu.mig.plugins.module_utils._catalog import find_model
 
 A100 = find_model("NVIDIA A100-SXM4-40GB")
@@ -528,7 +529,7 @@ MP = {
 
 def _mp(config=None, name="edge"):
     gpus = state(*MP_HOST)
-    return L.layout_from_mig_parted(MP if config is None else config, name, gpus, models_for(gpus)), gpus
+    return _migparted.layout_from_mig_parted(MP if config is None else config, name, gpus, models_for(gpus)), gpus
 
 
 def test_mig_parted_conversion():
