@@ -87,7 +87,6 @@ class Nvml:
     def __init__(self):
         self._handles: dict[int, object] = {}
         self._profile_tables: dict[tuple, list[dict]] = {}
-        self._models: dict[int, tuple] = {}
         self._ci_profiles: dict[tuple, object] = {}
 
     def __enter__(self) -> Nvml:
@@ -159,10 +158,11 @@ class Nvml:
             "gpu_instances": [],
             "processes": [],
         }
+        model = (facts["name"], memory.total, facts["mig"]["current"])
         if facts["mig"]["supported"]:
-            facts["profiles"] = self.profiles(index, (facts["name"], memory.total, facts["mig"]["current"]))
+            facts["profiles"] = self.profiles(index, model)
         if facts["mig"]["current"]:
-            facts["gpu_instances"] = self.gpu_instances(index, facts["profiles"])
+            facts["gpu_instances"] = self.gpu_instances(index, facts["profiles"], model)
             facts["processes"] = [p for gi in facts["gpu_instances"] for p in gi["processes"]]
         else:
             facts["processes"] = self._processes(index, handle)
@@ -199,7 +199,6 @@ class Nvml:
         if model is None:
             memory = self._call(index, "reading memory info", pynvml.nvmlDeviceGetMemoryInfo, handle)
             model = (_text(pynvml.nvmlDeviceGetName(handle)), memory.total, self.mig_mode(index)["current"])
-        self._models[index] = model
         if model not in self._profile_tables:
             self._profile_tables[model] = self._static_profiles(index)
         return [
@@ -295,15 +294,19 @@ class Nvml:
             found.extend(array[i] for i in range(count.value))
         return found
 
-    def gpu_instances(self, index: int, profiles: list[dict]) -> list[dict]:
-        """GPU instances with placements, compute instances, MIG device UUIDs and processes."""
+    def gpu_instances(self, index: int, profiles: list[dict], model: tuple | None = None) -> list[dict]:
+        """GPU instances with placements, compute instances, MIG device UUIDs and processes.
+
+        With the GPU's ``model`` key (see profiles()), compute-instance profiles are read once per GPU-instance profile.
+        """
         by_id = {p["id"]: p for p in profiles}
         devices = self.mig_devices(index)
         instances = []
         for gi in self._gi_handles(index, profiles):
             info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
             profile = by_id.get(info.profileId, {})
-            cis = self._compute_instances(index, gi, info.id, profile, devices)
+            static_key = (model, info.profileId) if model else None
+            cis = self._compute_instances(index, gi, info.id, profile, devices, static_key)
             instances.append(
                 {
                     "id": info.id,
@@ -317,13 +320,15 @@ class Nvml:
             )
         return sorted(instances, key=lambda gi: gi["placement"]["start"])
 
-    def _compute_instances(self, index: int, gi, gi_id: int, profile: dict, devices: dict) -> list[dict]:
+    def _compute_instances(
+        self, index: int, gi, gi_id: int, profile: dict, devices: dict, static_key: tuple | None
+    ) -> list[dict]:
         gi_name, gi_slices = profile.get("name", "?"), profile.get("slices")
         result = []
         for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
             if gi_slices and CI_PROFILE_SLICES.get(ci_index, 0) > gi_slices:
                 continue  # no compute instance is larger than its GPU instance: skip the NVML round trip
-            pinfo = self._ci_profile(index, gi, profile.get("id"), ci_index)
+            pinfo = self._ci_profile(index, gi, ci_index, static_key)
             if pinfo is None:
                 continue
             array = (pynvml.c_nvmlComputeInstance_t * max(pinfo.instanceCount, 1))()
@@ -357,12 +362,11 @@ class Nvml:
                 )
         return sorted(result, key=lambda ci: ci["id"])
 
-    def _ci_profile(self, index: int, gi, gi_profile_id: int | None, ci_index: int):
-        """A compute-instance profile of a GPU instance (None if absent): static per model and GPU-instance profile,
-        so read once per session when the GPU's model and the GPU-instance profile are known (see profiles())."""
-        model = self._models.get(index) if gi_profile_id is not None else None
-        key = (model, gi_profile_id, ci_index)
-        if model is None or key not in self._ci_profiles:
+    def _ci_profile(self, index: int, gi, ci_index: int, static_key: tuple | None):
+        """A compute-instance profile of a GPU instance (None if absent). It is static per model and GPU-instance
+        profile: given ``static_key`` (model key, GI profile id), it is read once per session."""
+        key = (static_key, ci_index)
+        if static_key is None or key not in self._ci_profiles:
             pinfo = self._call(
                 index,
                 "reading compute-instance profiles",
@@ -372,7 +376,7 @@ class Nvml:
                 pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
                 absent=_NO_PROFILE,
             )
-            if model is None:
+            if static_key is None:
                 return pinfo
             self._ci_profiles[key] = pinfo
         return self._ci_profiles[key]
