@@ -23,7 +23,8 @@ trap 'rm -rf "$work"' EXIT
 get() { curl -fsS --retry 3 -m 120 -o "$2" "$mirror/$1"; }
 
 get "dists/$suite/InRelease" "$work/InRelease"
-gpgv --keyring "$keyring" --output "$work/Release" "$work/InRelease" 2>/dev/null
+gpgv --keyring "$keyring" --output "$work/Release" "$work/InRelease" 2>"$work/gpgv.log" ||
+  { cat "$work/gpgv.log" >&2; echo "quadlet.sh: $suite's InRelease does not verify against $keyring" >&2; exit 1; }
 index=main/binary-amd64/Packages.xz
 want=$(awk -v f="$index" '/^SHA256:/ {on=1; next} /^[A-Za-z]/ {on=0} on && $3 == f {print $1}' "$work/Release")
 [[ -n $want ]] || { echo "quadlet.sh: $index is not listed in $suite's Release" >&2; exit 1; }
@@ -31,7 +32,7 @@ get "dists/$suite/$index" "$work/Packages.xz"
 echo "$want  $work/Packages.xz" | sha256sum -c --quiet -
 read -r file sum < <(xz -dc "$work/Packages.xz" | awk '
   /^Package: / {pkg = $2} /^Filename: / && pkg == "podman" {file = $2} /^SHA256: / && pkg == "podman" {sum = $2}
-  /^$/ && file {print file, sum; exit}')
+  /^$/ && file {print file, sum; exit}') || true
 [[ -n ${file:-} ]] || { echo "quadlet.sh: no podman package in $suite" >&2; exit 1; }
 get "$file" "$work/podman.deb"
 echo "$sum  $work/podman.deb" | sha256sum -c --quiet -
