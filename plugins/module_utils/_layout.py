@@ -496,7 +496,7 @@ def _profile_key(profile: GpuInstanceProfile) -> tuple[int, int, int]:
     return (-profile.memory_slices, -profile.compute_slices, profile.id)
 
 
-def _capacity_problem(model: GpuModel, profiles: Sequence[GpuInstanceProfile]) -> str | None:
+def capacity_problem(model: GpuModel, profiles: Sequence[GpuInstanceProfile]) -> str | None:
     """Why a multiset of profiles cannot fit on ``model`` by counting alone, or None."""
     for prof in {p.id: p for p in profiles}.values():
         count = sum(1 for p in profiles if p.id == prof.id)
@@ -539,7 +539,7 @@ def _solve(
 ) -> tuple[int, ...] | None:
     profiles = {p.id: p for p in model.profiles}
     wanted = [profiles[pid] for pid, _unused in demands]
-    if _capacity_problem(model, wanted):
+    if capacity_problem(model, wanted):
         return None
     used: frozenset[int] = frozenset()
     for pid, pin in demands:
@@ -590,83 +590,9 @@ def solve_placements(
     return _solve(model, key, frozenset(existing))
 
 
-def _smaller(model: GpuModel, profile: GpuInstanceProfile) -> GpuInstanceProfile | None:
-    suffix = profile.name.partition("+")[2]
-    size = (profile.compute_slices, profile.memory_slices)
-    smaller = [
-        p
-        for p in model.profiles
-        if p.name.partition("+")[2] == suffix and (p.compute_slices, p.memory_slices) < size and p.max_instances > 0
-    ]
-    return max(smaller, key=lambda p: (p.compute_slices, p.memory_slices, -p.id), default=None)
-
-
-def _feasible(model: GpuModel, slots: Sequence[_SlotWant]) -> bool:
+def feasible(model: GpuModel, slots: Sequence[_SlotWant]) -> bool:
+    """Whether the slots fit on ``model`` in some placement (pins respected)."""
     return solve_placements(model, [(s.profile, s.placement) for s in slots]) is not None
-
-
-def _edits(model: GpuModel, slots: Sequence[_SlotWant]) -> list[tuple[str, list[_SlotWant]]]:
-    """Single-slot edits, best first: shrink a slot (losing the fewest slices), then drop the smallest slot."""
-    shrinks = []
-    for i, slot in enumerate(slots):
-        smaller = _smaller(model, slot.profile)
-        if smaller is not None:
-            loss = (
-                slot.profile.compute_slices - smaller.compute_slices,
-                slot.profile.memory_slices - smaller.memory_slices,
-            )
-            edit = "shrink '%s' %s -> %s" % (slot.name, slot.profile.name, smaller.name)
-            shrinks.append(
-                (loss, i, edit, [*slots[:i], slot._replace(profile=smaller, placement=None), *slots[i + 1 :]])
-            )
-    drops = sorted(
-        (
-            (s.profile.compute_slices, s.profile.memory_slices),
-            i,
-            "drop '%s' (%s)" % (s.name, s.profile.name),
-            [*slots[:i], *slots[i + 1 :]],
-        )
-        for i, s in enumerate(slots)
-    )
-    return [(edit, new) for _unused, _unused2, edit, new in sorted(shrinks, key=lambda t: t[:2])] + [
-        (e, n) for _unused3, _unused4, e, n in drops
-    ]
-
-
-def _propose(model: GpuModel, slots: Sequence[_SlotWant]) -> tuple[list[str], list[_SlotWant]]:
-    """Nearest feasible layout by greedy single-slot edits (a feasible one-edit fix if any, else drop the largest)."""
-    edits: list[str] = []
-    current = list(slots)
-    while current and not _feasible(model, current):
-        options = _edits(model, current)
-        fixed = next(((e, n) for e, n in options if _feasible(model, n)), None)
-        if fixed is None:  # no single edit fits: drop the largest slot and look again
-            fixed = options[-1]
-        edits.append(fixed[0])
-        current = fixed[1]
-    return edits, current
-
-
-def _describe(slots: Sequence[_SlotWant]) -> str:
-    return ", ".join(
-        "%s: %s%s" % (s.name, s.profile.name, "" if s.placement is None else "@%d" % s.placement) for s in slots
-    )
-
-
-def _infeasible_message(target: _Target) -> str:
-    model, slots = target.model, target.slots
-    reason = _capacity_problem(model, [s.profile for s in slots])
-    if reason is None:
-        pins = " with the pinned placements" if any(s.placement is not None for s in slots) else ""
-        reason = "no placement of %s fits%s" % ("+".join(s.profile.name for s in slots), pins)
-    edits, proposal = _propose(model, slots)
-    return "%s on %s: infeasible layout (%s); nearest feasible layout: %s -> [%s]" % (
-        target.entry.label,
-        target.gpu.label,
-        reason,
-        "; ".join(edits),
-        _describe(proposal) or "no slots",
-    )
 
 
 def _target_problems(target: _Target) -> list[str]:
@@ -706,8 +632,11 @@ def _target_problems(target: _Target) -> list[str]:
                     len(group) - prof.max_instances,
                 )
             )
-    if not problems and not _feasible(target.model, target.slots):
-        problems.append(_infeasible_message(target))
+    if not problems and not feasible(target.model, target.slots):
+        # Imported here: only an infeasible layout needs the explanation, and each run compiles what it imports.
+        from ansible_collections.gpu.mig.plugins.module_utils import _proposal
+
+        problems.append(_proposal.infeasible_message(target))
     return problems
 
 
@@ -1016,64 +945,7 @@ def check_busy(plan: Plan, force: bool = False) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Simulation and rendering
-
-
-def _next_id(used: Iterable[int], first: int) -> int:
-    taken = set(used)
-    return next(i for i in itertools.count(first) if i not in taken)
-
-
-def _apply_action(gpu: GpuState, action: Action) -> GpuState:
-    gis = {g.id: g for g in gpu.gpu_instances}
-    if action.op == MIG_MODE:
-        if gis and not action.enable:
-            raise LayoutError(["GPU %d: MIG disabled while GPU instances %s exist" % (gpu.index, sorted(gis))])
-        return gpu._replace(mig_current=action.enable, mig_pending=action.enable)
-    if action.op == DESTROY_GI:
-        gi = gis.pop(action.gi_id)
-        if gi.compute_instances:
-            raise LayoutError(["GPU %d: GPU instance %d destroyed while it has compute instances" % (gpu.index, gi.id)])
-    elif action.op == CREATE_GI:
-        start, size = action.placement
-        if not gpu.mig_current or any(g.start < start + size and start < g.start + g.size for g in gis.values()):
-            raise LayoutError(
-                ["GPU %d: cannot create %s at %d (MIG off or overlap)" % (gpu.index, action.profile, start)]
-            )
-        new = GpuInstanceState(_next_id(gis, 1), action.profile_id, action.profile, start, size)
-        gis[new.id] = new
-    else:
-        gi = (
-            gis.get(action.gi_id)
-            if action.gi_id is not None
-            else next(
-                g
-                for g in gis.values()
-                if (g.start, g.size) == action.placement and g.profile_id == action.gi_profile_id
-            )
-        )
-        cis = {c.id: c for c in gi.compute_instances}
-        if action.op == DESTROY_CI:
-            cis.pop(action.ci_id)
-        else:
-            new_ci = ComputeInstanceState(_next_id(cis, 0), action.profile_id, action.profile)
-            cis[new_ci.id] = new_ci
-        gis[gi.id] = gi._replace(compute_instances=tuple(sorted(cis.values(), key=_by_id)))
-    return gpu._replace(gpu_instances=tuple(sorted(gis.values(), key=_by_id)))
-
-
-def apply_plan_to_state(gpus: Sequence[GpuState], plan: Plan) -> tuple[GpuState, ...]:
-    """Predict the GPUs after ``plan`` runs (mode changes take effect, i.e. any reset happened; new CIs have no UUID).
-
-    Raises LayoutError when an action is impossible on the given state (the plan does not belong to it).
-    """
-    by_index = {g.index: g for g in gpus}
-    for action in plan.actions:
-        try:
-            by_index[action.gpu_index] = _apply_action(by_index[action.gpu_index], action)
-        except (KeyError, StopIteration) as exc:
-            raise LayoutError(["%s on GPU %d: no such GPU or instance" % (action.op, action.gpu_index)]) from exc
-    return tuple(by_index[g.index] for g in gpus)
+# The current state as a layout
 
 
 def _slug(profile: str) -> str:

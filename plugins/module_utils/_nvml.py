@@ -300,13 +300,11 @@ class Nvml:
         With the GPU's ``model`` key (see profiles()), compute-instance profiles are read once per GPU-instance profile.
         """
         by_id = {p["id"]: p for p in profiles}
-        devices = self.mig_devices(index)
         instances = []
         for gi in self._gi_handles(index, profiles):
             info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
             profile = by_id.get(info.profileId, {})
             static_key = (model, info.profileId) if model else None
-            cis = self._compute_instances(index, gi, info.id, profile, devices, static_key)
             instances.append(
                 {
                     "id": info.id,
@@ -314,15 +312,19 @@ class Nvml:
                     "profile": profile.get("name"),
                     "placement": {"start": info.placement.start, "size": info.placement.size},
                     "memory_mib": profile.get("memory_mib"),
-                    "compute_instances": cis,
-                    "processes": [p for ci in cis for p in ci["processes"]],
+                    "compute_instances": self._compute_instances(index, gi, profile, static_key),
+                    "processes": [],
                 }
             )
+        devices = self.mig_devices(index, sum(len(gi["compute_instances"]) for gi in instances))
+        for gi in instances:
+            for ci in gi["compute_instances"]:
+                ci.update(devices.get((gi["id"], ci["id"]), ()))
+            gi["processes"] = [p for ci in gi["compute_instances"] for p in ci["processes"]]
         return sorted(instances, key=lambda gi: gi["placement"]["start"])
 
-    def _compute_instances(
-        self, index: int, gi, gi_id: int, profile: dict, devices: dict, static_key: tuple | None
-    ) -> list[dict]:
+    def _compute_instances(self, index: int, gi, profile: dict, static_key: tuple | None) -> list[dict]:
+        """Compute instances of a GPU instance; their MIG device fields stay empty for gpu_instances() to fill."""
         gi_name, gi_slices = profile.get("name", "?"), profile.get("slices")
         result = []
         for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
@@ -344,7 +346,6 @@ class Nvml:
             )
             for i in range(count.value):
                 info = self._call(index, "reading a compute instance", pynvml.nvmlComputeInstanceGetInfo, array[i])
-                device = devices.get((gi_id, info.id), {})
                 result.append(
                     {
                         "id": info.id,
@@ -354,10 +355,10 @@ class Nvml:
                         "slices": pinfo.sliceCount,
                         "sm_count": pinfo.multiprocessorCount,
                         "placement": {"start": info.placement.start, "size": info.placement.size},
-                        "uuid": device.get("uuid"),
-                        "mig_index": device.get("mig_index"),
-                        "memory_mib": device.get("memory_mib"),
-                        "processes": device.get("processes", []),
+                        "uuid": None,
+                        "mig_index": None,
+                        "memory_mib": None,
+                        "processes": [],
                     }
                 )
         return sorted(result, key=lambda ci: ci["id"])
@@ -381,12 +382,17 @@ class Nvml:
             self._ci_profiles[key] = pinfo
         return self._ci_profiles[key]
 
-    def mig_devices(self, index: int) -> dict[tuple[int, int], dict]:
-        """(GI id, CI id) -> {uuid, memory_mib, processes} for every MIG device of the GPU."""
+    def mig_devices(self, index: int, expected: int | None = None) -> dict[tuple[int, int], dict]:
+        """(GI id, CI id) -> {uuid, mig_index, memory_mib, processes} for the MIG devices of the GPU.
+
+        Probing stops once ``expected`` devices (the compute instances listed) are found: the other indices are empty.
+        """
         handle = self.handle(index)
-        devices = {}
+        devices: dict[tuple[int, int], dict] = {}
         maximum = self._call(index, "counting MIG devices", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle)
         for mig_index in range(maximum):
+            if len(devices) == expected:
+                break
             mig = self._call(
                 index,
                 "opening a MIG device",

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ansible_collections.gpu.mig.plugins.module_utils import _layout as L
 from ansible_collections.gpu.mig.plugins.module_utils import _migparted
 from ansible_collections.gpu.mig.plugins.module_utils._catalog import find_model
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.plan_replay import apply_plan_to_state
 
 A100 = find_model("NVIDIA A100-SXM4-40GB")
 H100 = find_model("NVIDIA H100 80GB HBM3")
@@ -305,7 +306,7 @@ def test_mix_that_fails_first_fit_in_written_order_solves():
     order = ["3g.20gb", "1g.5gb", "1g.5gb", "2g.10gb"]
     assert not _first_fit(A100, order)
     p = plan(one(*order), state(facts()))
-    after = L.apply_plan_to_state(state(facts()), p)[0]
+    after = apply_plan_to_state(state(facts()), p)[0]
     assert sorted(gi.profile for gi in after.gpu_instances) == sorted(order)
 
 
@@ -345,14 +346,14 @@ def test_changing_one_slot_of_three_keeps_the_other_two():
         ("destroy_gi", 3, (2, 1)),
         ("create_gi", None, (2, 2)),
     ]
-    after = L.apply_plan_to_state(gpus, p)[0]
+    after = apply_plan_to_state(gpus, p)[0]
     assert {1, 2} <= {gi.id for gi in after.gpu_instances}
 
 
 def test_same_profile_slots_with_different_splits_are_order_independent():
     split = {"name": "batch", "profile": "2g.10gb", "compute_instances": [{"profile": "1c.2g.10gb"}] * 2}
     whole = {"name": "chat", "profile": "2g.10gb"}
-    gpus = L.apply_plan_to_state(state(facts()), plan([{"gpus": 0, "slots": [split, whole]}], state(facts())))
+    gpus = apply_plan_to_state(state(facts()), plan([{"gpus": 0, "slots": [split, whole]}], state(facts())))
     again = plan([{"gpus": 0, "slots": [whole, split]}], gpus)
     assert not again.changed
     cis = {gi.id: len(gi.compute_instances) for gi in gpus[0].gpu_instances}
@@ -401,7 +402,7 @@ def test_ci_split_change_keeps_the_gpu_instance():
     ]
     assert p.gpus[0].keep == (1,)
     assert [a.ci_name for a in p.actions if a.op == "create_ci"] == ["b", "ci0"]
-    after = L.apply_plan_to_state(gpus, p)
+    after = apply_plan_to_state(gpus, p)
     assert sorted(c.profile for c in after[0].gpu_instances[0].compute_instances) == ["1c.3g.20gb", "2c.3g.20gb"]
     assert not plan(layout, after).changed
 
@@ -503,7 +504,7 @@ def test_gpu_state_from_facts():
 def test_simulation_rejects_a_plan_for_another_state():
     p = plan(one(("3g.20gb", 0)), state(facts()))
     with pytest.raises(L.LayoutError, match=r"cannot create 3g\.20gb at 0"):
-        L.apply_plan_to_state(state(facts(gis=[(1, "1g.5gb", 1)])), p)
+        apply_plan_to_state(state(facts(gis=[(1, "1g.5gb", 1)])), p)
 
 
 # --------------------------------------------------------------------------------------------------- mig-parted
@@ -677,7 +678,7 @@ def satisfies(gpu, layout, p):
 def test_property_apply_converges_and_keeps_ids(scenario):
     gpus, layout = scenario
     p = plan(layout, gpus)
-    after = L.apply_plan_to_state(gpus, p)
+    after = apply_plan_to_state(gpus, p)
     satisfies(after[0], layout, p)
     for slot in p.slots:
         if slot.gi_id is not None:
@@ -743,7 +744,7 @@ def test_property_plan_succeeds_iff_feasible(model_profiles):
     gpus = state(facts(0, model=model))
     layout = one(*[p.name for p in profiles])
     if _oracle(model, profiles):
-        after = L.apply_plan_to_state(gpus, plan(layout, gpus))
+        after = apply_plan_to_state(gpus, plan(layout, gpus))
         assert Counter(gi.profile for gi in after[0].gpu_instances) == Counter(p.name for p in profiles)
     else:
         with pytest.raises(L.LayoutError, match=r"infeasible|too many"):
