@@ -12,7 +12,6 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,29 +65,39 @@ def _api(func: F) -> F:
 # --- handles ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Ref:
-    """What a handle points at."""
+    """What a handle points at (a plain class: cheaper to define and to build than a dataclass or NamedTuple)."""
 
-    kind: str
-    gpu: int
-    gi: int = 0
-    ci: int = 0
+    __slots__ = ("ci", "gi", "gpu", "kind")
+
+    def __init__(self, kind: str, gpu: int, gi: int = 0, ci: int = 0) -> None:
+        self.kind, self.gpu, self.gi, self.ci = kind, gpu, gi, ci
+
+
+_REFS: dict[int, Ref] = {}  # handle value -> what it points at, shared (refs are never modified)
 
 
 def _handle(ref: Ref, handle_type: type) -> Any:
     value = _MAGIC | _KINDS[ref.kind] << 32 | ref.gpu << 16 | ref.gi << 8 | ref.ci
-    return ctypes.cast(ctypes.c_void_p(value), handle_type)
+    return handle_type.from_buffer(ctypes.c_void_p(value))  # a pointer holding value; cheaper than ctypes.cast
 
 
 def _decode(handle: Any) -> Ref:
-    value = ctypes.cast(handle, ctypes.c_void_p).value if handle is not None else None
-    if not value or value >> 40 != _MAGIC >> 40:
-        raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-    kind = _KIND_NAMES.get(value >> 32 & 0xFF)
-    if kind is None:
-        raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-    return Ref(kind, value >> 16 & 0xFF, value >> 8 & 0xFF, value & 0xFF)
+    if handle is None:
+        value = None
+    elif isinstance(handle, ctypes._Pointer):  # pylint: disable=protected-access
+        value = ctypes.c_void_p.from_buffer(handle).value  # read in place: ctypes.cast is a foreign call
+    else:
+        value = ctypes.cast(handle, ctypes.c_void_p).value
+    ref = _REFS.get(value)
+    if ref is None:
+        if not value or value >> 40 != _MAGIC >> 40:
+            raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        kind = _KIND_NAMES.get(value >> 32 & 0xFF)
+        if kind is None:
+            raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        ref = _REFS[value] = Ref(kind, value >> 16 & 0xFF, value >> 8 & 0xFF, value & 0xFF)
+    return ref
 
 
 def device_handle(index: int) -> Any:
@@ -108,7 +117,8 @@ def _check(host: Host, gpu: int | None) -> None:
     """Raise an injected fault (consuming it) or GPU_IS_LOST for a lost GPU."""
     if gpu is not None and host.live(gpu)["lost"]:
         raise mig.fail(pynvml.NVML_ERROR_GPU_IS_LOST)
-    if not any(_fault_matches(f, gpu) for f in host.persistent["faults"]):
+    faults = host.persistent["faults"]
+    if not faults or not any(_fault_matches(f, gpu) for f in faults):
         return
     with state.transaction(_root) as locked:
         fault = next((f for f in locked.persistent["faults"] if _fault_matches(f, gpu)), None)
@@ -124,8 +134,9 @@ def _system() -> Host:
     return host
 
 
-def _resolve(host: Host, handle: Any, *kinds: str) -> Ref:
-    """Decode a handle of one of ``kinds`` and check that what it names still exists."""
+def _read(handle: Any, *kinds: str) -> tuple[Host, Ref]:
+    """The state for a read-only call and the decoded handle, one of ``kinds`` whose target still exists."""
+    host = state.read(_root)
     ref = _decode(handle)
     if ref.kind not in kinds or ref.gpu >= len(host.gpus):
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -137,12 +148,7 @@ def _resolve(host: Host, handle: Any, *kinds: str) -> Ref:
             mig.find_compute_instance(host, ref.gpu, ref.gi, ref.ci)
     except pynvml.NVMLError as err:
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT) from err
-    return ref
-
-
-def _read(handle: Any, *kinds: str) -> tuple[Host, Ref]:
-    host = state.read(_root)
-    return host, _resolve(host, handle, *kinds)
+    return host, ref
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,7 @@ def gpu_record(hostname: str, index: int, spec: GpuSpec) -> dict[str, Any]:
     digest = hashlib.sha256(f"{hostname}/{index}".encode()).hexdigest()
     return {
         "model": gpu_model.name,
-        "uuid": "GPU-" + str(uuid.uuid5(mig.UUID_NAMESPACE, f"{hostname}/gpu/{index}")),
+        "uuid": "GPU-" + mig.stable_uuid(f"{hostname}/gpu/{index}"),
         "serial": str(int(digest, 16))[:13],
         "pci_bus_id": f"00000000:{PCI_BUSES[index % len(PCI_BUSES)] + index // len(PCI_BUSES):02X}:00.0",
         "pci_device_id": (gpu_model.pci_device_ids or ("0x000010DE",))[0],

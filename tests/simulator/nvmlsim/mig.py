@@ -6,7 +6,6 @@ Rules that are inferred rather than documented are listed in tests/simulator/REA
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pynvml
@@ -15,7 +14,14 @@ from ansible_collections.gpu.mig.plugins.module_utils._catalog import ComputePro
 from nvmlsim import models
 from nvmlsim.state import Host, fresh_gpu_state
 
-UUID_NAMESPACE = uuid.UUID("6f0c5f43-56a1-4f61-9a35-7d1f0c0a4d31")
+_UUID_NAMESPACE = "6f0c5f43-56a1-4f61-9a35-7d1f0c0a4d31"
+
+
+def stable_uuid(name: str) -> str:
+    """Deterministic UUID text for ``name`` (a version 5 UUID in the simulator's namespace)."""
+    import uuid  # deferred: only creating GPUs or instances needs it, read-only runs skip the import
+
+    return str(uuid.uuid5(uuid.UUID(_UUID_NAMESPACE), name))
 
 
 def fail(code: int) -> pynvml.NVMLError:
@@ -69,27 +75,23 @@ def gi_profile_by_index(gpu_model: GpuModel, index: int) -> GpuInstanceProfile:
 # --- GPU instances ---------------------------------------------------------------------------------
 
 
-def _span(start: int, size: int) -> set[int]:
-    return set(range(start, start + size))
-
-
 def used_slices(instances: list[dict[str, Any]]) -> set[int]:
     """Memory slices occupied by existing GPU (or compute) instances."""
-    return {s for inst in instances for s in _span(inst["start"], inst["size"])}
+    return {s for inst in instances for s in range(inst["start"], inst["start"] + inst["size"])}
 
 
 def free_starts(starts: tuple[int, ...], size: int, instances: list[dict[str, Any]]) -> list[int]:
     """Legal starts whose slices are all free."""
     used = used_slices(instances)
-    return [s for s in starts if not _span(s, size) & used]
+    return [s for s in starts if used.isdisjoint(range(s, s + size))]
 
 
 def _greedy_fit(starts: list[int], size: int) -> int:
     """How many non-overlapping placements fit among ``starts`` (ascending, first fit)."""
     taken: set[int] = set()
     for start in starts:
-        if not _span(start, size) & taken:
-            taken |= _span(start, size)
+        if taken.isdisjoint(range(start, start + size)):
+            taken.update(range(start, start + size))
     return len(taken) // size
 
 
@@ -105,12 +107,12 @@ def gi_remaining(gpu_model: GpuModel, instances: list[dict[str, Any]], prof: Gpu
 
 def _lost_placements(gpu_model: GpuModel, instances: list[dict[str, Any]], start: int, size: int) -> int:
     """How many currently free placements (all profiles) an instance at ``start`` would block."""
-    span = _span(start, size)
+    span = set(range(start, start + size))
     return sum(
         1
         for prof in gpu_model.profiles
         for s in free_starts(prof.placement_starts, prof.placement_size, instances)
-        if _span(s, prof.placement_size) & span
+        if not span.isdisjoint(range(s, s + prof.placement_size))
     )
 
 
@@ -240,7 +242,7 @@ def create_compute_instance(
         "profile_id": cprof.id,
         "start": start,
         "size": cprof.slice_count,
-        "uuid": "MIG-" + str(uuid.uuid5(UUID_NAMESPACE, f"{gpu_uuid}/{host.persistent['boots']}/{host.next_serial()}")),
+        "uuid": "MIG-" + stable_uuid(f"{gpu_uuid}/{host.persistent['boots']}/{host.next_serial()}"),
     }
     gi["compute_instances"].append(record)
     gi["compute_instances"].sort(key=lambda ci: ci["id"])

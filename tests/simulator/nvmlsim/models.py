@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ansible_collections.gpu.mig.plugins.module_utils import _catalog
 from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuModel
 
@@ -52,8 +54,12 @@ def all_models() -> dict[str, GpuModel]:
     return {**_catalog.all_models(), **NON_MIG_MODELS}
 
 
+@functools.lru_cache(maxsize=None)
 def lookup(name: str) -> GpuModel:
-    """Resolve a product name, catalog alias or short name (case-insensitive); KeyError if unknown."""
+    """Resolve a product name, catalog alias or short name (case-insensitive); KeyError if unknown.
+
+    Cached: every simulated call on a GPU looks its model up by the stored product name.
+    """
     exact = NON_MIG_MODELS.get(name) or _catalog.find_model(name)  # the stored product name: build just that one
     if exact is not None:
         return exact

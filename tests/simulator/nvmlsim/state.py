@@ -145,19 +145,27 @@ def transaction(root: Path | str) -> Iterator[Host]:
                 save(host)
 
 
-_READ_CACHE: dict[str, tuple[tuple[int, int, int] | None, Host]] = {}
-_VOLATILE_FILES: dict[str, str] = {}
+class _Cached:
+    """A state parsed for read-only calls, valid while the volatile file keeps its signature."""
+
+    __slots__ = ("busy", "host", "path", "signature")
+
+    def __init__(self, path: str, signature: tuple[int, int, int] | None, host: Host) -> None:
+        self.path = path  # the volatile state file
+        self.signature = signature
+        self.host = host
+        self.busy = [gpu for gpu in host.volatile["gpus"] if gpu["processes"]]  # GPUs whose processes may exit
 
 
-def _signature(root: str) -> tuple[int, int, int] | None:
+_READ_CACHE: dict[str, _Cached] = {}
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
     """Identity of the volatile state file (None when absent): every writer replaces or removes it last, after the
     persistent one, and replaces it atomically, so a new inode means new state.
 
     Runs on every simulated NVML call, hence one os.stat on a cached string rather than pathlib.
     """
-    path = _VOLATILE_FILES.get(root)
-    if path is None:
-        path = _VOLATILE_FILES[root] = os.path.join(root, VOLATILE)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -171,20 +179,19 @@ def read(root: Path | str) -> Host:
     The parsed state is reused while the volatile file is unchanged; callers must not modify it.
     """
     key = os.fspath(root)
-    sig = _signature(key)
     cached = _READ_CACHE.get(key)
-    if cached and sig is not None and cached[0] == sig:
-        host = cached[1]
-        for gpu in host.volatile["gpus"]:  # processes may have exited since
-            if gpu["processes"]:
-                gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
-        return host
+    path = cached.path if cached else os.path.join(key, VOLATILE)
+    sig = _signature(path)
+    if cached and sig is not None and cached.signature == sig:
+        for gpu in cached.busy:  # processes may have exited since
+            gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
+        return cached.host
     host, booted = _load(Path(root))
     if booted:  # first access after boot: persist the boot under the lock
         with transaction(root) as host:
             pass
-        sig = _signature(key)
-    _READ_CACHE[key] = (sig, host)
+        sig = _signature(path)
+    _READ_CACHE[key] = _Cached(path, sig, host)
     return host
 
 
