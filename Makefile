@@ -91,6 +91,7 @@ molecule-systemd: collection
 benchmarks: collection
 	$(BIN)/python benchmarks/facts_overhead.py
 	$(BIN)/python benchmarks/apply_overhead.py
+	$(BIN)/python benchmarks/module_instructions.py
 	$(BIN)/python benchmarks/audit_overhead.py
 	$(BIN)/python benchmarks/capacity_plans.py
 	$(BIN)/pip install -q locust
