@@ -3,6 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Per-host cost of one module run on a simulated 8-GPU host, in CPU instructions, against ansible.builtin.ping.
 
+``mig_instances`` is the module itself; on a converged host its action plugin runs only ``mig_facts`` there.
+
 Wall and CPU time move by several percent from run to run on a shared machine; instruction counts under valgrind's
 callgrind repeat to about 0.1%, so this shows where a module's overhead goes and whether a change helped. It keeps
 the AnsiballZ scripts Ansible writes for one host and runs each under callgrind, printing the total instructions,
@@ -50,7 +52,7 @@ def playbook(task: str) -> str:
 
 
 def keep_script(name: str, inventory: Path, work: Path) -> Path:
-    """Run the one-task playbook with ANSIBLE_KEEP_REMOTE_FILES and return the AnsiballZ script it left behind."""
+    """Run the one-task playbook with ANSIBLE_KEEP_REMOTE_FILES and return the module's AnsiballZ script."""
     book, remote = work / f"{name}.yml", work / f"remote-{name}"
     book.write_text(playbook(PLAYBOOKS[name]))
     env = dict(
@@ -62,7 +64,7 @@ def keep_script(name: str, inventory: Path, work: Path) -> Path:
     )
     shutil.rmtree(remote, ignore_errors=True)
     subprocess.run(["ansible-playbook", "-i", str(inventory), str(book)], env=env, check=True, capture_output=True)
-    return next(remote.glob("*/AnsiballZ_*.py"))
+    return next(remote.glob(f"*/AnsiballZ_{name}.py"))
 
 
 def instructions(python: Path, script: Path, work: Path) -> tuple[int, int | None]:
@@ -95,9 +97,11 @@ def main() -> None:
         inventory = make_fleet(work / "fleet", 1, "dgxh100")
         python = next((work / "fleet").glob("*/python"))
         try:
-            keep_script("mig_instances", inventory, work)  # converge the host: every measured run is then a no-op
-            figures = {name: instructions(python, keep_script(name, inventory, work), work)
-                       for name in ["ping", *modules]}  # fmt: skip
+            # The first run converges the host, so its action plugin ran the module: keep that script. Run again on
+            # the converged host, it is a no-op, like every other measured run.
+            scripts = {"mig_instances": keep_script("mig_instances", inventory, work)}
+            scripts.update((name, keep_script(name, inventory, work)) for name in ["ping", "mig_facts"])
+            figures = {name: instructions(python, scripts[name], work) for name in ["ping", *modules]}
         finally:
             subprocess.run([str(REPO / "tests/simulator/migsim"), "stop", str(work / "fleet")], check=False)
     ping_total, ping_compiling = figures["ping"]

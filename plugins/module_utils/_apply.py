@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _layout, _mode, _nvml
+from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _layout, _mode, _nvml, _select
 
 
 class ApplyError(Exception):
@@ -66,7 +66,11 @@ def live_model(gpu: dict, shipped: _catalog.GpuModel | None) -> _catalog.GpuMode
 
 def read_host(nvml: _nvml.Nvml) -> tuple[list[dict], list[_layout.GpuState], dict]:
     """Facts, planner states and catalog models (live from NVML, shipped data when MIG is off) of every GPU."""
-    facts = [nvml.gpu(i) for i in range(nvml.count())]
+    return host_from_facts([nvml.gpu(i) for i in range(nvml.count())])
+
+
+def host_from_facts(facts: list[dict]) -> tuple[list[dict], list[_layout.GpuState], dict]:
+    """``read_host`` from facts already read (``nvidia_mig.gpus`` of gpu.mig.mig_facts)."""
     models = {}
     for gpu in facts:
         if not gpu["mig"]["supported"]:
@@ -78,6 +82,55 @@ def read_host(nvml: _nvml.Nvml) -> tuple[list[dict], list[_layout.GpuState], dic
             live if live.profiles and any(p.compute_profiles for p in live.profiles) else shipped or live
         )
     return facts, [_layout.gpu_state_from_facts(g) for g in facts], models
+
+
+MIG_INSTANCES_ARGS = {
+    "argument_spec": {
+        "layout": {"type": "list", "elements": "dict"},
+        "mig_parted_config": {"type": "dict"},
+        "mig_parted_config_name": {"type": "str"},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        "gpus": {"type": "list", "elements": "str", "default": ["all"]},
+        "force": {"type": "bool", "default": False},
+        "force_grace": {"type": "int", "default": 10},
+    },
+    "mutually_exclusive": [("layout", "mig_parted_config")],
+    "required_if": [("state", "present", ("layout", "mig_parted_config"), True)],
+    "required_together": [("mig_parted_config", "mig_parted_config_name")],
+}
+"""The options of gpu.mig.mig_instances, shared by the module and its action plugin."""
+
+
+def desired_layout(params: dict, host: tuple) -> list:
+    """The layout mig_instances applies: as given, converted from mig-parted, or 'no instances' for state=absent."""
+    facts, states, models = host
+    if params["state"] == "absent":
+        selected = [g for g in _select.select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
+        return [{"gpus": g["uuid"], "slots": []} for g in selected]
+    if params["mig_parted_config"] is not None:
+        # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
+        from ansible_collections.gpu.mig.plugins.module_utils import _migparted
+
+        return _migparted.layout_from_mig_parted(
+            params["mig_parted_config"], params["mig_parted_config_name"], states, models
+        )
+    return params["layout"]
+
+
+def module_returns(result: dict, driver: dict, diff: bool) -> dict:
+    """mig_instances' return values from an apply_layout result; the before/after rendering only in diff mode."""
+    gpus = result["facts"]
+    returns = {
+        "changed": result["changed"],
+        "slots": result["slots"],
+        "plan": result["plan"],
+        "restored": result["restored"],
+        "warnings_busy": result["warnings"],
+        "ansible_facts": {"nvidia_mig": {"driver": driver, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
+    }
+    if diff:
+        returns["diff"] = result["diff"]
+    return returns
 
 
 def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
@@ -203,7 +256,7 @@ def _describe(states: list[_layout.GpuState]) -> str:
 
 
 def apply_layout(
-    nvml: _nvml.Nvml,
+    nvml: _nvml.Nvml | None,
     layout: list,
     force: bool = False,
     check_mode: bool = False,
@@ -215,7 +268,8 @@ def apply_layout(
     Everything is validated before the first change. With ``force``, processes holding instances to destroy are
     terminated first (SIGTERM, then SIGKILL after ``grace`` seconds). Raises LayoutError for invalid, infeasible or unsafe layouts
     (nothing changed) and ApplyError when NVML fails midway (after restoring the layout found at the start, or
-    saying exactly what was left behind). ``host``: a ``read_host`` result the caller already has.
+    saying exactly what was left behind). ``host``: a ``read_host`` result the caller already has; with it, check mode
+    needs no NVML (``nvml`` may be None: the mig_instances action plugin plans on the controller).
     """
     facts, states, models = host or read_host(nvml)
     plan = _layout.plan_layout(layout, states, models)

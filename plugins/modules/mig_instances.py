@@ -68,6 +68,17 @@ options:
 extends_documentation_fragment:
   - gpu.mig.nvml
 attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+    details:
+      - The host runs M(gpu.mig.mig_facts) and the controller plans from those facts with the module's own code. The
+        module runs on the host only when the plan changes something; it then reads the host and plans again.
+      - A converged host and check mode therefore cost one M(gpu.mig.mig_facts) run, with the same result as the module.
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: full
+    details: An C(async) task runs the module on the host directly.
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
@@ -172,52 +183,21 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout, _nvml
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
-
-
-def desired_layout(module: AnsibleModule, host: tuple) -> list:
-    """The layout to apply: as given, converted from mig-parted, or 'no instances' for state=absent."""
-    params = module.params
-    facts, states, models = host
-    if params["state"] == "absent":
-        selected = [g for g in select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
-        return [{"gpus": g["uuid"], "slots": []} for g in selected]
-    if params["mig_parted_config"] is not None:
-        # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
-        from ansible_collections.gpu.mig.plugins.module_utils import _migparted
-
-        return _migparted.layout_from_mig_parted(
-            params["mig_parted_config"], params["mig_parted_config_name"], states, models
-        )
-    return params["layout"]
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "layout": {"type": "list", "elements": "dict"},
-            "mig_parted_config": {"type": "dict"},
-            "mig_parted_config_name": {"type": "str"},
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "gpus": {"type": "list", "elements": "str", "default": ["all"]},
-            "force": {"type": "bool", "default": False},
-            "force_grace": {"type": "int", "default": 10},
-        },
-        mutually_exclusive=[("layout", "mig_parted_config")],
-        required_if=[("state", "present", ("layout", "mig_parted_config"), True)],
-        required_together=[("mig_parted_config", "mig_parted_config_name")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(supports_check_mode=True, **_apply.MIG_INSTANCES_ARGS)
     if not _nvml.HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
-    system = {}
+    driver = {}
     try:
         with _nvml.Nvml() as nvml:
-            system = dict(nvml.system(), loaded=True, error=None)
+            driver = dict(nvml.system(), loaded=True, error=None)
             host = _apply.read_host(nvml)
             result = _apply.apply_layout(
                 nvml,
-                desired_layout(module, host),
+                _apply.desired_layout(module.params, host),
                 module.params["force"],
                 module.check_mode,
                 grace=module.params["force_grace"],
@@ -226,26 +206,10 @@ def main() -> None:
     except (_layout.LayoutError, SelectorError) as err:
         module.fail_json(msg=str(err), changed=False)
     except _apply.ApplyError as err:
-        module.fail_json(msg=err.msg, **_returns(err.result, system, module._diff))
+        module.fail_json(msg=err.msg, **_apply.module_returns(err.result, driver, module._diff))
     except _nvml.NvmlError as err:
         module.fail_json(msg=err.msg)
-    module.exit_json(**_returns(result, system, module._diff))
-
-
-def _returns(result: dict, system: dict, diff: bool) -> dict:
-    """The module's return values; the before/after rendering only in diff mode."""
-    gpus = result["facts"]
-    returns = {
-        "changed": result["changed"],
-        "slots": result["slots"],
-        "plan": result["plan"],
-        "restored": result["restored"],
-        "warnings_busy": result["warnings"],
-        "ansible_facts": {"nvidia_mig": {"driver": system, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
-    }
-    if diff:
-        returns["diff"] = result["diff"]
-    return returns
+    module.exit_json(**_apply.module_returns(result, driver, module._diff))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Property tests of the apply path against the simulated NVML: random starting layouts, random desired layouts.
 
-For a feasible layout: check mode changes nothing and predicts exactly the plan the real run executes, the real
-run converges, a second run is a no-op, and slots that matched an existing instance keep its MIG UUID.
+For a feasible layout: check mode changes nothing and predicts exactly the plan the real run executes, planning
+on the controller from gathered facts (the action plugin) gives the same result, the real run converges, a second
+run is a no-op, and slots that matched an existing instance keep its MIG UUID.
 For an infeasible or invalid layout: the error comes before any change, the host state byte-for-byte unchanged.
 """
 
@@ -87,15 +88,19 @@ def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
     host = host_for(workdir, model, start)
     layout = [{"gpus": 0, "slots": slots}]
     before = snapshot(host.root)
+    on_controller = _apply.host_from_facts(_nvml.gather()["gpus"])  # what the action plugin plans from
     with _nvml.Nvml() as nvml:
         try:
             checked = _apply.apply_layout(nvml, layout, check_mode=True)
         except _layout.LayoutError:
             with pytest.raises(_layout.LayoutError):
+                _apply.apply_layout(None, layout, check_mode=True, host=on_controller)
+            with pytest.raises(_layout.LayoutError):
                 _apply.apply_layout(nvml, layout)
             assert snapshot(host.root) == before
             return
         assert snapshot(host.root) == before
+        assert _apply.apply_layout(None, layout, check_mode=True, host=on_controller) == checked
         old = uuids_by_placement(checked["facts"])
         real = _apply.apply_layout(nvml, layout)
         assert real["plan"] == checked["plan"] and real["changed"] == checked["changed"]
