@@ -38,7 +38,10 @@ class ActionModule(ActionBase):
 
     def _plan_or_apply(self, task_vars: dict) -> dict:
         _validation, params = self.validate_argument_spec(**_apply.MIG_INSTANCES_ARGS)
-        gathered = self._execute_module("gpu.mig.mig_facts", module_args={}, task_vars=task_vars)
+        # Every option explicit (module_defaults for mig_facts must not narrow what the plan sees), in a new dict
+        # each time: _execute_module adds its internal options to the dict it is given.
+        every_gpu = {"gpus": [], "require_mig": False}
+        gathered = self._execute_module("gpu.mig.mig_facts", module_args=every_gpu, task_vars=task_vars)
         facts = gathered.get("ansible_facts", {}).get("nvidia_mig")
         if gathered.get("failed") or not facts or not facts["driver"]["loaded"]:
             return self._execute_module(task_vars=task_vars)  # the module reports the problem in its own words

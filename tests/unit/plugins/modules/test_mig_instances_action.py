@@ -49,8 +49,9 @@ def test_a_converged_host_is_answered_from_facts_exactly_as_the_module_answers(s
     assert applied["changed"] is True
     for diff in (False, True):
         module_result, _unused = run_module(mig_instances, args, diff=diff)
-        result, executed, _calls = run_action(args, diff=diff)
+        result, executed, calls = run_action(args, diff=diff)
         assert executed == ["gpu.mig.mig_facts"]
+        assert calls[0][1] == {"gpus": [], "require_mig": False}  # every GPU, whatever mig_facts' module_defaults
         assert result == module_result
         assert result["changed"] is False and result["slots"] == applied["slots"]
 
