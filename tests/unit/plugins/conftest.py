@@ -1,7 +1,7 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Run a module's main() in-process and capture what it returns."""
+"""Fixtures for the plugin tests: run a module's main() in-process, snapshot a simulated host."""
 
 from __future__ import annotations
 
