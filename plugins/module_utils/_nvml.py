@@ -294,17 +294,17 @@ class Nvml:
             found.extend(array[i] for i in range(count.value))
         return found
 
-    def gpu_instances(self, index: int, profiles: list[dict], model: tuple | None = None) -> list[dict]:
+    def gpu_instances(self, index: int, profiles: list[dict], model: tuple) -> list[dict]:
         """GPU instances with placements, compute instances, MIG device UUIDs and processes.
 
-        With the GPU's ``model`` key (see profiles()), compute-instance profiles are read once per GPU-instance profile.
+        Compute-instance profiles are read once per GPU-instance profile of the GPU's ``model`` key (see profiles()).
         """
         by_id = {p["id"]: p for p in profiles}
         instances = []
         for gi in self._gi_handles(index, profiles):
             info = self._call(index, "reading a GPU instance", pynvml.nvmlGpuInstanceGetInfo, gi)
             profile = by_id.get(info.profileId, {})
-            static_key = (model, info.profileId) if model else None
+            static_key = (model, info.profileId)
             instances.append(
                 {
                     "id": info.id,
@@ -323,7 +323,7 @@ class Nvml:
             gi["processes"] = [p for ci in gi["compute_instances"] for p in ci["processes"]]
         return sorted(instances, key=lambda gi: gi["placement"]["start"])
 
-    def _compute_instances(self, index: int, gi, profile: dict, static_key: tuple | None) -> list[dict]:
+    def _compute_instances(self, index: int, gi, profile: dict, static_key: tuple) -> list[dict]:
         """Compute instances of a GPU instance; their MIG device fields stay empty for gpu_instances() to fill."""
         gi_name, gi_slices = profile.get("name", "?"), profile.get("slices")
         result = []
@@ -363,12 +363,12 @@ class Nvml:
                 )
         return sorted(result, key=lambda ci: ci["id"])
 
-    def _ci_profile(self, index: int, gi, ci_index: int, static_key: tuple | None):
+    def _ci_profile(self, index: int, gi, ci_index: int, static_key: tuple):
         """A compute-instance profile of a GPU instance (None if absent). It is static per model and GPU-instance
-        profile: given ``static_key`` (model key, GI profile id), it is read once per session."""
+        profile, ``static_key`` (model key, GI profile id), so it is read once per session."""
         key = (static_key, ci_index)
-        if static_key is None or key not in self._ci_profiles:
-            pinfo = self._call(
+        if key not in self._ci_profiles:
+            self._ci_profiles[key] = self._call(
                 index,
                 "reading compute-instance profiles",
                 pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo,
@@ -377,12 +377,9 @@ class Nvml:
                 pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
                 absent=_NO_PROFILE,
             )
-            if static_key is None:
-                return pinfo
-            self._ci_profiles[key] = pinfo
         return self._ci_profiles[key]
 
-    def mig_devices(self, index: int, expected: int | None = None) -> dict[tuple[int, int], dict]:
+    def mig_devices(self, index: int, expected: int) -> dict[tuple[int, int], dict]:
         """(GI id, CI id) -> {uuid, mig_index, memory_mib, processes} for the MIG devices of the GPU.
 
         Probing stops once ``expected`` devices (the compute instances listed) are found: the other indices are empty.

@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Iterable, Sequence
 
 from ansible_collections.gpu.mig.plugins.module_utils import _layout as L
-
-
-def _by_id(obj: L.GpuInstanceState | L.ComputeInstanceState) -> int:
-    return obj.id
 
 
 def _next_id(used: Iterable[int], first: int) -> int:
@@ -56,8 +53,8 @@ def _apply_action(gpu: L.GpuState, action: L.Action) -> L.GpuState:
         else:
             new_ci = L.ComputeInstanceState(_next_id(cis, 0), action.profile_id, action.profile)
             cis[new_ci.id] = new_ci
-        gis[gi.id] = gi._replace(compute_instances=tuple(sorted(cis.values(), key=_by_id)))
-    return gpu._replace(gpu_instances=tuple(sorted(gis.values(), key=_by_id)))
+        gis[gi.id] = gi._replace(compute_instances=tuple(sorted(cis.values(), key=operator.attrgetter("id"))))
+    return gpu._replace(gpu_instances=tuple(sorted(gis.values(), key=operator.attrgetter("id"))))
 
 
 def apply_plan_to_state(gpus: Sequence[L.GpuState], plan: L.Plan) -> tuple[L.GpuState, ...]:
