@@ -90,7 +90,7 @@ MIG_INSTANCES_ARGS = {
         "mig_parted_config": {"type": "dict"},
         "mig_parted_config_name": {"type": "str"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "gpus": {"type": "list", "elements": "str", "default": ["all"]},
+        "gpus": {"type": "list", "elements": "str"},
         "force": {"type": "bool", "default": False},
         "force_grace": {"type": "int", "default": 10},
     },
@@ -101,11 +101,33 @@ MIG_INSTANCES_ARGS = {
 """The options of gpu.mig.mig_instances, shared by the module and its action plugin."""
 
 
+def _contradictions(params: dict) -> list[str]:
+    """Options that contradict ``state``: each would otherwise be silently ignored, with instances destroyed."""
+    if params["state"] == "absent":
+        given = [key for key in ("layout", "mig_parted_config") if params.get(key) is not None]
+        return [
+            "state=absent removes every instance on the GPUs in 'gpus' and takes no %s; drop %s to clear GPUs, or use"
+            " state=present to apply it" % (key, key)
+            for key in given
+        ]
+    if params.get("gpus") is not None:
+        return [
+            "'gpus' selects the GPUs to clear with state=absent only; with state=present each layout entry selects"
+            " its GPUs (layout: [{gpus: ..., slots: [...]}]): drop 'gpus'"
+        ]
+    return []
+
+
 def desired_layout(params: dict, host: tuple) -> list:
-    """The layout mig_instances applies: as given, converted from mig-parted, or 'no instances' for state=absent."""
+    """The layout mig_instances applies: as given, converted from mig-parted, or 'no instances' for state=absent.
+
+    Raises LayoutError when options contradict each other (``state: absent`` with a layout, ``gpus`` with
+    ``state: present``), before anything is read into a plan.
+    """
+    _layout.raise_if(_contradictions(params))
     facts, states, models = host
     if params["state"] == "absent":
-        selected = [g for g in _select.select_gpus(facts, params["gpus"]) if g["mig"]["current"]]
+        selected = [g for g in _select.select_gpus(facts, params["gpus"] or ["all"]) if g["mig"]["current"]]
         return [{"gpus": g["uuid"], "slots": []} for g in selected]
     if params["mig_parted_config"] is not None:
         # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
@@ -125,6 +147,7 @@ def module_returns(result: dict, driver: dict, diff: bool) -> dict:
         "slots": result["slots"],
         "plan": result["plan"],
         "restored": result["restored"],
+        "restore_changes": result["restore_changes"],
         "warnings_busy": result["warnings"],
         "ansible_facts": {"nvidia_mig": {"driver": driver, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
     }
@@ -149,8 +172,12 @@ def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
     return problems
 
 
-def _execute(nvml: _nvml.Nvml, plan: _layout.Plan) -> None:
-    """Run the plan's actions in order; compute instances of new GIs find their GI by placement."""
+def _execute(nvml: _nvml.Nvml, plan: _layout.Plan, created: dict[tuple[str | None, str | None], int]) -> None:
+    """Run the plan's actions in order; compute instances of new GIs find their GI by placement.
+
+    ``created`` receives the id NVML gives each new compute instance, keyed by (slot, compute-instance name), also
+    when a later action fails.
+    """
     new_gi: dict[tuple[int, int, int], int] = {}
     for action in plan.actions:
         index = action.gpu_index
@@ -172,7 +199,7 @@ def _execute(nvml: _nvml.Nvml, plan: _layout.Plan) -> None:
             if gi_id is None:
                 gi_id = new_gi[(index, action.gi_profile_id, action.placement[0])]
             # Compute-instance profile ids equal their NVML_COMPUTE_INSTANCE_PROFILE_* index.
-            nvml.create_compute_instance(index, gi_id, action.profile_id)
+            created[(action.slot, action.ci_name)] = nvml.create_compute_instance(index, gi_id, action.profile_id)
 
 
 def _terminate(nvml: _nvml.Nvml, plan: _layout.Plan, grace: float) -> None:
@@ -202,9 +229,17 @@ def _terminate(nvml: _nvml.Nvml, plan: _layout.Plan, grace: float) -> None:
     )
 
 
-def slot_map(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
-    """Slot name -> where it lives now, with the MIG device UUID of each of its compute instances."""
+def slot_map(
+    plan: _layout.Plan, facts: list[dict], created: dict[tuple[str | None, str | None], int] | None = None
+) -> dict[str, dict]:
+    """Slot name -> where it lives, with the MIG device UUID of each compute instance in the layout's order.
+
+    ``facts`` is the host after the run, ``created`` the ids of the compute instances it created. In check mode
+    (``facts`` from before, nothing created) instances still to be created have no id or UUID yet: the same map a real
+    run returns, with None wherever NVML has yet to hand out an id or UUID.
+    """
     by_index = {g["index"]: g for g in facts}
+    created = created or {}
     slots = {}
     for slot in plan.slots:
         gpu = by_index[slot.gpu_index]
@@ -216,7 +251,21 @@ def slot_map(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
             ),
             None,
         )
-        cis = gi["compute_instances"] if gi else []
+        have = {c["id"]: c for c in gi["compute_instances"]} if gi else {}
+        cis = []
+        for want in slot.compute_instances:
+            ci = have.get(want.ci_id if want.ci_id is not None else created.get((slot.name, want.name)))
+            cis.append(
+                {
+                    "name": want.name,
+                    "id": ci["id"] if ci else None,
+                    "profile": ci["profile"] if ci else want.profile,
+                    "mig_uuid": ci["uuid"] if ci else None,
+                }
+            )
+        memory = (
+            gi["memory_mib"] if gi else next(p["memory_mib"] for p in gpu["profiles"] if p["id"] == slot.profile_id)
+        )
         slots[slot.name] = {
             "gpu_index": slot.gpu_index,
             "gpu_uuid": slot.gpu_uuid,
@@ -225,25 +274,70 @@ def slot_map(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
             "placement": {"start": slot.start, "size": slot.size},
             "gpu_instance_id": gi["id"] if gi else None,
             "compute_instance_id": cis[0]["id"] if cis else None,
-            "mig_uuid": cis[0]["uuid"] if cis else None,
-            "memory_mib": gi["memory_mib"] if gi else None,
-            "compute_instances": [{"id": c["id"], "profile": c["profile"], "mig_uuid": c["uuid"]} for c in cis],
+            "mig_uuid": cis[0]["mig_uuid"] if cis else None,
+            "memory_mib": memory,
+            "compute_instances": cis,
         }
     return slots
 
 
-def _restore(nvml: _nvml.Nvml, original: list[dict]) -> tuple[bool, str]:
-    """Bring the host back to the layout found at the start; returns (restored, description)."""
+def _restore(nvml: _nvml.Nvml, states: list[_layout.GpuState]) -> str | None:
+    """Bring the host back to the layout found at the start (``states``); None when done, else why not."""
     try:
-        _facts, states, models = read_host(nvml)
-        plan = _layout.plan_layout(original, states, models)
-        _execute(nvml, plan)
+        _facts, now, models = read_host(nvml)
+        _execute(nvml, _layout.plan_layout(_layout.layout_from_state(states), now, models), {})
     except (_nvml.NvmlError, _layout.LayoutError) as err:
-        _facts, states, _models = read_host(nvml)
-        return False, f"restoring the layout found at the start failed too ({err}); left behind: {_describe(states)}"
-    recreated = [a.slot for a in plan.actions if a.op == _layout.CREATE_GI]
-    note = f"; re-created instances have new MIG UUIDs: {', '.join(recreated)}" if recreated else ""
-    return True, f"the layout found at the start was restored{note}"
+        _facts, now, _models = read_host(nvml)
+        return f"restoring the layout found at the start failed too ({err}); left behind: {_describe(now)}"
+    return None
+
+
+def uuid_changes(before: list[dict], after: list[dict], plan: _layout.Plan) -> list[dict]:
+    """MIG devices found at the start whose UUID is gone after a restore, named by the slot the plan kept them for."""
+    names = {(s.gpu_index, s.gi_id): s.name for s in plan.slots if s.gi_id is not None}
+    now = {(g["index"], gi["profile_id"], gi["placement"]["start"]): gi for g in after for gi in g["gpu_instances"]}
+    changes = []
+    for gpu in before:
+        for gi in gpu["gpu_instances"]:
+            new = now.get((gpu["index"], gi["profile_id"], gi["placement"]["start"]), {"compute_instances": []})
+            new_uuids = [c["uuid"] for c in new["compute_instances"]]
+            for pos, ci in enumerate(gi["compute_instances"]):
+                if ci["uuid"] not in new_uuids:
+                    changes.append(
+                        {
+                            "slot": names.get((gpu["index"], gi["id"])),
+                            "gpu_index": gpu["index"],
+                            "gpu_uuid": gpu["uuid"],
+                            "profile": gi["profile"],
+                            "placement": gi["placement"],
+                            "old_mig_uuid": ci["uuid"],
+                            "new_mig_uuid": new_uuids[pos] if pos < len(new_uuids) else None,
+                        }
+                    )
+    return changes
+
+
+def _describe_changes(changes: list[dict]) -> str:
+    if not changes:
+        return "the layout found at the start was restored with every MIG UUID unchanged"
+    return (
+        "the layout found at the start was restored, but %d MIG devices have new UUIDs; repoint what used them: %s"
+        % (
+            len(changes),
+            "; ".join(
+                "%sGPU %d %s@%d: %s -> %s"
+                % (
+                    "slot '%s' on " % c["slot"] if c["slot"] else "",
+                    c["gpu_index"],
+                    c["profile"],
+                    c["placement"]["start"],
+                    c["old_mig_uuid"],
+                    c["new_mig_uuid"] or "none",
+                )
+                for c in changes
+            ),
+        )
+    )
 
 
 def _describe(states: list[_layout.GpuState]) -> str:
@@ -283,39 +377,24 @@ def apply_layout(
         "diff": plan.diff(),
         "warnings": warnings,
         "restored": False,
+        "restore_changes": [],
     }
     if check_mode or not plan.changed:
-        result.update(slots=_predicted_slots(plan, facts), facts=facts)
+        result.update(slots=slot_map(plan, facts), facts=facts)
         return result
+    created: dict[tuple[str | None, str | None], int] = {}
     try:
         if warnings:
             _terminate(nvml, plan, grace)
-        _execute(nvml, plan)
+        _execute(nvml, plan, created)
     except _nvml.NvmlError as err:
-        restored, how = _restore(nvml, _layout.layout_from_state(states))
+        failed_restore = _restore(nvml, states)
         after, _states, _models = read_host(nvml)
-        result.update(restored=restored, facts=after, slots=slot_map(plan, after), changed=True)
-        raise ApplyError(f"{err.msg}; {how}", result) from err
+        changes = uuid_changes(facts, after, plan)
+        result.update(restored=failed_restore is None, restore_changes=changes, facts=after, changed=True)
+        # After a restore the instances created by this run are gone: only kept ones can be named.
+        result["slots"] = slot_map(plan, after, created if failed_restore else None)
+        raise ApplyError(f"{err.msg}; {failed_restore or _describe_changes(changes)}", result) from err
     after, _states, _models = read_host(nvml)
-    result.update(slots=slot_map(plan, after), facts=after)
+    result.update(slots=slot_map(plan, after, created), facts=after)
     return result
-
-
-def _predicted_slots(plan: _layout.Plan, facts: list[dict]) -> dict[str, dict]:
-    """Check mode: the slot map a real run would return, with UUIDs only for instances that are kept."""
-    slots = slot_map(plan, facts)
-    for slot in plan.slots:
-        if slot.gi_id is None:
-            entry = slots[slot.name]
-            entry.update(gpu_instance_id=None, compute_instance_id=None, mig_uuid=None, compute_instances=[])
-            entry["memory_mib"] = next(
-                (
-                    p["memory_mib"]
-                    for g in facts
-                    if g["index"] == slot.gpu_index
-                    for p in g["profiles"]
-                    if p["id"] == slot.profile_id
-                ),
-                None,
-            )
-    return slots

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ansible_collections.gpu.mig.plugins.module_utils import _select as _select_mod
 
@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuInstanceProfile, GpuModel
 
 SLOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_ENTRY_KEYS = ("gpus", "mig_enabled", "slots")
-_SLOT_KEYS = ("name", "profile", "placement", "compute_instances")
-_CI_KEYS = ("name", "profile")
 DEFAULT_CI = "default"
 
 # Action kinds, in the order a plan runs them.
@@ -45,7 +42,7 @@ class LayoutError(ValueError):
         super().__init__(text)
 
 
-def _raise_if(problems: Sequence[str]) -> None:
+def raise_if(problems: Sequence[str]) -> None:
     if problems:
         raise LayoutError(problems)
 
@@ -54,10 +51,101 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _unknown_keys(data: Mapping, allowed: Sequence[str], where: str) -> list[str]:
-    return [
-        "%s: unknown key %r; allowed keys: %s" % (where, key, ", ".join(allowed)) for key in data if key not in allowed
-    ]
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return "%s %s" % (type(value).__name__, text) if not isinstance(value, (str, int, float)) else text
+
+
+class Rule(NamedTuple):
+    """One key of an input mapping: whether it must be given, and why a given value is invalid (None: valid).
+
+    A key whose value is None (``key:`` with nothing after it in YAML) counts as not given.
+    """
+
+    key: str
+    required: bool
+    check: Callable[[Any], str | None]
+
+
+def check_mapping(raw: Any, rules: Sequence[Rule], where: str, problems: list[str]) -> bool:
+    """Check ``raw`` against ``rules``, appending every problem found (naming ``where`` and the key).
+
+    Unknown keys are problems too. Each rule's check says what a value must be (also for None, when required). Returns False when ``raw`` is not a mapping at all.
+    """
+    keys = [rule.key for rule in rules]
+    if not isinstance(raw, Mapping):
+        problems.append("%s: must be a mapping with keys %s, not %s" % (where, ", ".join(keys), _shown(raw)))
+        return False
+    problems.extend(
+        "%s: unknown key %r; allowed keys: %s" % (where, key, ", ".join(keys)) for key in raw if key not in keys
+    )
+    for rule in rules:
+        value = raw.get(rule.key)
+        if value is None:
+            if rule.required:
+                problems.append("%s: %r is required; it %s" % (where, rule.key, rule.check(None)))
+            continue
+        why = rule.check(value)
+        if why:
+            problems.append("%s: %s is %s; it %s" % (where, rule.key, _shown(value), why))
+    return True
+
+
+def _name(value: Any) -> str | None:
+    return (
+        None
+        if isinstance(value, str) and SLOT_NAME_RE.match(value)
+        else "must match %s (e.g. 'chat')" % (SLOT_NAME_RE.pattern)
+    )
+
+
+def _profile_ref(value: Any) -> str | None:
+    ok = (isinstance(value, str) and value.strip()) or (_is_int(value) and value >= 0)
+    return None if ok else "must be a profile name such as '3g.20gb' or a profile id (an integer >= 0)"
+
+
+def _start(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 0 else "must be a start memory slice (an integer >= 0)"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _selectors(value: Any) -> str | None:
+    values = value if isinstance(value, list) else [value]
+    if value is None or not values:
+        return "must name at least one GPU (all, an index, GPU-<uuid>, a PCI bus id, a product name, arch:<x>)"
+    return "; ".join(why for why in map(_check_selector, values) if why) or None
+
+
+def _slot_list(value: Any) -> str | None:
+    return None if isinstance(value, list) else "must be a list of slots (slots: [] removes every instance)"
+
+
+def _ci_list(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return "must be a list of {name, profile}"
+    return None if value else "must not be empty; leave compute_instances out for the one default compute instance"
+
+
+_ENTRY_RULES = (
+    Rule("gpus", True, _selectors),
+    Rule("mig_enabled", False, _boolean),
+    Rule("slots", False, _slot_list),
+)
+_SLOT_RULES = (
+    Rule("name", True, _name),
+    Rule("profile", True, _profile_ref),
+    Rule("placement", False, _start),
+    Rule("compute_instances", False, _ci_list),
+)
+_CI_RULES = (
+    Rule("name", False, _name),
+    Rule("profile", False, _profile_ref),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -125,24 +213,14 @@ class LayoutSpec(NamedTuple):
 
 
 def _parse_cis(raw: Any, where: str, problems: list[str]) -> tuple[ComputeSpec, ...] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        problems.append("%s: compute_instances must be a list of {name, profile}" % where)
+    if not isinstance(raw, list):  # None: the default CI; anything else is reported by the slot's rules
         return None
     cis = []
     for pos, item in enumerate(raw):
-        ci_where = "%s compute instance %d" % (where, pos + 1)
-        if isinstance(item, (str, int)) and not isinstance(item, bool):
+        if isinstance(item, str) or _is_int(item):
             item = {"profile": item}
-        if not isinstance(item, dict):
-            problems.append("%s: must be a mapping {name, profile}" % ci_where)
-            continue
-        problems.extend(_unknown_keys(item, _CI_KEYS, ci_where))
-        name = item.get("name", "ci%d" % pos)
-        if not isinstance(name, str) or not SLOT_NAME_RE.match(name):
-            problems.append("%s: name %r must match %s" % (ci_where, name, SLOT_NAME_RE.pattern))
-        cis.append(ComputeSpec(str(name), item.get("profile", DEFAULT_CI)))
+        if check_mapping(item, _CI_RULES, "%s compute instance %d" % (where, pos + 1), problems):
+            cis.append(ComputeSpec(str(item.get("name") or "ci%d" % pos), item.get("profile", DEFAULT_CI)))
     names = [ci.name for ci in cis]
     problems.extend(
         "%s: compute instance name %r is used twice" % (where, n) for n in sorted(set(names)) if names.count(n) > 1
@@ -151,62 +229,50 @@ def _parse_cis(raw: Any, where: str, problems: list[str]) -> tuple[ComputeSpec, 
 
 
 def _parse_slot(raw: Any, where: str, problems: list[str]) -> SlotSpec | None:
-    if not isinstance(raw, dict):
-        problems.append("%s: must be a mapping {name, profile, placement, compute_instances}" % where)
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    if not _name(name):
+        where = "%s ('%s')" % (where, name)
+    if not check_mapping(raw, _SLOT_RULES, where, problems) or _name(name):
         return None
-    problems.extend(_unknown_keys(raw, _SLOT_KEYS, where))
-    name, profile, placement = raw.get("name"), raw.get("profile"), raw.get("placement")
-    if not isinstance(name, str) or not SLOT_NAME_RE.match(name):
-        problems.append("%s: name %r must match %s (e.g. 'chat')" % (where, name, SLOT_NAME_RE.pattern))
-        return None
-    where = "%s ('%s')" % (where, name)
-    if not (isinstance(profile, str) and profile) and not _is_int(profile):
-        problems.append("%s: profile is required (a name such as '3g.20gb' or a profile id)" % where)
-    if placement is not None and not (_is_int(placement) and placement >= 0):
-        problems.append("%s: placement %r must be a start memory slice (an integer >= 0)" % (where, placement))
     cis = _parse_cis(raw.get("compute_instances"), where, problems)
-    return SlotSpec(name, profile, placement, cis)
+    return SlotSpec(name, raw["profile"], raw.get("placement"), cis)
 
 
 def _parse_entry(raw: Any, position: int, problems: list[str]) -> EntrySpec | None:
     where = "entry %d" % position
-    if not isinstance(raw, dict):
-        problems.append("%s: must be a mapping {gpus, mig_enabled, slots}" % where)
+    if not check_mapping(raw, _ENTRY_RULES, where, problems):
         return None
-    problems.extend(_unknown_keys(raw, _ENTRY_KEYS, where))
-    if "gpus" not in raw:
-        problems.append("%s: 'gpus' is required (e.g. gpus: all, gpus: 0, gpus: GPU-<uuid>)" % where)
-        return None
-    raw_gpus = raw["gpus"] if isinstance(raw["gpus"], list) else [raw["gpus"]]
-    problems.extend("%s: %s" % (where, why) for why in map(_check_selector, raw_gpus) if why)
-    if not raw_gpus:
-        problems.append("%s: 'gpus' is an empty list" % where)
-    enabled = raw.get("mig_enabled", True)
-    if not isinstance(enabled, bool):
-        problems.append("%s: mig_enabled must be true or false, not %r" % (where, enabled))
-    raw_slots = raw.get("slots") or []
+    enabled = raw.get("mig_enabled") is not False
+    raw_slots = raw.get("slots")
+    if raw_slots is None and enabled:
+        problems.append(
+            "%s: 'slots' is required when MIG is enabled: list the slots, or give slots: [] to remove every instance"
+            % where
+        )
     if not isinstance(raw_slots, list):
-        problems.append("%s: slots must be a list" % where)
         raw_slots = []
-    if enabled is False and raw_slots:
+    if not enabled and raw_slots:
         problems.append(
             "%s: mig_enabled is false but %d slots are given; drop the slots or enable MIG" % (where, len(raw_slots))
         )
     slots = [_parse_slot(s, "%s slot %d" % (where, i + 1), problems) for i, s in enumerate(raw_slots)]
-    return EntrySpec(position, tuple(raw_gpus), enabled is not False, tuple(s for s in slots if s))
+    gpus = raw.get("gpus") if isinstance(raw.get("gpus"), list) else [raw.get("gpus")]
+    return EntrySpec(position, tuple(gpus), enabled, tuple(s for s in slots if s))
 
 
 def parse_layout(data: Any) -> LayoutSpec:
-    """Validate the GPU-independent shape of a layout (a list of entries); raise LayoutError listing every problem."""
+    """Validate the GPU-independent shape of a layout (a list of entries); raise LayoutError listing every problem.
+
+    Every key is checked by type and range (``_ENTRY_RULES``, ``_SLOT_RULES``, ``_CI_RULES``) before anything is
+    planned: a wrong type is an error, never read as "empty" (``slots: {}`` does not remove every instance).
+    """
     if isinstance(data, LayoutSpec):
         return data
     if not isinstance(data, list):
-        raise LayoutError(
-            ["the layout must be a list of entries {gpus, mig_enabled, slots}, not %s" % type(data).__name__]
-        )
+        raise LayoutError(["the layout must be a list of entries {gpus, mig_enabled, slots}, not %s" % _shown(data)])
     problems: list[str] = []
     entries = [_parse_entry(raw, pos + 1, problems) for pos, raw in enumerate(data)]
-    _raise_if(problems)
+    raise_if(problems)
     return LayoutSpec(tuple(e for e in entries if e))
 
 
@@ -681,8 +747,16 @@ class Action(NamedTuple):
         }
 
 
+class CiAssignment(NamedTuple):
+    """A compute instance a slot has after the plan, in the order the layout lists them; ``ci_id`` None: created."""
+
+    name: str
+    profile: str
+    ci_id: int | None
+
+
 class SlotAssignment(NamedTuple):
-    """Where a slot lives after the plan: GPU, profile, placement, and its GI id when it already exists."""
+    """Where a slot lives after the plan: GPU, profile, placement, its GI id when it already exists, and its CIs."""
 
     name: str
     gpu_index: int
@@ -692,6 +766,7 @@ class SlotAssignment(NamedTuple):
     start: int
     size: int
     gi_id: int | None
+    compute_instances: tuple[CiAssignment, ...] = ()
 
 
 class GpuPlan(NamedTuple):
@@ -850,7 +925,17 @@ class _GpuPlanner:
             self.act(CREATE_CI, slot=slot.name, gi_id=gi_id, ci_name=want.name, profile=want.profile,
                      profile_id=want.profile_id, placement=placement, gi_profile_id=prof.id)  # fmt: skip
         self.slots.append(
-            SlotAssignment(slot.name, self.gpu.index, self.gpu.uuid, prof.name, prof.id, start, placement[1], gi_id)
+            SlotAssignment(
+                slot.name,
+                self.gpu.index,
+                self.gpu.uuid,
+                prof.name,
+                prof.id,
+                start,
+                placement[1],
+                gi_id,
+                tuple(CiAssignment(want.name, want.profile, ci.id if ci else None) for want, ci in pairs),
+            )
         )
         return _render(slot.profile.name, start, gi_id, slot.name, (w.profile for w in slot.cis))
 
@@ -912,7 +997,7 @@ def plan_layout(layout: LayoutSpec | list, gpus: Sequence[GpuState], models: Map
     for target in targets:
         if target.valid:
             problems.extend(_target_problems(target))
-    _raise_if(problems)
+    raise_if(problems)
     planners = [_GpuPlanner(t) for t in targets]
     summaries = tuple(p.plan() for p in planners)
     actions = tuple(a for phase in _PHASES for p in planners for a in p.actions[phase])

@@ -12,14 +12,60 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ansible_collections.gpu.mig.plugins.module_utils._layout import GpuState, _is_int, _raise_if, _slug, _unknown_keys
+from ansible_collections.gpu.mig.plugins.module_utils._layout import (
+    GpuState,
+    Rule,
+    _boolean,
+    _is_int,
+    _slug,
+    check_mapping,
+    raise_if,
+)
 
 if TYPE_CHECKING:
     from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuModel
 
-_MP_TOP_KEYS = ("version", "mig-configs")
-_MP_ENTRY_KEYS = ("devices", "device-filter", "mig-enabled", "mig-devices")
 _MP_CI_RE = re.compile(r"^(\d+)c\.(\d+g\..+)$")
+
+
+def _version(value: Any) -> str | None:
+    return None if value == "v1" else "must be 'v1' (the only mig-parted config version)"
+
+
+def _named_configs(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return "must map config names to lists of entries {devices, mig-enabled, mig-devices}"
+    bad = [name for name, entries in value.items() if not isinstance(name, str) or not isinstance(entries, list)]
+    return "must map config names to lists of entries; not a list: %s" % ", ".join(map(repr, bad)) if bad else None
+
+
+def _devices(value: Any) -> str | None:
+    ok = value == "all" or (isinstance(value, list) and value and all(_is_int(d) and d >= 0 for d in value))
+    return None if ok else "must be 'all' or a non-empty list of GPU indices (integers >= 0)"
+
+
+def _device_filter(value: Any) -> str | None:
+    values = value if isinstance(value, list) else [value]
+    if any(_is_int(v) for v in values):
+        return "must be PCI device ids as strings; quote them in YAML ('0x20B010DE'), or the hex is read as a number"
+    ok = values and all(isinstance(v, str) and v.strip() for v in values)
+    return None if ok else "must be a PCI device id such as '0x20B010DE' or a list of them"
+
+
+def _mig_devices(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return "must map profile names to counts, e.g. {1g.10gb: 2, 3g.40gb: 1}"
+    bad = [key for key, count in value.items() if not isinstance(key, str) or not (_is_int(count) and count >= 0)]
+    return "counts must be integers >= 0 under profile names; wrong: %s" % ", ".join(map(repr, bad)) if bad else None
+
+
+_MP_TOP_RULES = (Rule("version", True, _version), Rule("mig-configs", True, _named_configs))
+_MP_ENTRY_RULES = (
+    Rule("devices", True, _devices),
+    Rule("device-filter", False, _device_filter),
+    Rule("mig-enabled", True, _boolean),
+    Rule("mig-devices", False, _mig_devices),
+)
 
 
 def _mp_filter_matches(filters: Sequence[str], gpu: GpuState, model: GpuModel | None) -> bool:
@@ -36,20 +82,29 @@ def _mp_slots(
     plain: list[str] = []
     packs: dict[str, list[Any]] = {}
     for key, count in devices.items():
-        if not _is_int(count) or count < 0:
-            problems.append("%s: mig-devices[%r] count must be an integer >= 0, not %r" % (where, key, count))
+        match = _MP_CI_RE.match(key)
+        gi_profile = model.profile(match.group(2) if match else key)
+        if gi_profile is None:
+            problems.append(
+                "%s: mig-devices key %r is not a MIG profile of %s (GPU %d); valid: %s"
+                % (where, key, model.name, gpu.index, ", ".join(p.name for p in model.profiles))
+            )
             continue
-        match = _MP_CI_RE.match(str(key))
-        gi_profile = model.profile(match.group(2) if match else str(key))
-        ci = next((c for c in gi_profile.compute_profiles if c.name == key), None) if gi_profile and match else None
+        ci = next((c for c in gi_profile.compute_profiles if c.name == key), None) if match else None
         if match and ci is None:
             problems.append(
                 "%s: mig-devices key %r is not a compute instance profile of %s (GPU %d)"
                 % (where, key, model.name, gpu.index)
             )
             continue
-        if ci is None or ci.default:
-            plain.extend([gi_profile.name if gi_profile else str(key)] * count)
+        most = gi_profile.max_instances * (ci.max_instances if ci else 1)
+        if count > most:  # checked before the count is expanded into slots
+            problems.append(
+                "%s: mig-devices[%r] asks for %d, a %s holds at most %d (GPU %d)"
+                % (where, key, count, model.name, most, gpu.index)
+            )
+        elif ci is None or ci.default:
+            plain.extend([gi_profile.name] * count)
         else:
             packs.setdefault(gi_profile.name, []).extend([ci] * count)
     counters: dict[str, int] = {}
@@ -85,6 +140,20 @@ def _mp_slots(
     return slots
 
 
+def check_config(config: Any) -> list[str]:
+    """Every problem with the shape of a parsed mig-parted config (all named configs), by ``_MP_*_RULES``."""
+    problems: list[str] = []
+    if not check_mapping(config, _MP_TOP_RULES, "mig-parted config", problems) or problems:
+        return problems
+    for name, entries in config["mig-configs"].items():
+        for pos, raw in enumerate(entries):
+            where = "mig-configs.%s[%d]" % (name, pos)
+            valid = check_mapping(raw, _MP_ENTRY_RULES, where, problems)
+            if valid and raw.get("mig-enabled") is False and raw.get("mig-devices"):
+                problems.append("%s: mig-enabled is false but mig-devices is not empty" % where)
+    return problems
+
+
 def layout_from_mig_parted(
     config: Mapping, config_name: str, gpus: Sequence[GpuState], models: Mapping[int, GpuModel | None]
 ) -> list[dict[str, Any]]:
@@ -93,46 +162,28 @@ def layout_from_mig_parted(
     Unmatched GPUs are untouched; non-MIG GPUs are skipped under ``devices: all``. Slots are named
     ``gpu<index>-<profile>-<n>``. Raise LayoutError listing every problem.
     """
-    problems = _unknown_keys(config, _MP_TOP_KEYS, "mig-parted config")
-    if config.get("version") != "v1":
-        problems.append("mig-parted config: version must be 'v1', not %r" % config.get("version"))
-    configs = config.get("mig-configs") or {}
+    problems = check_config(config)
+    raise_if(problems)
+    configs = config["mig-configs"]
     if config_name not in configs:
-        problems.append(
-            "mig-parted config: no config named %r; available: %s" % (config_name, ", ".join(sorted(configs)) or "none")
-        )
-    _raise_if(problems)
+        raise_if(["mig-parted config: no config named %r; available: %s" % (config_name, ", ".join(sorted(configs)))])
     entries: list[dict[str, Any]] = []
     owner: dict[int, str] = {}
-    for pos, raw in enumerate(configs[config_name] or []):
+    for pos, raw in enumerate(configs[config_name]):
         where = "mig-configs.%s[%d]" % (config_name, pos)
-        if not isinstance(raw, dict):
-            problems.append("%s: must be a mapping with devices and mig-enabled" % where)
-            continue
-        problems.extend(_unknown_keys(raw, _MP_ENTRY_KEYS, where))
-        for key in ("devices", "mig-enabled"):
-            if key not in raw:
-                problems.append("%s: %r is required" % (where, key))
-        devices, enabled = raw.get("devices", "all"), raw.get("mig-enabled", False)
+        devices, enabled = raw["devices"], raw["mig-enabled"]
         filters = raw.get("device-filter") or []
-        filters = [filters] if isinstance(filters, str) else list(filters)
+        filters = [filters] if isinstance(filters, str) else filters
         mig_devices = raw.get("mig-devices") or {}
-        if not isinstance(enabled, bool):
-            problems.append("%s: mig-enabled must be true or false" % where)
-        if not enabled and mig_devices:
-            problems.append("%s: mig-enabled is false but mig-devices is not empty" % where)
         if devices == "all":
             picked = [g for g in gpus if g.mig_supported]
-        elif isinstance(devices, list) and all(_is_int(d) for d in devices):
+        else:
             picked = [g for g in gpus if g.index in devices]
             problems.extend(
                 "%s: device %d does not exist on this host" % (where, d)
                 for d in devices
                 if d not in {g.index for g in gpus}
             )
-        else:
-            problems.append("%s: devices must be 'all' or a list of GPU indices, not %r" % (where, devices))
-            continue
         for gpu in picked:
             model = models.get(gpu.index)
             if filters and not _mp_filter_matches(filters, gpu, model):
@@ -145,6 +196,6 @@ def layout_from_mig_parted(
                 continue
             owner[gpu.index] = where
             slots = _mp_slots(mig_devices, gpu, model, where, problems) if model and enabled else []
-            entries.append({"gpus": gpu.index, "mig_enabled": bool(enabled), "slots": slots})
-    _raise_if(problems)
+            entries.append({"gpus": gpu.index, "mig_enabled": enabled, "slots": slots})
+    raise_if(problems)
     return entries

@@ -45,15 +45,18 @@ options:
   state:
     description:
       - V(present) applies the layout; V(absent) destroys every instance on the GPUs selected by O(gpus).
+      - V(absent) takes no O(layout) or O(mig_parted_config); the task fails, changing nothing, when one is given.
     type: str
     choices: [present, absent]
     default: present
   gpus:
     description:
-      - With O(state=absent), the GPUs to clear (index, UUID, PCI bus id, product name, C(arch:<generation>) or C(all)).
+      - With O(state=absent), the GPUs to clear (index, UUID, PCI bus id, product name, C(arch:<generation>) or C(all));
+        every MIG-enabled GPU when not given.
+      - Only with O(state=absent); with O(state=present) each layout entry selects its GPUs, and the task fails,
+        changing nothing, when O(gpus) is given.
     type: list
     elements: str
-    default: [all]
   force:
     description:
       - Destroy instances even when processes use them. NVML refuses to destroy a busy instance, so the processes that

@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Property tests of the apply path against the simulated NVML: random starting layouts, random desired layouts.
 
-For a feasible layout: check mode changes nothing and predicts exactly the plan the real run executes, planning
+Starting instances and desired slots have random compute-instance splits. For a feasible layout: check mode changes
+nothing and predicts exactly the plan and the slot map (MIG UUIDs included) that the real run returns, planning
 on the controller from gathered facts (the action plugin) gives the same result, the real run converges, a second
 run is a no-op, and slots that matched an existing instance keep its MIG UUID.
 For an infeasible or invalid layout: the error comes before any change, the host state byte-for-byte unchanged.
@@ -11,6 +12,7 @@ For an infeasible or invalid layout: the error comes before any change, the host
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 from pathlib import Path
@@ -22,6 +24,8 @@ from hypothesis import strategies as st
 
 import nvmlsim
 from ansible_collections.gpu.mig.plugins.module_utils import _apply, _catalog, _layout, _nvml
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.slot_prediction import assert_predicted
+from nvmlsim import models
 from nvmlsim.testing import make_sim_host
 
 MODELS = {
@@ -41,21 +45,39 @@ def workdir():
     nvmlsim.uninstall(pynvml)
 
 
+def compute_profiles(model: str, profile: str) -> list[_catalog.ComputeProfile]:
+    return list(models.lookup(model).profile(profile).compute_profiles)
+
+
+@st.composite
+def splits(draw, model: str, profile: str) -> list[str] | None:
+    """None (the default compute instance) or 1-3 compute-instance profiles of ``profile``; they may not fit."""
+    if draw(st.booleans()):
+        return None
+    return draw(st.lists(st.sampled_from([c.name for c in compute_profiles(model, profile)]), min_size=1, max_size=3))
+
+
 @st.composite
 def cases(draw):
-    """(model, starting GI profiles, desired slots) — the desired slots may or may not fit."""
+    """(model, starting (GI profile, CI split), desired slots) — the desired slots may or may not fit."""
     model = draw(st.sampled_from(sorted(MODELS)))
     profiles = MODELS[model]
-    start = draw(st.lists(st.sampled_from(profiles), max_size=5))
-    names = draw(st.lists(st.sampled_from(profiles), min_size=0, max_size=5))
-    slots = [{"name": f"s{i}", "profile": p} for i, p in enumerate(names)]
+    start = [(p, draw(splits(model, p))) for p in draw(st.lists(st.sampled_from(profiles), max_size=5))]
+    slots = []
+    for i, profile in enumerate(draw(st.lists(st.sampled_from(profiles), min_size=0, max_size=5))):
+        slot = {"name": f"s{i}", "profile": profile}
+        split = draw(splits(model, profile))
+        if split is not None:
+            slot["compute_instances"] = split
+        slots.append(slot)
     return model, start, slots
 
 
-def host_for(workdir: Path, model: str, start: list[str]):
-    """A fresh simulated host with as many of ``start`` created (driver default placement) as fit."""
+def host_for(workdir: Path, model: str, start: list[tuple[str, list[str] | None]]):
+    """A fresh simulated host with as many of ``start`` created (driver default placement) as fit, each GI with as
+    many of its compute instances (the default one when None) as fit."""
     host = make_sim_host(workdir / f"h{next(HOST_NUMBERS)}", f"{model}:mig=on")
-    for profile in start:
+    for profile, split in start:
         with _nvml.Nvml() as nvml:
             info = next(p for p in nvml.profiles(0) if p["name"] == profile)
             try:
@@ -63,10 +85,10 @@ def host_for(workdir: Path, model: str, start: list[str]):
             except pynvml.NVMLError_InsufficientResources:
                 continue
             gi_id = pynvml.nvmlGpuInstanceGetInfo(gi).id
-            default = next(
-                c for c in _catalog.find_model(nvml.gpu(0)["name"]).profile(info["id"]).compute_profiles if c.default
-            )
-            nvml.create_compute_instance(0, gi_id, default.id)
+            cis = compute_profiles(model, profile)
+            for name in split or [next(c.name for c in cis if c.default)]:
+                with contextlib.suppress(_nvml.NvmlError):
+                    nvml.create_compute_instance(0, gi_id, next(c.id for c in cis if c.name == name))
     return host
 
 
@@ -76,7 +98,7 @@ def snapshot(root: Path) -> dict:
 
 def uuids_by_placement(facts: list[dict]) -> dict:
     return {
-        (gi["profile"], gi["placement"]["start"]): gi["compute_instances"][0]["uuid"]
+        (gi["profile"], gi["placement"]["start"]): [c["uuid"] for c in gi["compute_instances"]]
         for gi in facts[0]["gpu_instances"]
     }
 
@@ -104,14 +126,14 @@ def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
         old = uuids_by_placement(checked["facts"])
         real = _apply.apply_layout(nvml, layout)
         assert real["plan"] == checked["plan"] and real["changed"] == checked["changed"]
-        assert {n: (s["profile"], s["placement"]) for n, s in real["slots"].items()} == {
-            n: (s["profile"], s["placement"]) for n, s in checked["slots"].items()
-        }
+        assert_predicted(checked["slots"], real["slots"], {u for cis in old.values() for u in cis})
         assert sorted(s["profile"] for s in real["slots"].values()) == sorted(s["profile"] for s in slots)
-        assert all(s["mig_uuid"] and s["mig_uuid"].startswith("MIG-") for s in real["slots"].values())
+        for name, slot in real["slots"].items():
+            assert all(c["mig_uuid"].startswith("MIG-") for c in slot["compute_instances"])
+            want = next(s for s in slots if s["name"] == name).get("compute_instances")
+            assert [c["profile"] for c in slot["compute_instances"]] == (want or [slot["profile"]])
         for name, slot in checked["slots"].items():
-            if slot["mig_uuid"] is not None:  # matched an existing instance: its UUID is kept
-                assert real["slots"][name]["mig_uuid"] == slot["mig_uuid"]
-                assert old[(slot["profile"], slot["placement"]["start"])] == slot["mig_uuid"]
+            kept = [c["mig_uuid"] for c in slot["compute_instances"] if c["mig_uuid"] is not None]
+            assert set(kept) <= set(old.get((slot["profile"], slot["placement"]["start"]), ())), name
         again = _apply.apply_layout(nvml, layout)
         assert again["changed"] is False and again["slots"] == real["slots"]

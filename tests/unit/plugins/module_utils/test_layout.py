@@ -188,7 +188,7 @@ def test_mig_disabled_with_slots_and_unknown_keys_are_all_reported():
     err = errors(layout, state(facts()))
     assert len(err.problems) == 3
     assert "entry 1: unknown key 'slot'" in str(err)
-    assert "entry 1 slot 1: unknown key 'size'" in str(err)
+    assert "entry 1 slot 1 ('a'): unknown key 'size'" in str(err)
     assert "mig_enabled is false but 1 slots are given" in str(err)
 
 
@@ -573,7 +573,7 @@ def test_mig_parted_all_skips_non_mig_gpus():
     ("config", "message"),
     [
         ({**MP, "extra": 1}, "unknown key 'extra'"),
-        ({**MP, "version": "v2"}, "version must be 'v1'"),
+        ({**MP, "version": "v2"}, "version is 'v2'; it must be 'v1'"),
         (
             {"version": "v1", "mig-configs": {"x": [{"devices": "all", "mig-enabled": True, "mig-device": {}}]}},
             "mig-configs.x[0]: unknown key 'mig-device'",

@@ -9,6 +9,7 @@ import pynvml
 import pytest
 
 from ansible_collections.gpu.mig.plugins.modules import mig_instances
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.slot_prediction import assert_predicted
 
 SEED = [
     {"name": "chat", "profile": "3g.20gb"},
@@ -154,3 +155,81 @@ def test_mig_parted_config_is_converted(sim_host, run_module):
     result, failed = run_module(mig_instances, {"mig_parted_config": config, "mig_parted_config_name": "balanced"})
     assert not failed, result.get("msg")
     assert sorted(s["profile"] for s in result["slots"].values()) == ["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
+
+
+# ------------------------------------------------------------------------------------ wrong types destroy nothing
+TWO_INSTANCES = ["0:3g.20gb@4", "0:2g.10gb@0"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"layout": [{"gpus": 0, "slots": {}}]}, "entry 1: slots is dict {}; it must be a list of slots"),
+        ({"layout": [{"gpus": 0, "slots": ""}]}, "entry 1: slots is ''; it must be a list"),
+        ({"layout": [{"gpus": 0, "slots": 0}]}, "entry 1: slots is 0; it must be a list"),
+        ({"layout": [{"gpus": 0, "slots": False}]}, "entry 1: slots is False; it must be a list"),
+        ({"layout": [{"gpus": 0}]}, "entry 1: 'slots' is required when MIG is enabled"),
+        (
+            {"layout": [{"gpus": 0, "slots": [{"name": "a", "profile": "3g.20gb", "compute_instances": []}]}]},
+            "entry 1 slot 1 ('a'): compute_instances is list []; it must not be empty",
+        ),
+        ({"state": "absent", "layout": [{"gpus": 1, "slots": []}]}, "state=absent"),
+        (
+            {"state": "absent", "mig_parted_config": {"version": "v1"}, "mig_parted_config_name": "x"},
+            "takes no mig_parted_config",
+        ),
+        ({"gpus": ["1"], "layout": [{"gpus": 0, "slots": [{"name": "a", "profile": "3g.20gb"}]}]}, "drop 'gpus'"),
+    ],
+)
+def test_wrong_types_and_contradictions_fail_and_keep_every_instance(sim_host, run_module, snapshot, args, expected):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=TWO_INSTANCES, init=False)
+    before = snapshot(host)
+    for check_mode in (True, False):
+        result, failed = run_module(mig_instances, args, check_mode=check_mode)
+        assert failed and result["changed"] is False and expected in result["msg"], result
+    assert snapshot(host) == before
+
+
+def test_slots_an_empty_list_removes_every_instance(sim_host, run_module):
+    sim_host("A100-SXM4-40GB:mig=on", instances=TWO_INSTANCES, init=False)
+    result, failed = run_module(mig_instances, layout([]))
+    assert not failed and result["changed"] and result["ansible_facts"]["nvidia_mig"]["gpus"][0]["gpu_instances"] == []
+
+
+# ------------------------------------------------------------------------------ exact predictions, CI splits too
+def test_check_mode_predicts_the_new_uuids_of_a_changed_compute_split(sim_host, run_module):
+    sim_host("H100-80GB:mig=on", instances=["0:3g.40gb@0", "0:1g.10gb@6"], init=False)
+    before, _unused = run_module(mig_instances, layout([{"name": "chat", "profile": "3g.40gb"}, OCR_H100]))
+    split = {"name": "chat", "profile": "3g.40gb", "compute_instances": ["1c.3g.40gb", "1c.3g.40gb"]}
+    checked, _unused = run_module(mig_instances, layout([split, OCR_H100]), check_mode=True)
+    real, failed = run_module(mig_instances, layout([split, OCR_H100]))
+    assert not failed, real.get("msg")
+    old = before["slots"]["chat"]["mig_uuid"]
+    # The split makes new compute instances: check mode must not promise the old MIG UUID (reslice drains by it).
+    assert checked["slots"]["chat"]["mig_uuid"] is None and real["slots"]["chat"]["mig_uuid"] not in (None, old)
+    assert [c["name"] for c in real["slots"]["chat"]["compute_instances"]] == ["ci0", "ci1"]
+    assert_predicted(checked["slots"], real["slots"], {s["mig_uuid"] for s in before["slots"].values()})
+    assert checked["slots"]["ocr"] == real["slots"]["ocr"] == before["slots"]["ocr"]
+
+
+OCR_H100 = {"name": "ocr", "profile": "1g.10gb"}
+
+
+# ------------------------------------------------------------------------------- a restore says what it changed
+def test_restore_after_a_failed_destroy_reports_every_new_uuid_by_slot_name(sim_host, run_module):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=TWO_INSTANCES, init=False)
+    start, _unused = run_module(mig_instances, layout([{"name": "chat", "profile": "3g.20gb"}, CLASSIFIER]))
+    host.fault("nvmlGpuInstanceDestroy", pynvml.NVML_ERROR_IN_USE, times=1)
+    split = {"name": "chat", "profile": "3g.20gb", "compute_instances": ["1c.3g.20gb", "1c.3g.20gb"]}
+    result, failed = run_module(mig_instances, layout([split, {"name": "ocr", "profile": "1g.5gb"}]))
+    assert failed and result["restored"] is True
+    live = {c["uuid"] for gi in host.state().live(0)["gpu_instances"] for c in gi["compute_instances"]}
+    old = {name: slot["mig_uuid"] for name, slot in start["slots"].items()}
+    changes = {c["old_mig_uuid"]: c for c in result["restore_changes"]}
+    assert set(changes) == set(old.values()) - live == set(old.values())  # both CIs were re-created
+    assert changes[old["chat"]]["slot"] == "chat" and changes[old["chat"]]["new_mig_uuid"] in live
+    assert f"slot 'chat' on GPU 0 3g.20gb@4: {old['chat']} -> {changes[old['chat']]['new_mig_uuid']}" in result["msg"]
+    assert "2 MIG devices have new UUIDs" in result["msg"] and "restored" in result["msg"]
+
+
+CLASSIFIER = {"name": "classifier", "profile": "2g.10gb"}
