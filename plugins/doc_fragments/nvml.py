@@ -15,6 +15,10 @@ requirements:
 notes:
   - NVML is used through C(pynvml) only; no module parses C(nvidia-smi) output.
   - GPUs can be selected by index, UUID (C(GPU-...)), PCI bus id, product name or C(arch:<generation>).
+  - Every NVML error is reported with the GPU it concerns (index and UUID, as far as NVML still reads it), what failed
+    and the remedy; NVML's own text (even C(Unknown Error)) is only quoted, never the whole message.
+  - A GPU that NVML cannot read (fallen off the bus, erroring) is that GPU's problem, not the host's; C(gpu.mig.mig_facts)
+    reports it with an C(error) key and reads the other GPUs as usual.
 """
 
     ATTRIBUTES_FACTS = r"""

@@ -15,16 +15,19 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from markupsafe import escape
 
-VERDICTS = ("ready", "warn", "blocked", "skip")
+VERDICTS = ("ready", "warn", "blocked", "skip", "failed")
 CSV_HEADER = (
     "host,verdict,driver,cuda,nvml,gpu,name,uuid,architecture,mig_current,mig_pending,min_driver,driver_ok,layout,"
-    "desired_slots,drift,processes,reasons"
+    "desired_slots,drift,processes,reasons,error"
+)
+FAILED_HOST_FIX = (
+    "follow the remedy in the message (gpu.mig.mig_facts with -vvv on the host shows more), then run the audit again"
 )
 HTML_HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>gpu.mig fleet report</title>
 <style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}
-.blocked{background:#fdd}.warn{background:#ffd}.ready{background:#dfd}.skip{color:#777}</style></head>
+.blocked,.failed{background:#fdd}.warn{background:#ffd}.ready{background:#dfd}.skip{color:#777}</style></head>
 <body>
 <h1>gpu.mig fleet report</h1>
 """
@@ -45,6 +48,18 @@ def _or(value, fallback=""):
     return value if value else fallback
 
 
+def failed_host(host: str, msg: str) -> dict:
+    """The report of a host whose fact gathering failed: verdict ``failed``, the module's message as its reason."""
+    reason = {"level": "fail", "where": "host", "msg": f"gathering MIG facts failed: {msg}", "fix": FAILED_HOST_FIX}
+    return {"host": host, "verdict": "failed", "error": msg, "reasons": [reason], "driver": {}, "gpus": []}
+
+
+def _verdict(report: Mapping) -> str:
+    """The verdict as the tables show it: ``failed: <why>`` for a host whose facts could not be gathered."""
+    verdict = _text(report.get("verdict"))
+    return f"{verdict}: {report['error']}" if report.get("error") else verdict
+
+
 def _gpu_rows(report: Mapping) -> list[Mapping]:
     """A host's GPUs; a host without GPUs still gets one (empty) row."""
     return list(report.get("gpus") or []) or [{}]
@@ -56,13 +71,18 @@ def _pids(gpu: Mapping) -> str:
 
 def _driver(report: Mapping) -> str:
     driver = report.get("driver") or {}
+    if not driver:
+        return "-"  # no facts: a host whose fact gathering failed
     if not driver.get("loaded", False):
         return "no driver"
     return f"{driver.get('driver_version')} / {driver.get('cuda_driver_version')}"
 
 
 def _mig(gpu: Mapping, pending: bool) -> str:
-    """on / off (and the pending mode when it differs, for ``pending``), ``-`` without MIG or without a GPU."""
+    """on / off (and the pending mode when it differs, for ``pending``), ``-`` without MIG or without a GPU,
+    ``failed: <why>`` for a GPU that NVML could not read."""
+    if gpu.get("error"):
+        return f"failed: {gpu['error']}"
     mig = gpu.get("mig")
     if mig is None or not mig.get("supported"):
         return "-"
@@ -81,18 +101,24 @@ def _headline(reports: list, hosts: list, missing: list) -> str:
     return f"{len(hosts)} hosts: {counts}" + (f", {len(missing)} unreachable" if missing else "")
 
 
+def _managed(reports: list) -> list:
+    """Reports of hosts with a layout and facts: those that can be in sync or drift."""
+    return [r for r in reports if r.get("verdict") not in ("skip", "failed")]
+
+
 def _drifted(reports: list) -> int:
-    return sum(1 for r in reports if r.get("verdict") != "skip" and not r.get("in_sync"))
+    return sum(1 for r in _managed(reports) if not r.get("in_sync"))
 
 
 def render_json(reports: list, hosts: list, missing: list, generated_at: str) -> str:
-    managed = [r for r in reports if r.get("verdict") != "skip"]
+    managed = _managed(reports)
     document = {
         "generated_at": generated_at,
         "summary": {
             "hosts": len(hosts),
             **{v: _count(reports, v) for v in VERDICTS},
             "gpus": sum(len(r.get("gpus") or []) for r in reports),
+            "failed_gpus": sum(1 for r in reports for g in r.get("gpus") or [] if g.get("error")),
             "in_sync": sum(1 for r in managed if r.get("in_sync")),
             "drifted": _drifted(reports),
             "unreachable": missing,
@@ -123,8 +149,8 @@ def render_csv(reports: list, missing: list) -> str:
             fields = [
                 *head,
                 gpu.get("index", ""),
-                gpu.get("name", ""),
-                gpu.get("uuid", ""),
+                _or(gpu.get("name")),
+                _or(gpu.get("uuid")),
                 gpu.get("architecture", ""),
                 mig.get("current", "") if mig is not None else "",
                 mig.get("pending", "") if mig is not None else "",
@@ -135,9 +161,10 @@ def render_csv(reports: list, missing: list) -> str:
                 "; ".join(map(_text, gpu.get("drift") or [])),
                 _pids(gpu),
                 reasons,
+                _or(gpu.get("error") or report.get("error")),
             ]
             lines.append(",".join(map(_csv_field, fields)))
-    lines.extend(_csv_field(host) + ',"unreachable"' + "," * 16 for host in missing)
+    lines.extend(_csv_field(host) + ',"unreachable"' + "," * 17 for host in missing)
     return "\n".join(lines) + "\n"
 
 
@@ -154,10 +181,10 @@ def render_markdown(reports: list, hosts: list, missing: list) -> str:
             drift = "; ".join(map(_text, gpu.get("drift") or [])) or ("in sync" if gpu.get("managed", False) else "-")
             cells = [
                 report.get("host"),
-                report.get("verdict"),
+                _verdict(report),
                 _driver(report),
                 gpu.get("index", "-"),
-                gpu.get("name", "-"),
+                _or(gpu.get("name"), "-"),
                 _mig(gpu, pending=True),
                 _or(gpu.get("layout"), "-"),
                 drift,
@@ -183,11 +210,11 @@ def render_html(reports: list, hosts: list, missing: list) -> str:
         for position, gpu in enumerate(_gpu_rows(report)):
             cells = [
                 escape(_text(report.get("host"))),
-                _text(report.get("verdict")),
+                escape(_verdict(report)),
                 escape(_driver(report)),
                 _text(gpu.get("index", "-")),
-                escape(_text(gpu.get("name", "-"))),
-                _mig(gpu, pending=False),
+                escape(_text(_or(gpu.get("name"), "-"))),
+                escape(_mig(gpu, pending=False)),
                 escape(_text(_or(gpu.get("layout")))),
                 escape("; ".join(map(_text, gpu.get("drift") or []))),
                 _pids(gpu),
@@ -201,12 +228,16 @@ def render_html(reports: list, hosts: list, missing: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fleet_report(reports, hosts, generated_at: str = "") -> dict:
-    """The four report texts. ``reports``: gpu.mig.preflight_report results, one per host that answered;
-    ``hosts``: every audited inventory host (those without a report are listed as unreachable)."""
+def fleet_report(reports, hosts, generated_at: str = "", failed=None) -> dict:
+    """The four report texts. ``reports``: gpu.mig.preflight_report results, one per host whose facts were gathered;
+    ``failed``: host -> the message of its failed fact gathering (listed as ``failed: <message>``); ``hosts``: every
+    audited inventory host (those in neither are listed as unreachable)."""
     if not isinstance(reports, (list, tuple)) or not all(isinstance(r, Mapping) for r in reports):
         raise AnsibleFilterError("fleet_report: the input must be a list of gpu.mig.preflight_report results")
-    reports = list(reports)
+    failed = {} if failed is None else failed
+    if not isinstance(failed, Mapping):
+        raise AnsibleFilterError(f"fleet_report: failed must map hosts to messages, not {failed!r}")
+    reports = list(reports) + [failed_host(host, _text(msg)) for host, msg in sorted(failed.items())]
     hosts = sorted(hosts or [])
     answered = {r.get("host") for r in reports}
     missing = [h for h in hosts if h not in answered]

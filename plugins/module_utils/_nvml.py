@@ -32,6 +32,11 @@ CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 7}
 # Errors that mean "no such profile on this GPU" while enumerating profile indices.
 _NO_PROFILE = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT")
 
+# The remedy for NVML_ERROR_UNKNOWN and for codes without an entry of their own.
+_DEFAULT_REMEDY = (
+    "check dmesg and journalctl -k for Xid errors and retry; if it persists, reset the GPU (nvidia-smi -r -i <gpu>)"
+    " or reboot"
+)
 # NVML return code -> (problem, remedy). Codes are pynvml's NVML_ERROR_* values.
 _REMEDIES = {
     1: ("NVML is not initialized", "this is a bug in gpu.mig; please report it"),
@@ -39,14 +44,24 @@ _REMEDIES = {
     3: ("not supported on this GPU", "use a MIG-capable GPU (A100, A30, H100, H200, B200) with MIG enabled"),
     4: ("no permission", "run the task as root (become: true)"),
     6: ("not found", "gather mig_facts again; the instance may have been removed concurrently"),
+    8: ("the GPU lacks power", "check the GPU's power cables and the power supply, then reboot"),
     9: ("the NVIDIA driver is not loaded", "install the NVIDIA driver and load it (modprobe nvidia), then retry"),
+    10: ("the GPU did not answer in time", "retry; if it persists, check dmesg for Xid errors and reboot"),
+    11: ("the driver has an interrupt (IRQ) problem", "check dmesg for NVRM messages and reboot"),
     12: ("the NVML library (libnvidia-ml.so.1) was not found", "install the NVIDIA driver on this host"),
+    13: ("the installed driver lacks this NVML function", "upgrade the NVIDIA driver (see preflight_min_driver)"),
+    14: ("the GPU's InfoROM is corrupted", "drain the host and have the GPU's InfoROM updated or the GPU replaced"),
     15: ("the GPU has fallen off the bus (GPU lost)", "drain the host, check dmesg for Xid errors and reboot it"),
     16: ("a GPU reset is required", "stop the GPU's clients and reset it (nvidia-smi -r -i <gpu>) or reboot"),
+    17: ("the operating system refused the call", "check dmesg and journalctl -k for NVRM messages"),
     18: ("the NVML library and the kernel driver versions differ", "reboot after the driver upgrade"),
     19: ("the GPU or instance is in use", "stop the processes using it (see mig_facts processes) and retry"),
+    20: ("the driver ran out of host memory", "free memory on the host and retry"),
     23: ("insufficient resources", "choose profiles and placements that fit (see mig_facts free counts)"),
+    27: ("the GPU is not ready (initialising or resetting)", "wait a few seconds and retry"),
     28: ("the GPU was not found", "check the GPU with lspci and the driver logs"),
+    29: ("the GPU is in a state that does not allow this", "gather mig_facts again and retry"),
+    999: ("NVML reported an unknown error", _DEFAULT_REMEDY),
 }
 
 
@@ -63,7 +78,7 @@ class NvmlError(Exception):
 def describe(err: Exception, where: str = "", action: str = "") -> NvmlError:
     """Turn a pynvml exception into an NvmlError naming ``where`` (a GPU) and the remedy."""
     code = getattr(err, "value", None)
-    problem, remedy = _REMEDIES.get(code, (str(err), "check the driver logs (dmesg, journalctl -k)"))
+    problem, remedy = _REMEDIES.get(code, (f"NVML error {code}", _DEFAULT_REMEDY))
     prefix = f"{where}: " if where else ""
     doing = f"{action} failed: " if action else ""
     return NvmlError(f"{prefix}{doing}{problem} (NVML: {err}); {remedy}", code)
@@ -103,15 +118,15 @@ class Nvml:
     # ----------------------------------------------------------------- system
     def system(self) -> dict:
         """Driver, CUDA and NVML versions."""
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        cuda = self._call(None, "reading the CUDA driver version", pynvml.nvmlSystemGetCudaDriverVersion)
         return {
-            "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
+            "driver_version": _text(self._call(None, "reading the driver version", pynvml.nvmlSystemGetDriverVersion)),
             "cuda_driver_version": f"{cuda // 1000}.{(cuda % 1000) // 10}",
-            "nvml_version": _text(pynvml.nvmlSystemGetNVMLVersion()),
+            "nvml_version": _text(self._call(None, "reading the NVML version", pynvml.nvmlSystemGetNVMLVersion)),
         }
 
     def count(self) -> int:
-        return pynvml.nvmlDeviceGetCount()
+        return self._call(None, "counting the GPUs", pynvml.nvmlDeviceGetCount)
 
     def handle(self, index: int):
         if index not in self._handles:
@@ -120,10 +135,15 @@ class Nvml:
 
     def label(self, index: int) -> str:
         """'GPU 0 (GPU-…)', or 'GPU 0' when even the UUID cannot be read."""
+        uuid = self._readable(index, pynvml.nvmlDeviceGetUUID)
+        return f"GPU {index}" if uuid is None else f"GPU {index} ({_text(uuid)})"
+
+    def _readable(self, index: int, func):
+        """``func(handle)`` on GPU ``index``, or None when NVML fails on it (for messages and failed GPUs)."""
         try:
-            return f"GPU {index} ({_text(pynvml.nvmlDeviceGetUUID(self.handle(index)))})"
+            return func(self.handle(index))
         except (pynvml.NVMLError, NvmlError):
-            return f"GPU {index}"
+            return None
 
     def _call(self, index: int | None, action: str, func, *args, absent: tuple[str, ...] = ()):
         """Call pynvml; NVML errors named in ``absent`` (e.g. NOT_SUPPORTED) mean "nothing there" and give None."""
@@ -146,11 +166,11 @@ class Nvml:
         )
         facts = {
             "index": index,
-            "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-            "name": _text(pynvml.nvmlDeviceGetName(handle)),
+            "uuid": _text(self._call(index, "reading the UUID", pynvml.nvmlDeviceGetUUID, handle)),
+            "name": _text(self._call(index, "reading the product name", pynvml.nvmlDeviceGetName, handle)),
             "pci_bus_id": _text(pci.busId),
             "pci_device_id": f"0x{pci.pciDeviceId:08X}",
-            "architecture": self._architecture(handle),
+            "architecture": self._architecture(index, handle),
             "compute_capability": f"{major}.{minor}",
             "memory": {"total_mib": _mib(memory.total), "used_mib": _mib(memory.used), "free_mib": _mib(memory.free)},
             "mig": self.mig_mode(index),
@@ -168,11 +188,42 @@ class Nvml:
             facts["processes"] = self._processes(index, handle)
         return facts
 
-    def _architecture(self, handle) -> str:
+    def gpu_or_failure(self, index: int) -> dict:
+        """The GPU's facts as gpu() reads them or, when NVML fails on this GPU, a record with the same keys and
+        ``error`` (the message naming the GPU and the remedy): one failing GPU is that GPU's problem, not the host's.
+        Only a failed GPU has the ``error`` key; its identity is kept as far as NVML still reads it."""
         try:
-            return ARCHITECTURES.get(pynvml.nvmlDeviceGetArchitecture(handle), "unknown")
-        except pynvml.NVMLError:
-            return "unknown"
+            return self.gpu(index)
+        except NvmlError as err:
+            pci = self._readable(index, pynvml.nvmlDeviceGetPciInfo)
+            uuid = self._readable(index, pynvml.nvmlDeviceGetUUID)
+            name = self._readable(index, pynvml.nvmlDeviceGetName)
+            return {
+                "index": index,
+                "uuid": None if uuid is None else _text(uuid),
+                "name": None if name is None else _text(name),
+                "pci_bus_id": None if pci is None else _text(pci.busId),
+                "pci_device_id": None,
+                "architecture": "unknown",
+                "compute_capability": None,
+                "memory": None,
+                "mig": {"supported": False, "current": None, "pending": None},
+                "profiles": [],
+                "gpu_instances": [],
+                "processes": [],
+                "error": err.msg,
+            }
+
+    def _architecture(self, index: int, handle) -> str:
+        """The generation's name; 'unknown' for a generation this table lacks or a driver that cannot tell."""
+        arch = self._call(
+            index,
+            "reading the architecture",
+            pynvml.nvmlDeviceGetArchitecture,
+            handle,
+            absent=("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND"),
+        )
+        return ARCHITECTURES.get(arch, "unknown")
 
     def mig_mode(self, index: int) -> dict:
         """{'supported', 'current', 'pending'}: booleans, None when MIG is not supported."""
@@ -198,7 +249,8 @@ class Nvml:
         handle = self.handle(index)
         if model is None:
             memory = self._call(index, "reading memory info", pynvml.nvmlDeviceGetMemoryInfo, handle)
-            model = (_text(pynvml.nvmlDeviceGetName(handle)), memory.total, self.mig_mode(index)["current"])
+            name = self._call(index, "reading the product name", pynvml.nvmlDeviceGetName, handle)
+            model = (_text(name), memory.total, self.mig_mode(index)["current"])
         if model not in self._profile_tables:
             self._profile_tables[model] = self._static_profiles(index)
         return [
@@ -404,7 +456,7 @@ class Nvml:
             ci_id = self._call(index, "reading a MIG device", pynvml.nvmlDeviceGetComputeInstanceId, mig)
             memory = self._call(index, "reading MIG device memory", pynvml.nvmlDeviceGetMemoryInfo, mig)
             devices[(gi_id, ci_id)] = {
-                "uuid": _text(pynvml.nvmlDeviceGetUUID(mig)),
+                "uuid": _text(self._call(index, "reading a MIG device UUID", pynvml.nvmlDeviceGetUUID, mig)),
                 "mig_index": mig_index,
                 "memory_mib": _mib(memory.total),
                 "processes": self._processes(index, mig, gi_id, ci_id),
@@ -485,12 +537,13 @@ def gather() -> dict:
     """Facts for the whole host: ``{'driver': {...}, 'gpus': [...], 'summary': {...}}``.
 
     Without a usable driver the result says so (``driver.loaded: false`` and ``driver.error``)
-    instead of raising: an audit of a host without GPUs is a fact, not a failure.
+    instead of raising: an audit of a host without GPUs is a fact, not a failure. A GPU that NVML fails on is
+    reported with its ``error`` (gpu_or_failure); NvmlError is raised only for the host: NVML, the versions, the count.
     """
     try:
         with Nvml() as nvml:
             system = nvml.system()
-            gpus = [nvml.gpu(i) for i in range(nvml.count())]
+            gpus = [nvml.gpu_or_failure(i) for i in range(nvml.count())]
     except NvmlError as err:
         if err.code not in (pynvml.NVML_ERROR_DRIVER_NOT_LOADED, pynvml.NVML_ERROR_LIBRARY_NOT_FOUND):
             raise
@@ -510,4 +563,5 @@ def summarize(gpus: list[dict]) -> dict:
         "gpu_instances": sum(len(g["gpu_instances"]) for g in gpus),
         "compute_instances": sum(len(gi["compute_instances"]) for g in gpus for gi in g["gpu_instances"]),
         "processes": sum(len(g["processes"]) for g in gpus),
+        "failed_gpus": sum(1 for g in gpus if g.get("error")),
     }

@@ -17,6 +17,10 @@ description:
   - Returns everything under one facts key, C(ansible_facts.nvidia_mig).
   - A host without a driver, or without a MIG-capable GPU, is reported as such rather than failing,
     unless O(require_mig=true).
+  - A GPU that NVML fails on (fallen off the bus, or an NVML error on one of its reads) is that GPU's problem. It is
+    reported with an C(error) naming it and the remedy, a warning says so, and the other GPUs are reported as usual.
+    The module fails only for what concerns the whole host (NVML cannot start for another reason than a missing
+    driver, the driver version or the GPU count cannot be read), with a message that says why and what to do.
   - Changes nothing.
 author:
   - gpu.mig maintainers (@gpu-mig)
@@ -83,6 +87,11 @@ ansible_facts:
             - C(gpu_instances) lists each GPU instance (C(id), C(profile_id), C(profile), C(placement), C(memory_mib)) with
               its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes)).
             - C(processes) lists compute processes (C(pid), C(used_memory_mib), C(gpu_instance_id), C(compute_instance_id)).
+            - C(error) is present only on a GPU that NVML failed to read; it holds the message naming the GPU and the
+              remedy. Such a GPU keeps every other key, C(index), and C(uuid), C(name) and C(pci_bus_id) as far as NVML
+              still reads them (else null); C(pci_device_id), C(compute_capability) and C(memory) are null,
+              C(architecture) is C(unknown), C(mig.supported) is false and the lists are empty. Test it with
+              C(item.error is defined).
           returned: always
           type: list
           elements: dict
@@ -109,35 +118,53 @@ ansible_facts:
                     - {id: 0, profile: 4g.20gb, uuid: MIG-8b5c41e2-0000-4000-8000-000000000000, memory_mib: 20096, processes: []}
                   processes: []
               processes: []
+            - index: 1
+              uuid: null
+              name: null
+              pci_bus_id: null
+              pci_device_id: null
+              architecture: unknown
+              compute_capability: null
+              memory: null
+              mig: {supported: false, current: null, pending: null}
+              profiles: []
+              gpu_instances: []
+              processes: []
+              error: >-
+                GPU 1: opening the GPU failed: the GPU has fallen off the bus (GPU lost) (NVML: GPU is lost); drain the
+                host, check dmesg for Xid errors and reboot it
         summary:
-          description: Counts over the selected GPUs.
+          description: Counts over the selected GPUs; C(failed_gpus) counts those reported with an C(error).
           returned: always
           type: dict
-          sample: {"gpu_count": 1, "mig_capable": 1, "mig_enabled": 1, "mig_change_pending": 0, "gpu_instances": 1,
-                   "compute_instances": 1, "processes": 0}
+          sample: {"gpu_count": 2, "mig_capable": 1, "mig_enabled": 1, "mig_change_pending": 0, "gpu_instances": 1,
+                   "compute_instances": 1, "processes": 0, "failed_gpus": 1}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils import _nvml
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, select_gpus
+from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, describe_gpus, select_gpus
 
 
 def run(module: AnsibleModule) -> dict:
-    """Gather, select and check; returns the nvidia_mig facts."""
+    """Gather, select and check; returns the nvidia_mig facts (a GPU that failed is warned about, not fatal)."""
     facts = _nvml.gather()
     try:
         facts["gpus"] = select_gpus(facts["gpus"], module.params["gpus"])
     except SelectorError as err:
         module.fail_json(msg=str(err))
     facts["summary"] = _nvml.summarize(facts["gpus"])
+    for gpu in facts["gpus"]:
+        if gpu.get("error"):
+            module.warn(gpu["error"])
     if module.params["require_mig"]:
         if not facts["driver"]["loaded"]:
             module.fail_json(msg=facts["driver"]["error"], nvidia_mig=facts)
         if not facts["summary"]["mig_capable"]:
-            names = ", ".join(f"GPU {g['index']} ({g['name']})" for g in facts["gpus"]) or "none"
             module.fail_json(
-                msg=f"require_mig: no selected GPU supports MIG (found: {names}); run on A100, A30, H100, H200 or B200 hosts",
+                msg=f"require_mig: no selected GPU supports MIG (found: {describe_gpus(facts['gpus'])}); run on A100,"
+                " A30, H100, H200 or B200 hosts",
                 nvidia_mig=facts,
             )
     return facts

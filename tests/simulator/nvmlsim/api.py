@@ -22,8 +22,8 @@ from nvmlsim.state import Host
 
 MIB = 1024 * 1024
 _MAGIC = 0x5A << 40
-_KINDS = {"device": 1, "mig": 2, "gi": 3, "ci": 4}
-_KIND_NAMES = {number: kind for kind, number in _KINDS.items()}
+KINDS = {"device": 1, "mig": 2, "gi": 3, "ci": 4}
+_KIND_NAMES = {number: kind for kind, number in KINDS.items()}
 _NO_ID = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId of processes on a GPU without MIG
 
 _root: str | None = None  # the host directory, as a string: state.read runs on every call
@@ -78,7 +78,7 @@ _REFS: dict[int, Ref] = {}  # handle value -> what it points at, shared (refs ar
 
 
 def _handle(ref: Ref, handle_type: type) -> Any:
-    value = _MAGIC | _KINDS[ref.kind] << 32 | ref.gpu << 16 | ref.gi << 8 | ref.ci
+    value = _MAGIC | KINDS[ref.kind] << 32 | ref.gpu << 16 | ref.gi << 8 | ref.ci
     return handle_type.from_buffer(ctypes.c_void_p(value))  # a pointer holding value; cheaper than ctypes.cast
 
 
@@ -108,20 +108,25 @@ def device_handle(index: int) -> Any:
 # --- state access ----------------------------------------------------------------------------------
 
 
-def _fault_matches(fault: dict[str, Any], gpu: int | None) -> bool:
+def _fault_matches(fault: dict[str, Any], gpu: int | None, kind: str | None) -> bool:
     names = NAMES.get(_call.get(), {_call.get()})
-    return fault["call"] in names and fault["times"] > 0 and fault.get("gpu") in (None, gpu)
+    return (
+        fault["call"] in names
+        and fault["times"] > 0
+        and fault.get("gpu") in (None, gpu)
+        and fault.get("handle") in (None, kind)
+    )
 
 
-def _check(host: Host, gpu: int | None) -> None:
-    """Raise an injected fault (consuming it) or GPU_IS_LOST for a lost GPU."""
+def _check(host: Host, gpu: int | None, kind: str | None = None) -> None:
+    """Raise an injected fault (consuming it) or GPU_IS_LOST for a lost GPU; ``kind``: the handle's, if any."""
     if gpu is not None and host.live(gpu)["lost"]:
         raise mig.fail(pynvml.NVML_ERROR_GPU_IS_LOST)
     faults = host.persistent["faults"]
-    if not faults or not any(_fault_matches(f, gpu) for f in faults):
+    if not faults or not any(_fault_matches(f, gpu, kind) for f in faults):
         return
     with state.transaction(_root) as locked:
-        fault = next((f for f in locked.persistent["faults"] if _fault_matches(f, gpu)), None)
+        fault = next((f for f in locked.persistent["faults"] if _fault_matches(f, gpu, kind)), None)
         if fault is None:  # consumed by another process meanwhile
             return
         fault["times"] -= 1
@@ -140,7 +145,7 @@ def _read(handle: Any, *kinds: str) -> tuple[Host, Ref]:
     ref = _decode(handle)
     if ref.kind not in kinds or ref.gpu >= len(host.gpus):
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-    _check(host, ref.gpu)
+    _check(host, ref.gpu, ref.kind)
     try:
         if ref.kind == "gi":
             mig.find_gpu_instance(host, ref.gpu, ref.gi)

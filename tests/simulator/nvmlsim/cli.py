@@ -14,7 +14,7 @@ from pathlib import Path
 import pynvml
 import yaml
 
-from nvmlsim import hosts, procs, state
+from nvmlsim import api, hosts, procs, state
 
 SIMULATOR = Path(__file__).resolve().parent.parent
 REPO = SIMULATOR.parent.parent
@@ -86,7 +86,13 @@ def cmd_fault(args: argparse.Namespace) -> None:
         if args.lost:
             host.live(args.gpu)["lost"] = True
         if args.call:
-            fault = {"call": args.call, "error": args.error, "times": args.times, "gpu": args.gpu}
+            fault = {
+                "call": args.call,
+                "error": args.error,
+                "times": args.times,
+                "gpu": args.gpu,
+                "handle": args.handle,
+            }
             host.persistent["faults"].append(fault)
 
 
@@ -219,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--error", type=_error, default=pynvml.NVML_ERROR_UNKNOWN, help="NVML_ERROR_* name")
     fault.add_argument("--times", type=int, default=1)
     fault.add_argument("--gpu", type=int, help="only calls on this GPU index")
+    fault.add_argument(
+        "--handle", choices=sorted(api.KINDS), help="only calls on a handle of this kind (mig: a MIG device)"
+    )
     fault.add_argument("--lost", action="store_true", help="GPU --gpu fell off the bus (until reboot)")
     fault.add_argument("--clear", action="store_true", help="remove all injected faults")
     fault.set_defaults(func=cmd_fault)

@@ -42,10 +42,13 @@ class SimHost:
         with self.edit() as host:
             return hosts.add_process(host, hosts.Process.parse(text), lifetime)
 
-    def fault(self, call: str, error: int, times: int = 1, gpu: int | None = None) -> None:
-        """Make ``call`` fail with NVML code ``error`` ``times`` times (optionally only on GPU ``gpu``)."""
+    def fault(self, call: str, error: int, times: int = 1, gpu: int | None = None, handle: str | None = None) -> None:
+        """Make ``call`` fail with NVML code ``error`` ``times`` times (optionally only on GPU ``gpu``, only on
+        handles of kind ``handle``: device, mig, gi or ci)."""
         with self.edit() as host:
-            host.persistent["faults"].append({"call": call, "error": error, "times": times, "gpu": gpu})
+            host.persistent["faults"].append(
+                {"call": call, "error": error, "times": times, "gpu": gpu, "handle": handle}
+            )
 
 
 def make_sim_host(root: Path, *gpus: str, init: bool = True, **options: Any) -> SimHost:

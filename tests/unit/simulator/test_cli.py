@@ -59,11 +59,15 @@ def test_fault_and_process_commands(tmp_path):
     run(MIGSIM, "host", host, "--gpu", "A30")
     fault = ["--call", "nvmlDeviceSetMigMode", "--error", "NVML_ERROR_IN_USE", "--times", "2", "--gpu", "0"]
     assert run(MIGSIM, "fault", host, *fault).returncode == 0
+    assert run(MIGSIM, "fault", host, "--call", "nvmlDeviceGetUUID", "--handle", "mig").returncode == 0
     added = run(MIGSIM, "process", host, "add", "0:512:python3", "--lifetime", "60")
     assert added.returncode == 0
     pid = int(added.stdout)
     shown = json.loads(run(MIGSIM, "show", host).stdout)
-    assert shown["persistent"]["faults"] == [{"call": "nvmlDeviceSetMigMode", "error": 19, "gpu": 0, "times": 2}]
+    assert shown["persistent"]["faults"] == [
+        {"call": "nvmlDeviceSetMigMode", "error": 19, "gpu": 0, "times": 2, "handle": None},
+        {"call": "nvmlDeviceGetUUID", "error": 999, "gpu": None, "times": 1, "handle": "mig"},
+    ]
     (record,) = shown["volatile"]["gpus"][0]["processes"]
     assert record["pid"] == pid and record["name"] == "python3" and procs.alive(record)
     assert (procs.PROC / str(pid) / "cmdline").read_bytes() == b"sleep\x0060\x00"

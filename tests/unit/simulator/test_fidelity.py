@@ -373,6 +373,17 @@ def test_fault_on_alias_and_gpu_lost(sim_host):
     assert n.nvmlDeviceGetName(dev) == "NVIDIA A100-SXM4-40GB"
 
 
+def test_fault_on_one_kind_of_handle(sim_host):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:7g.40gb"])
+    host.fault("nvmlDeviceGetUUID", n.NVML_ERROR_UNKNOWN, handle="mig")
+    dev = n.nvmlDeviceGetHandleByIndex(0)
+    mig_device = n.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
+    assert n.nvmlDeviceGetUUID(dev).startswith("GPU-")  # the GPU's own handle: not this fault's
+    with pytest.raises(n.NVMLError_Unknown):
+        n.nvmlDeviceGetUUID(mig_device)
+    assert n.nvmlDeviceGetUUID(mig_device).startswith("MIG-")
+
+
 def test_uuids_deterministic_and_distinct(sim_host, tmp_path):
     uuids = []
     for name in ("alpha", "beta", "alpha"):

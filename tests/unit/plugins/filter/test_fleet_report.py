@@ -68,7 +68,9 @@ def test_json_summary_and_hosts(fleet):
         "warn": 1,
         "blocked": 0,
         "skip": 1,
+        "failed": 0,
         "gpus": 2,
+        "failed_gpus": 0,
         "in_sync": 1,
         "drifted": 1,
         "unreachable": ["gone"],
@@ -81,7 +83,7 @@ def test_json_summary_and_hosts(fleet):
 def test_csv_rows_quote_everything(fleet):
     rows = list(csv.reader(io.StringIO(fleet["csv"])))
     assert rows[0][:3] == ["host", "verdict", "driver"]
-    assert all(len(row) == 18 for row in rows)
+    assert all(len(row) == 19 for row in rows)
     by_host = {row[0]: row for row in rows[1:]}
     assert by_host["a100"][1:6] == ["ready", "550.90.07", "12.4", "12.550", "0"]
     assert by_host["a100"][9:17] == ["True", "True", "450.80.02", "True", "4g.20gb@0", "chat", "", "42"]
@@ -89,14 +91,16 @@ def test_csv_rows_quote_everything(fleet):
     assert by_host["h100"][15] == "MIG mode off, desired on; slot chat (4g.20gb@0) missing"
     assert by_host["h100"][17] == "MIG mode change pending (on)"
     assert by_host["nodriver"][1:7] == ["skip", "", "", "", "", ""]
-    assert by_host["gone"] == ["gone", "unreachable"] + [""] * 16
+    assert by_host["gone"] == ["gone", "unreachable"] + [""] * 17
     assert '"NVIDIA ""H100"" <80GB>"' in fleet["csv"]
 
 
 def test_markdown(fleet):
     lines = fleet["md"].splitlines()
     assert lines[0] == "# gpu.mig fleet report"
-    assert lines[2] == "4 hosts: 1 ready, 1 warn, 0 blocked, 1 skip, 1 unreachable; 1 drifted from the desired layout."
+    assert lines[2] == (
+        "4 hosts: 1 ready, 1 warn, 0 blocked, 1 skip, 0 failed, 1 unreachable; 1 drifted from the desired layout."
+    )
     assert "| a100 | ready | 550.90.07 / 12.4 | 0 | NVIDIA A100-SXM4-40GB | on | 4g.20gb@0 | in sync | 42 |" in lines
     assert (
         '| h100 | warn | 550.90.07 / 12.4 | 0 | NVIDIA "H100" <80GB> | off (pending on) | - |'
@@ -116,7 +120,7 @@ def test_html_escapes_and_marks_verdicts(fleet):
     html = fleet["html"]
     assert html.startswith("<!DOCTYPE html>\n")
     assert html.endswith("</table>\n</body>\n</html>\n")
-    assert "<p>4 hosts: 1 ready, 1 warn, 0 blocked, 1 skip, 1 unreachable</p>" in html
+    assert "<p>4 hosts: 1 ready, 1 warn, 0 blocked, 1 skip, 0 failed, 1 unreachable</p>" in html
     assert "<td>NVIDIA &#34;H100&#34; &lt;80GB&gt;</td>" in html
     assert '<tr class="warn"><td>h100</td><td>warn</td>' in html
     assert '<tr class="blocked"><td>gone</td><td>unreachable</td><td colspan="8"></td></tr>' in html
@@ -138,7 +142,7 @@ def test_empty_fleet():
     files = fleet_report([], [])
     assert json.loads(files["json"])["summary"]["hosts"] == 0
     assert files["csv"].count("\n") == 1
-    assert "0 hosts: 0 ready, 0 warn, 0 blocked, 0 skip; 0 drifted" in files["md"]
+    assert "0 hosts: 0 ready, 0 warn, 0 blocked, 0 skip, 0 failed; 0 drifted" in files["md"]
     assert "## Reasons" not in files["md"]
 
 
@@ -149,3 +153,88 @@ def test_input_must_be_reports():
 
 def test_filter_is_registered():
     assert FilterModule().filters()["fleet_report"] is fleet_report
+
+
+# --- hosts and GPUs that failed ---------------------------------------------------------------------------------------
+COUNT_FAILED = (
+    "counting the GPUs failed: NVML reported an unknown error (NVML: Unknown Error); check dmesg and journalctl -k for"
+    " Xid errors and retry; if it persists, reset the GPU (nvidia-smi -r -i <gpu>) or reboot"
+)
+LOST = (
+    "GPU 1: opening the GPU failed: the GPU has fallen off the bus (GPU lost) (NVML: GPU is lost); drain the host,"
+    " check dmesg for Xid errors and reboot it"
+)
+
+
+def lost_gpu(index: int) -> dict:
+    """A GPU as gpu.mig.mig_facts reports one that NVML could not read (Nvml.gpu_or_failure)."""
+    return {
+        "index": index,
+        "uuid": None,
+        "name": None,
+        "pci_bus_id": None,
+        "pci_device_id": None,
+        "architecture": "unknown",
+        "compute_capability": None,
+        "memory": None,
+        "mig": {"supported": False, "current": None, "pending": None},
+        "profiles": [],
+        "gpu_instances": [],
+        "processes": [],
+        "error": LOST,
+    }
+
+
+@pytest.fixture
+def partial() -> dict:
+    gpus = [gpu(0, "NVIDIA H100 80GB HBM3", "hopper", (True, True)), lost_gpu(1)]
+    reports = [
+        report("h100", DRIVER, gpus, [{"gpus": "all"}]),  # the layout does not name GPU 1: a warning
+        report("pinned", DRIVER, gpus, [{"gpus": 1}]),  # the layout needs GPU 1: blocked
+    ]
+    return fleet_report(reports, ["h100", "pinned", "broken", "gone"], failed={"broken": COUNT_FAILED})
+
+
+def test_a_host_whose_facts_failed_is_failed_with_the_reason_not_unreachable(partial):
+    document = json.loads(partial["json"])
+    assert document["summary"]["unreachable"] == ["gone"] and document["summary"]["failed"] == 1
+    broken = next(h for h in document["hosts"] if h["host"] == "broken")
+    assert (broken["verdict"], broken["error"]) == ("failed", COUNT_FAILED)
+    assert broken["reasons"][0]["msg"] == f"gathering MIG facts failed: {COUNT_FAILED}"
+    md = partial["md"].splitlines()
+    assert f"| broken | failed: {COUNT_FAILED} | - | - | - | - | - | - | - |" in md
+    assert "| gone | unreachable | - | - | - | - | - | - | - |" in md
+    assert md[2].startswith("4 hosts: 0 ready, 1 warn, 1 blocked, 0 skip, 1 failed, 1 unreachable;")
+    assert (
+        f"- **broken** fail: host: gathering MIG facts failed: {COUNT_FAILED} (fix: follow the remedy" in partial["md"]
+    )
+    rows = {row[0]: row for row in csv.reader(io.StringIO(partial["csv"]))}
+    assert rows["broken"][1] == "failed" and rows["broken"][18] == COUNT_FAILED
+    assert rows["broken"][17] == f"gathering MIG facts failed: {COUNT_FAILED}"
+    assert '<tr class="failed"><td>broken</td><td>failed: counting the GPUs failed: NVML' in partial["html"]
+
+
+def test_a_failed_gpu_shows_its_error_and_the_verdict_says_so(partial):
+    document = json.loads(partial["json"])
+    h100, pinned = (next(h for h in document["hosts"] if h["host"] == name) for name in ("h100", "pinned"))
+    assert (h100["verdict"], pinned["verdict"]) == ("warn", "blocked")
+    assert [g["error"] for g in h100["gpus"]] == [None, LOST]
+    assert [(r["level"], r["where"], r["msg"]) for r in pinned["reasons"]] == [("fail", "GPU 1", LOST)]
+    assert document["summary"]["failed_gpus"] == 2
+    md = partial["md"].splitlines()
+    assert f"| h100 | warn | 550.90.07 / 12.4 | 1 | - | failed: {LOST} | - | - | - |" in md
+    assert f"- **pinned** fail: GPU 1: {LOST} (fix: follow the remedy in the message" in partial["md"]
+    gpu_rows = [row for row in csv.reader(io.StringIO(partial["csv"])) if row[0] == "h100"]
+    assert [row[18] for row in gpu_rows] == ["", LOST] and [row[6] for row in gpu_rows] == ["NVIDIA H100 80GB HBM3", ""]
+    assert f"<td>failed: {LOST}</td>" in partial["html"]
+
+
+def test_a_host_of_failed_gpus_only_is_not_said_to_lack_mig():
+    result = report("lost", DRIVER, [lost_gpu(0)], [{"gpus": "all"}])
+    assert [(r["where"], r["msg"]) for r in result["reasons"]] == [("GPU 0", LOST)]
+    assert result["verdict"] == "warn"
+
+
+def test_failed_must_be_a_mapping():
+    with pytest.raises(AnsibleFilterError, match="failed must map hosts to messages"):
+        fleet_report([], ["a"], failed=["a"])

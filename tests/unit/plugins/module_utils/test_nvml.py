@@ -192,3 +192,45 @@ def test_one_session_reads_each_models_profile_table_once_with_per_gpu_free_coun
     assert sorted(ci_reads) == sorted([0, 1, 2, 7, 0, 7, 0, 1, 2, 3, 4, 6, 7, 8])
     assert free_counts(together[0])["1g.10gb"] == 4 and free_counts(together[1])["1g.10gb"] == 5
     assert [len(g["gpu_instances"]) for g in together] == [1, 2, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "code", [*sorted(getattr(pynvml, name) for name in dir(pynvml) if name.startswith("NVML_ERROR_")), 12345]
+)
+def test_every_nvml_code_gets_the_gpu_what_failed_and_a_remedy(code):
+    msg = _nvml.describe(pynvml.NVMLError(code), "GPU 3 (GPU-x)", "reading PCI info").msg
+    where_and_problem, remedy = msg.split("); ", 1)
+    assert where_and_problem.startswith("GPU 3 (GPU-x): reading PCI info failed: ") and len(remedy) > 20
+    assert not where_and_problem.endswith("failed: Unknown Error (NVML: Unknown Error")
+
+
+def test_unknown_and_unmapped_codes_point_at_the_driver_logs():
+    unknown = _nvml.describe(pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN), "GPU 0").msg
+    assert unknown.startswith("GPU 0: NVML reported an unknown error (NVML: Unknown Error); check dmesg")
+    unmapped = _nvml.describe(pynvml.NVMLError(pynvml.NVML_ERROR_NO_DATA), "GPU 0").msg
+    assert unmapped.startswith("GPU 0: NVML error 21 (NVML: ") and "; check dmesg and journalctl -k" in unmapped
+
+
+def test_gpu_or_failure_of_a_healthy_gpu_is_its_facts(sim_host):
+    sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4"])
+    with _nvml.Nvml() as nvml:
+        assert nvml.gpu_or_failure(0) == nvml.gpu(0)
+        assert "error" not in nvml.gpu_or_failure(0)
+
+
+def test_gather_reports_a_lost_gpu_beside_the_healthy_ones(sim_host):
+    host = sim_host("H100-80GB:mig=on", "H100-80GB", "L4", init=False)
+    with host.edit() as state:
+        state.live(1)["lost"] = True
+    result = _nvml.gather()
+    assert [g.get("error", "").split(":")[0] for g in result["gpus"]] == ["", "GPU 1", ""]
+    assert result["gpus"][1]["uuid"] is None and result["gpus"][2]["name"] == "NVIDIA L4"
+    assert result["summary"]["failed_gpus"] == 1 and result["summary"]["mig_capable"] == 1
+
+
+def test_a_driver_that_cannot_tell_the_architecture_is_not_an_error(sim_host):
+    host = sim_host("A100-SXM4-40GB")
+    host.fault("nvmlDeviceGetArchitecture", pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    with _nvml.Nvml() as nvml:
+        gpu = nvml.gpu_or_failure(0)
+    assert gpu["architecture"] == "unknown" and "error" not in gpu

@@ -1,13 +1,15 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""mig_facts: one namespaced facts key, selectors, require_mig, clear failures."""
+"""mig_facts: one namespaced facts key, selectors, require_mig, clear failures, partial hosts."""
 
 from __future__ import annotations
 
 import pynvml
+import pytest
 
 from ansible_collections.gpu.mig.plugins.modules import mig_facts
+from nvmlsim import cli
 
 
 def test_reports_every_gpu_under_one_key(sim_host, run_module):
@@ -39,7 +41,7 @@ def test_selectors_filter_and_summary_follows(sim_host, run_module):
 def test_unknown_selector_fails_with_the_fix(sim_host, run_module):
     sim_host("A100-SXM4-40GB", init=False)
     result, failed = run_module(mig_facts, {"gpus": ["GPU-does-not-exist"]})
-    assert failed and "'GPU-does-not-exist' match no GPU" in result["msg"] and "use an index" in result["msg"]
+    assert failed and "'GPU-does-not-exist' match no GPU" in result["msg"] and "an index" in result["msg"]
 
 
 def test_no_driver_is_reported_not_failed(sim_host, run_module):
@@ -52,14 +54,96 @@ def test_no_driver_is_reported_not_failed(sim_host, run_module):
 def test_require_mig_fails_without_driver_or_mig_gpu(sim_host, run_module):
     sim_host("L4", init=False)
     result, failed = run_module(mig_facts, {"require_mig": True})
-    assert failed and "no selected GPU supports MIG" in result["msg"] and "GPU 0 (NVIDIA L4)" in result["msg"]
+    assert failed and "no selected GPU supports MIG" in result["msg"] and "0: NVIDIA L4" in result["msg"]
     sim_host("A100-SXM4-40GB", driver_state="not_loaded", init=False)
     result, failed = run_module(mig_facts, {"require_mig": True})
     assert failed and "driver is not loaded" in result["msg"]
 
 
-def test_gpu_lost_mid_call_is_a_message_not_a_traceback(sim_host, run_module):
+LOST = (
+    "GPU 1: opening the GPU failed: the GPU has fallen off the bus (GPU lost) (NVML: GPU is lost); drain the host,"
+    " check dmesg for Xid errors and reboot it"
+)
+
+
+@pytest.fixture
+def lost_gpu_1(sim_host):
+    """Two A100s with an instance each; then ``migsim fault --lost --gpu 1``."""
+    host = sim_host("A100-SXM4-40GB:mig=on", "A100-SXM4-40GB:mig=on", instances=["0:3g.20gb", "1:3g.20gb"], init=False)
+    assert cli.main(["fault", str(host.root), "--lost", "--gpu", "1"]) == 0
+    return host
+
+
+def test_a_lost_gpu_is_that_gpus_error_not_the_hosts(lost_gpu_1, run_module, warning_texts):
+    result, failed = run_module(mig_facts, {})
+    assert not failed
+    facts = result["ansible_facts"]["nvidia_mig"]
+    healthy, lost = facts["gpus"]
+    assert "error" not in healthy and [gi["profile"] for gi in healthy["gpu_instances"]] == ["3g.20gb"]
+    assert lost == {
+        "index": 1,
+        "uuid": None,
+        "name": None,
+        "pci_bus_id": None,
+        "pci_device_id": None,
+        "architecture": "unknown",
+        "compute_capability": None,
+        "memory": None,
+        "mig": {"supported": False, "current": None, "pending": None},
+        "profiles": [],
+        "gpu_instances": [],
+        "processes": [],
+        "error": LOST,
+    }
+    assert set(lost) == {*healthy, "error"}
+    assert facts["summary"] == {
+        "gpu_count": 2,
+        "mig_capable": 1,
+        "mig_enabled": 1,
+        "mig_change_pending": 0,
+        "gpu_instances": 1,
+        "compute_instances": 1,
+        "processes": 0,
+        "failed_gpus": 1,
+    }
+    assert warning_texts(result) == [LOST]
+
+
+def test_selecting_around_a_lost_gpu(lost_gpu_1, run_module, warning_texts):
+    healthy, _unused = run_module(mig_facts, {"gpus": ["0"]})
+    assert [g["index"] for g in healthy["ansible_facts"]["nvidia_mig"]["gpus"]] == [0]
+    assert healthy["ansible_facts"]["nvidia_mig"]["summary"]["failed_gpus"] == 0 and not warning_texts(healthy)
+    lost, failed = run_module(mig_facts, {"gpus": ["1"], "require_mig": True})
+    assert failed and "no selected GPU supports MIG" in lost["msg"] and LOST in lost["msg"]
+    assert lost["nvidia_mig"]["gpus"][0]["error"] == LOST
+
+
+def test_a_gpu_erroring_mid_read_keeps_what_nvml_still_reads(sim_host, run_module):
     host = sim_host("A100-SXM4-40GB:mig=on", init=False)
     host.fault("nvmlDeviceGetGpuInstanceRemainingCapacity", pynvml.NVML_ERROR_GPU_IS_LOST)
     result, failed = run_module(mig_facts, {})
-    assert failed and "GPU lost" in result["msg"] and "exception" not in result
+    assert not failed and "exception" not in result
+    (gpu,) = result["ansible_facts"]["nvidia_mig"]["gpus"]
+    uuid = host.state().gpus[0]["uuid"]
+    assert gpu["error"].startswith(f"GPU 0 ({uuid}): reading remaining capacity failed: the GPU has fallen off the bus")
+    assert (gpu["uuid"], gpu["name"], gpu["pci_bus_id"]) == (uuid, "NVIDIA A100-SXM4-40GB", "00000000:07:00.0")
+    assert gpu["profiles"] == [] and gpu["mig"]["supported"] is False
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("nvmlInit", "NVML initialisation failed: the GPU has fallen off the bus"),
+        ("nvmlDeviceGetCount", "counting the GPUs failed: the GPU has fallen off the bus"),
+        ("nvmlSystemGetDriverVersion", "reading the driver version failed: the GPU has fallen off the bus"),
+    ],
+)
+def test_host_level_errors_still_fail_the_host(sim_host, run_module, call, message):
+    host = sim_host("A100-SXM4-40GB:mig=on", init=False)
+    host.fault(call, pynvml.NVML_ERROR_GPU_IS_LOST)
+    result, failed = run_module(mig_facts, {})
+    assert (
+        failed
+        and result["msg"].startswith(message)
+        and result["msg"].endswith("check dmesg for Xid errors and reboot it")
+    )

@@ -1,0 +1,71 @@
+# Copyright (c) gpu.mig contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""playbooks/audit.yml over a simulated fleet with a lost GPU, a host whose facts fail and an unreachable host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nvmlsim import cli
+
+REPO = Path(__file__).resolve().parents[4]
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    base = tmp_path_factory.mktemp("audit")
+    fleet = base / "fleet"
+    assert cli.main(["fleet", "--dir", str(fleet), "--hosts", "3", "--mix", "h100,l4,a30", "--lifetime", "120"]) == 0
+    try:
+        assert cli.main(["fault", str(fleet / "sim00-h100"), "--lost", "--gpu", "1"]) == 0
+        assert cli.main(["fault", str(fleet / "sim01-l4"), "--call", "nvmlDeviceGetCount"]) == 0
+        # Nothing listens on port 1: Ansible cannot reach this host.
+        gone = {"gone": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}}
+        (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": gone}}))
+        env = {
+            **os.environ,
+            "ANSIBLE_COLLECTIONS_PATH": os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build/collections")),
+            "ANSIBLE_LOCAL_TEMP": str(base / "tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PIPELINING": "1",
+        }
+        argv = [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            *("-i", str(fleet / "inventory.yml"), "-i", str(base / "gone.yml")),
+            *("-e", json.dumps({"gpu_mig_report_dir": str(base / "report"), "gpu_mig_layout": [{"gpus": "all"}]})),
+            str(REPO / "playbooks/audit.yml"),
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
+    finally:
+        cli.main(["stop", str(fleet)])
+    return result, base / "report"
+
+
+def test_the_audit_runs_to_its_report(audit):
+    result, report = audit
+    assert result.returncode == 4, result.stdout + result.stderr  # 4: a host was unreachable; no task failed
+    assert sorted(p.name for p in report.iterdir()) == [f"fleet-report.{f}" for f in ("csv", "html", "json", "md")]
+
+
+def test_failed_facts_unreachable_and_a_lost_gpu_each_say_why(audit):
+    document = json.loads((audit[1] / "fleet-report.json").read_text())
+    hosts = {h["host"]: h for h in document["hosts"]}
+    assert document["summary"]["unreachable"] == ["gone"]
+    assert hosts["sim01-l4"]["verdict"] == "failed"
+    assert hosts["sim01-l4"]["error"].startswith("counting the GPUs failed: NVML reported an unknown error")
+    h100 = hosts["sim00-h100"]
+    assert h100["verdict"] == "warn" and [g["error"] is None for g in h100["gpus"]] == [True, False]
+    assert h100["gpus"][1]["error"].startswith("GPU 1: opening the GPU failed: the GPU has fallen off the bus")
+    assert hosts["sim02-a30"]["verdict"] in ("ready", "warn")
+    md = (audit[1] / "fleet-report.md").read_text()
+    assert "| sim01-l4 | failed: counting the GPUs failed: NVML reported an unknown error" in md
+    assert "| gone | unreachable |" in md and "| sim01-l4 | unreachable |" not in md
+    assert "| sim00-h100 | warn | 550.90.07 / 12.4 | 1 | - | failed: GPU 1: opening the GPU failed" in md
