@@ -37,6 +37,7 @@ RESET_BLOCKER_UNITS = (
 CONTAINER_TYPES = ("podman", "docker", "container", "containerd", "lxc", "systemd-nspawn", "openvz", "wsl")
 
 NO_FACTS = {"loaded": False, "error": "no NVML facts"}
+FAILED_GPU_FIX = "follow the remedy in the message, then gather facts again; the host's other GPUs are read as usual"
 _CTK_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 
 
@@ -90,7 +91,7 @@ def _per_gpu_names(entry: Mapping, gpus: list) -> bool:
 def _min_driver(gpu: Mapping, table) -> str | None:
     if gpu.get("min_driver") is not None:
         return gpu["min_driver"]
-    return next((m["version"] for m in table if m["match"] in gpu["name"]), None)
+    return next((m["version"] for m in table if m["match"] in (gpu["name"] or "")), None)
 
 
 def _drift(gpu: Mapping, entry: Mapping, want_mig: bool, per_gpu: bool) -> tuple[list[str], list[str]]:
@@ -157,6 +158,7 @@ def _gpu_row(gpu: Mapping, layout: list, gpus: list, driver: Mapping, resets: Ma
         "gpu_instances": len(instances),
         "processes": gpu.get("processes") or [],
         "drift": drift,
+        "error": gpu.get("error"),
     }
 
 
@@ -192,6 +194,8 @@ def _reason(level: str, where: str, msg: str, fix: str) -> dict:
 
 def _gpu_reasons(row: Mapping, managed: bool, driver: Mapping, blockers: list, kind: str) -> list[dict]:
     where = f"GPU {row['index']} ({row['name']}, {row['uuid']})"
+    if row["error"]:  # NVML could not read the GPU: blocking only when the layout selects it (by index)
+        return [_reason("fail" if row["managed"] else "warn", f"GPU {row['index']}", row["error"], FAILED_GPU_FIX)]
     mig = row["mig"]
     reasons = []
     if row["managed"] and not mig["supported"]:
@@ -295,7 +299,7 @@ def preflight_report(
                 "install and load the NVIDIA driver, and nvidia-ml-py for the Python that runs the modules",
             )
         )
-    elif managed and not any(r["mig"]["supported"] for r in rows):
+    elif managed and not any(r["mig"]["supported"] or r["error"] for r in rows):
         models = ", ".join(dict.fromkeys(r["name"] for r in rows)) or "no GPUs"
         reasons.append(
             _reason(
