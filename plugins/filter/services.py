@@ -12,12 +12,13 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _services
 
 
-def _profiles(slots: dict, facts: dict | None) -> dict:
+def _profiles(slots: object, facts: object) -> dict:
     """GPU UUID -> profile table: live from ``nvidia_mig`` facts when given, else the shipped catalog by GPU name."""
-    tables = {gpu["uuid"]: gpu.get("profiles", []) for gpu in (facts or {}).get("gpus", []) if "uuid" in gpu}
-    for slot in slots.values():
-        model = _catalog.find_model(slot.get("gpu_name", ""))
-        if slot.get("gpu_uuid") not in tables and model is not None:
+    gpus = facts.get("gpus") if isinstance(facts, dict) else None
+    tables = {gpu["uuid"]: gpu.get("profiles", []) for gpu in gpus or () if isinstance(gpu, dict) and "uuid" in gpu}
+    for slot in slots.values() if isinstance(slots, dict) else ():
+        model = _catalog.find_model(slot.get("gpu_name", "")) if isinstance(slot, dict) else None
+        if model is not None and slot.get("gpu_uuid") not in tables:
             tables[slot["gpu_uuid"]] = [{"name": p.name, "memory_mib": p.memory_mib} for p in model.profiles]
     return tables
 
@@ -69,16 +70,27 @@ def service_plan(
     stats_bind: str = "127.0.0.1:8405",
     haproxy_global: list | None = None,
 ) -> dict:
-    """Validate ``services`` (with the memory fit check) and return per-service template vars, haproxy.cfg, warnings."""
-    reserved = (int(stats_bind.rsplit(":", 1)[1]),)
+    """Validate ``services`` (with the memory fit check) and return per-service template vars, haproxy.cfg, warnings.
+
+    Every problem of the services and of the HAProxy settings is raised at once, before anything is rendered.
+    """
+    problems: list[str] = []
+    stats_port, global_lines = None, ()
     try:
+        stats_port, global_lines = _services.validate_haproxy(stats_bind, haproxy_global)
+    except _services.ServiceError as exc:
+        problems += exc.problems
+    try:
+        reserved = () if stats_port is None else (stats_port,)
         parsed, warnings = _services.validate(services, slots, _profiles(slots, facts), reserved)
     except _services.ServiceError as exc:
-        raise AnsibleFilterError("inference services cannot be deployed:\n- " + "\n- ".join(exc.problems)) from exc
+        problems += exc.problems
+    if problems:
+        raise AnsibleFilterError("inference services cannot be deployed:\n- " + "\n- ".join(problems))
     minors = _services.parse_mig_minors(mig_minors or "")
     return {
         "services": [_service_vars(s, slots[s.slot], minors) for s in parsed],
-        "haproxy_config": _services.render_haproxy(parsed, stats_bind, tuple(haproxy_global or ())),
+        "haproxy_config": _services.render_haproxy(parsed, stats_bind, global_lines),
         "warnings": warnings,
     }
 

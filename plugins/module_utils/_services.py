@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 RUNNERS = ("process", "quadlet")
 # Server kind -> how many consecutive loopback ports it takes from backend_port (HTTP, gRPC, metrics).
@@ -27,23 +28,16 @@ HEADROOM_WARN = 0.10
 # /proc/driver/nvidia-caps/mig-minors: config=1, monitor=2, then per GPU minor 15 GIs x (GI access + 8 CI accesses).
 _CAPS_FIRST, _CAPS_PER_GI, _CAPS_GIS = 3, 9, 15
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_CPU_QUOTA = re.compile(r"^\d+%$")
-_MEMORY_MAX = re.compile(r"^(\d+[KMGT]?|infinity)$")
+_INT_MAX = 2**31 - 1  # systemd and HAProxy read counts and limits as 32-bit integers
+_DAY_MS = 86_400_000
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-
-_TOP_KEYS = {
-    "name", "slot", "runner", "server", "command", "image", "port", "listen", "backend_port", "user",
-    "model", "classes", "class_header", "sla", "limits", "shares_slot_with", "extra_args",
-}  # fmt: skip
-_MODEL_KEYS = {"name", "dir", "weights_mib", "activation_mib", "batch_headroom_mib", "max_model_len", "instances",
-               "backend", "implementation"}  # fmt: skip
-_LIMIT_KEYS = {"max_concurrency", "max_queue", "queue_timeout", "request_timeout", "max_batch", "batch_delay",
-               "retry_after", "cpu_quota", "memory_max", "tasks_max", "nofile"}  # fmt: skip
-_SLA_KEYS = {"p95_ms", "p99_ms", "target_rps"}
-_CLASS_KEYS = {"name", "weight", "max_queue", "queue_timeout", "path_prefix"}
+# C0 controls, DEL, C1 controls and the Unicode line/paragraph separators: none may reach a rendered file.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", re.ASCII)
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}", re.ASCII)
+_MODEL_DIR_ENTRY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+# The executable of ExecStart=: systemd refuses quotes and backslashes in it and does not expand "$$" there.
+_EXECUTABLE = re.compile(r"/[^\"'\\$]*")
 
 
 class ServiceError(Exception):
@@ -52,6 +46,279 @@ class ServiceError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rules: one table per section of a service spec; every field of a spec is checked here and nowhere else
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one field is checked, and what a valid value looks like (``hint``, ``example``: the fix in messages).
+
+    ``kind``: ``str``, ``int``, ``number`` (> 0), ``duration`` (a number of seconds or ``250ms``/``2s``/``1m``/``1h``,
+    read as milliseconds), ``strings`` (a list of str, each checked like a ``str``), ``section`` (a mapping checked by
+    ``fields``) or ``sections`` (a non-empty list of such mappings). Every string, wherever it is, must be non-empty
+    one-line printable text. ``needed_by``/``only_for`` tie a field to values of a top-level field (``server``,
+    ``runner``): required for them, or refused for the others.
+    """
+
+    kind: str
+    example: object = None
+    hint: str = ""
+    required: bool = False
+    default: object = None
+    minimum: int = 1
+    maximum: int = _INT_MAX
+    choices: tuple[str, ...] = ()
+    pattern: re.Pattern | None = None
+    fields: Mapping[str, Rule] | None = None
+    needed_by: tuple[str, tuple[str, ...]] | None = None
+    only_for: tuple[str, tuple[str, ...]] | None = None
+
+
+def _ascii(pattern: str) -> re.Pattern:
+    """A pattern whose classes (\\d, \\s) match ASCII only."""
+    return re.compile(pattern, re.ASCII)
+
+
+_AI_SERVERS = ("triton", "mlserver", "vllm")
+_REPOSITORY_SERVERS = ("triton", "mlserver")
+_BATCHING_SERVERS = ("triton", "mlserver")
+
+MODEL_RULES: Mapping[str, Rule] = {
+    "name": Rule("str", "resnet", "a model name, Hugging Face id or path (letters, digits, . _ - + @ /; not starting "
+                 "with '-')", pattern=_ascii(r"[A-Za-z0-9_./][A-Za-z0-9_./@+-]*"), needed_by=("server", _AI_SERVERS)),
+    "dir": Rule("str", "/srv/models", "an absolute path such as /srv/models (letters, digits, . _ - + @; no '..', "
+                "spaces or ':')", pattern=_ascii(r"(/[A-Za-z0-9_+@-][A-Za-z0-9._+@-]*)+"),
+                needed_by=("server", _REPOSITORY_SERVERS)),
+    "weights_mib": Rule("int", 12000, "GPU memory of the weights in MiB", default=0, minimum=0),
+    "activation_mib": Rule("int", 2000, "GPU memory of the activations in MiB", default=0, minimum=0),
+    "batch_headroom_mib": Rule("int", 2000, "GPU memory for batches/KV cache in MiB", default=0, minimum=0),
+    "max_model_len": Rule("int", 4096, "vLLM --max-model-len", only_for=("server", ("vllm",))),
+    "instances": Rule("int", 2, "Triton instance_group count, MLServer parallel_workers", default=1,
+                      only_for=("server", _REPOSITORY_SERVERS)),
+    "backend": Rule("str", "onnxruntime", "a Triton backend name such as onnxruntime or python",
+                    default="onnxruntime", pattern=_ascii(r"[a-z][a-z0-9_]*"), only_for=("server", ("triton",))),
+    "implementation": Rule("str", "mlserver_sklearn.SKLearnModel", "a dotted Python class path",
+                           default="mlserver_sklearn.SKLearnModel",
+                           pattern=_ascii(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+"),
+                           only_for=("server", ("mlserver",))),
+}  # fmt: skip
+LIMIT_RULES: Mapping[str, Rule] = {
+    "max_concurrency": Rule("int", 8, "requests in flight at the server", default=1),
+    "max_queue": Rule("int", 16, "requests queued in HAProxy per class", default=0, minimum=0),
+    "queue_timeout": Rule("duration", "500ms", default="1s", maximum=_DAY_MS),
+    "request_timeout": Rule("duration", "30s", default="60s", maximum=_DAY_MS),
+    "max_batch": Rule("int", 8, "largest batch of the server", default=1, only_for=("server", _BATCHING_SERVERS)),
+    "batch_delay": Rule("duration", "2ms", default=0, minimum=0, maximum=_DAY_MS,
+                        only_for=("server", _BATCHING_SERVERS)),
+    "retry_after": Rule("int", 1, "seconds in the Retry-After header", default=1),
+    "cpu_quota": Rule("str", "400%", "a systemd CPUQuota= such as 200%", pattern=_ascii(r"[1-9][0-9]*%")),
+    "memory_max": Rule("str", "16G", "a systemd MemoryMax= such as 16G or infinity",
+                       pattern=_ascii(r"[1-9][0-9]*[KMGT]?|infinity")),
+    "tasks_max": Rule("int", 512, "systemd TasksMax=", default=512),
+    "nofile": Rule("int", 65536, "systemd LimitNOFILE=", default=65536),
+}  # fmt: skip
+CLASS_RULES: Mapping[str, Rule] = {
+    "name": Rule("str", "fast", "1-24 lowercase letters, digits or '-', starting with a letter", required=True,
+                 pattern=_NAME),
+    "weight": Rule("int", 3, "share of max_concurrency", default=1),
+    "max_queue": Rule("int", 64, "requests queued (default limits.max_queue)", minimum=0),
+    "queue_timeout": Rule("duration", "10s", maximum=_DAY_MS),
+    "path_prefix": Rule("str", "/batch", "a URL path starting with '/' (letters, digits, . _ ~ - /)",
+                        pattern=_ascii(r"/[A-Za-z0-9._~/-]*")),
+}  # fmt: skip
+SLA_RULES: Mapping[str, Rule] = {
+    "p95_ms": Rule("number", 200),
+    "p99_ms": Rule("number", 400),
+    "target_rps": Rule("number", 30),
+}
+SERVICE_RULES: Mapping[str, Rule] = {
+    "name": Rule("str", "chat", "1-24 lowercase letters, digits or '-', starting with a letter", required=True,
+                 pattern=_NAME),
+    "slot": Rule("str", "chat", "the name of a slot of the MIG layout", required=True,
+                 pattern=_ascii(r"[a-z0-9][a-z0-9_-]{0,62}")),
+    "runner": Rule("str", "process", default="process", choices=RUNNERS),
+    "server": Rule("str", "triton", default="generic", choices=tuple(SERVER_PORTS)),
+    "command": Rule("strings", ["/opt/tritonserver/bin/tritonserver"], "the server's command line", default=[]),
+    "image": Rule("str", "docker.io/vllm/vllm-openai:v0.10.1", "a container image reference (letters, digits, "
+                  ". _ - / : @ +)", pattern=_ascii(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*"),
+                  needed_by=("runner", ("quadlet",)), only_for=("runner", ("quadlet",))),
+    "port": Rule("int", 8000, "the public TCP port", required=True, maximum=65535),
+    "listen": Rule("str", "0.0.0.0", "an IP address, '*' or a host name to bind, such as 0.0.0.0 or ::1",
+                   default="0.0.0.0", pattern=_ascii(r"\*|[0-9A-Fa-f:.]+|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")),
+    "backend_port": Rule("int", 18000, "the server's first loopback TCP port", required=True, maximum=65535),
+    "user": Rule("str", "gpumig-chat", "a system user name (lowercase, <= 32 chars), never root",
+                 pattern=_ascii(r"[a-z_][a-z0-9_-]{0,31}")),
+    "model": Rule("section", fields=MODEL_RULES, default={}),
+    "classes": Rule("sections", fields=CLASS_RULES, default=[{"name": "default"}]),
+    "class_header": Rule("str", "X-Request-Class", "an HTTP header name", default="X-Request-Class",
+                         pattern=_ascii(r"[A-Za-z0-9-]+")),
+    "sla": Rule("section", fields=SLA_RULES, default={}),
+    "limits": Rule("section", fields=LIMIT_RULES, default={}),
+    "shares_slot_with": Rule("strings", ["ocr"], "service names (1-24 lowercase letters, digits or '-')", default=[],
+                             pattern=_NAME),
+    "extra_args": Rule("strings", ["--log-verbose=1"], "arguments appended to the server's", default=[]),
+}  # fmt: skip
+# The role's HAProxy variables that go into haproxy.cfg.
+HAPROXY_RULES: Mapping[str, Rule] = {
+    "inference_service_haproxy_stats_bind": Rule("str", "127.0.0.1:8405", "an address and port such as 127.0.0.1:8405",
+                                                 required=True, pattern=_ascii(r"[0-9A-Za-z.:*-]*:[0-9]{1,5}")),
+    "inference_service_haproxy_global": Rule("strings", ["maxconn 20000"], "lines of the HAProxy global section",
+                                             default=[]),
+}  # fmt: skip
+
+
+def _shown(value: object) -> str:
+    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, (str, int, float)) else f"{type(value).__name__} {text}"
+
+
+def _duration_text(millis: int) -> str:
+    """``0``, ``1ms``, ``24h``: in the largest unit that divides ``millis``."""
+    unit, size = next((u, n) for u, n in (("h", 3_600_000), ("s", 1000), ("ms", 1)) if millis % n == 0)
+    return f"{millis // size}{unit}" if millis else "0"
+
+
+def parse_duration_ms(value: object) -> int | None:
+    """Seconds (number) or a string such as ``250ms``, ``2s``, ``1.5m`` -> milliseconds; None when unparsable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number, unit = value, "s"
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            return None
+        number, unit = float(match.group(1)), match.group(2) or "s"
+    millis = number * _UNITS_MS[unit]
+    return None if isinstance(millis, float) and not math.isfinite(millis) else round(millis)
+
+
+def _control_problem(value: str) -> str | None:
+    """Why ``value`` cannot go into a rendered file (a control character), or None."""
+    control = _CONTROL.search(value)
+    if not control:
+        return None
+    return (
+        f"must be one line of printable text, got {_shown(value)} with control character "
+        f"U+{ord(control.group()):04X} at position {control.start()}; remove it"
+    )
+
+
+def _string_problem(value: object, rule: Rule) -> str | None:
+    """Why ``value`` is not a valid string for ``rule``, or None."""
+    hint = rule.hint or f"one of {', '.join(rule.choices)}"
+    if not isinstance(value, str):
+        return f"must be a string: {hint}, got {_shown(value)}"
+    control = _control_problem(value)
+    if control:
+        return control
+    if not value.strip():
+        return f"must not be empty: {hint}"
+    if rule.choices and value not in rule.choices:
+        return f"must be one of {', '.join(rule.choices)}, got {_shown(value)}"
+    if rule.pattern and not rule.pattern.fullmatch(value):
+        return f"must be {hint}, got {_shown(value)}"
+    return None
+
+
+def _scalar(value: object, rule: Rule) -> tuple[object, str | None]:
+    """(the value, None), or (None, why) for a ``str``, ``int``, ``number`` or ``duration`` field."""
+    if rule.kind == "str":
+        why = _string_problem(value, rule)
+        return (None, why) if why else (value, None)
+    if rule.kind == "int":
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if not is_int or not rule.minimum <= value <= rule.maximum:
+            if rule.maximum < _INT_MAX:
+                bound = f"from {rule.minimum} to {rule.maximum}"
+            else:
+                bound = f"at most {rule.maximum}" if is_int and value > rule.maximum else f">= {rule.minimum}"
+            hint = f" ({rule.hint})" if rule.hint else ""
+            return None, f"must be an integer {bound}{hint}, got {_shown(value)}"
+        return value, None
+    if rule.kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= rule.maximum:
+            return None, f"must be a number above 0 and at most {rule.maximum}, got {_shown(value)}"
+        return float(value), None
+    why = _control_problem(value) if isinstance(value, str) else None
+    millis = None if why else parse_duration_ms(value)
+    if millis is None or not rule.minimum <= millis <= rule.maximum:
+        return None, why or (
+            f"must be a duration from {_duration_text(rule.minimum)} to {_duration_text(rule.maximum)} such as "
+            f"{rule.example} (a bare number is seconds), got {_shown(value)}"
+        )
+    return millis, None
+
+
+def _check(
+    data: Mapping, rules: Mapping[str, Rule], where: str, problem: Callable[[str], None], context: Mapping | None = None
+) -> dict:
+    """The fields of ``data`` by ``rules``: defaults filled in, None where a value is wrong (the reason reported).
+
+    ``where`` is the dotted path of ``data`` in messages; ``context`` holds the top-level fields that ``needed_by`` and
+    ``only_for`` refer to (by default the values read so far, so those fields come first in the table).
+    """
+    unknown = sorted(map(repr, set(data) - set(rules)))
+    if unknown:
+        problem(f"unknown key(s) {', '.join(unknown)} in {where or 'the service'}; allowed: {', '.join(rules)}")
+    values: dict = {}
+    context = values if context is None else context
+    for key, rule in rules.items():
+        path = f"{where}.{key}" if where else key
+        value = data.get(key)
+        owner = rule.needed_by or rule.only_for
+        owner_value = context.get(owner[0]) if owner else None
+        if value is None:
+            if rule.required or (rule.needed_by and owner_value in rule.needed_by[1]):
+                because = f" with {owner[0]} {owner_value}" if not rule.required else ""
+                problem(f"{path} is required{because}: {rule.hint or 'e.g. ' + repr(rule.example)}")
+            value = rule.default
+        elif rule.only_for and owner_value is not None and owner_value not in rule.only_for[1]:
+            key_name, allowed = rule.only_for
+            problem(f"{path} applies only to {key_name} {' or '.join(allowed)}, not {owner_value}; remove it")
+        values[key] = None if value is None else _value(value, rule, path, problem, context)
+    return values
+
+
+def _value(value: object, rule: Rule, path: str, problem: Callable[[str], None], context: Mapping) -> object:
+    """One field's value by its rule (None when wrong, with the reason reported)."""
+    if rule.kind == "section":
+        if not isinstance(value, dict):
+            problem(f"{path} must be a mapping with keys {', '.join(rule.fields)}, got {_shown(value)}")
+            return _check({}, rule.fields, path, problem, context)
+        return _check(value, rule.fields, path, problem, context)
+    if rule.kind == "sections":
+        if not isinstance(value, list) or not value:
+            problem(
+                f"{path} must be a non-empty list of mappings with keys {', '.join(rule.fields)}, got {_shown(value)}"
+            )
+            return None
+        items = []
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                items.append(_check(item, rule.fields, f"{path}[{index}]", problem, context))
+            else:
+                problem(f"{path}[{index}] must be a mapping with keys {', '.join(rule.fields)}, got {_shown(item)}")
+        return items if len(items) == len(value) else None
+    if rule.kind == "strings":
+        if not isinstance(value, list):
+            problem(f"{path} must be a list of strings ({rule.hint}), got {_shown(value)}")
+            return None
+        reasons = [(index, _string_problem(item, rule)) for index, item in enumerate(value)]
+        for index, why in reasons:
+            if why:
+                problem(f"{path}[{index}] {why}")
+        return None if any(why for _index, why in reasons) else tuple(value)
+    result, why = _scalar(value, rule)
+    if why:
+        problem(f"{path} {why}")
+    return result
 
 
 @dataclass(frozen=True)
@@ -119,88 +386,8 @@ class Service:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Parsing helpers: each returns a value or None and appends a problem naming the service and the fix
+# One service: the rules above, then the relations between its fields
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def parse_duration_ms(value: object) -> int | None:
-    """Seconds (number) or a string such as ``250ms``, ``2s``, ``1.5m`` -> milliseconds; None when unparsable."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return round(value * 1000)
-    match = _DURATION.match(str(value))
-    if not match:
-        return None
-    return round(float(match.group(1)) * _UNITS_MS[match.group(2) or "s"])
-
-
-class _Reader:
-    """Reads one service's mapping, collecting problems instead of stopping at the first."""
-
-    def __init__(self, label: str, problems: list[str]) -> None:
-        self.label = label
-        self.problems = problems
-
-    def problem(self, text: str) -> None:
-        self.problems.append(f"{self.label}: {text}")
-
-    def section(self, data: object, key: str, allowed: set[str]) -> dict:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            self.problem(f"{key} must be a mapping (keys: {', '.join(sorted(allowed))})")
-            return {}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            self.problem(
-                f"unknown key(s) {', '.join(map(str, unknown))} in {key}; allowed: {', '.join(sorted(allowed))}"
-            )
-        return data
-
-    def integer(self, data: dict, key: str, default: int | None, minimum: int = 1) -> int | None:
-        value = data.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.problem(f"{key} must be an integer >= {minimum}, got {value!r}")
-            return None
-        return value
-
-    def number(self, data: dict, key: str) -> float | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            self.problem(f"{key} must be a positive number, got {value!r}")
-            return None
-        return float(value)
-
-    def duration(self, data: dict, key: str, default: object, allow_zero: bool = False) -> int | None:
-        value = data.get(key, default)
-        millis = parse_duration_ms(value)
-        if millis is None or millis < 0 or (millis == 0 and not allow_zero):
-            self.problem(
-                f"{key} must be a {'non-negative' if allow_zero else 'positive'} duration (e.g. 500ms, 2s), got {value!r}"
-            )
-            return None
-        return millis
-
-    def pattern(self, data: dict, key: str, regex: re.Pattern, hint: str) -> str | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not regex.match(value):
-            self.problem(f"{key} must be {hint}, got {value!r}")
-            return None
-        return value
-
-    def strings(self, data: dict, key: str) -> tuple[str, ...]:
-        value = data.get(key) or []
-        if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem(f"{key} must be a list of strings, got {value!r}")
-            return ()
-        return tuple(value)
 
 
 def split_concurrency(total: int, weights: list[int]) -> list[int]:
@@ -214,139 +401,123 @@ def split_concurrency(total: int, weights: list[int]) -> list[int]:
     return [s + 1 for s in shares]
 
 
-def _classes(reader: _Reader, raw: object, limits: dict) -> tuple[RequestClass, ...]:
-    """Request classes (default: one class ``default``); concurrency is split by weight, queues are per class."""
-    if raw is None:
-        raw = [{"name": "default"}]
-    if not isinstance(raw, list) or not raw:
-        reader.problem("classes must be a non-empty list of {name, weight, max_queue, queue_timeout, path_prefix}")
-        return ()
-    items = [reader.section(c, "classes[]", _CLASS_KEYS) for c in raw]
-    names = [c.get("name") for c in items]
-    if not all(isinstance(n, str) and _NAME.match(n) for n in names) or len(set(names)) != len(names):
-        reader.problem(f"class names must be unique, lowercase letters, digits and '-', got {names}")
-        return ()
-    weights = [reader.integer(c, "weight", 1) or 1 for c in items]
-    total = limits["max_concurrency"]
-    if total is None or limits["queue_timeout"] is None:
-        return ()
-    if total < len(items):
-        reader.problem(
-            f"max_concurrency {total} is less than the {len(items)} request classes; raise it or merge classes"
+def _check_relations(spec: dict, slots: dict, problem: Callable[[str], None]) -> None:
+    """What no single field says: the process command, model and port layout, timeouts, classes, SLA, user, slot."""
+    limits, model, classes = spec["limits"], spec["model"], spec["classes"]
+    command = spec["command"]
+    if spec["runner"] == "process" and command is not None and not (command and _EXECUTABLE.fullmatch(command[0])):
+        problem(
+            "runner process needs command: a list starting with the server's absolute path, e.g. "
+            "[/opt/tritonserver/bin/tritonserver] (systemd refuses quotes, backslashes and '$' in it)"
         )
-        return ()
-    result = []
-    shares = split_concurrency(total, weights)
-    for i, item in enumerate(items):
-        max_queue = reader.integer(item, "max_queue", limits["max_queue"], minimum=0)
-        timeout = reader.duration(item, "queue_timeout", f"{limits['queue_timeout']}ms")
-        prefix = item.get("path_prefix")
-        if prefix is not None and not (isinstance(prefix, str) and re.match(r"^/[\w./-]*$", prefix)):
-            reader.problem(f"class {item['name']}: path_prefix must start with '/', got {prefix!r}")
-        if timeout is not None and limits["request_timeout"] is not None and timeout > limits["request_timeout"]:
-            reader.problem(
-                f"class {item['name']}: queue_timeout {timeout}ms exceeds request_timeout {limits['request_timeout']}ms; "
-                "lower queue_timeout or raise request_timeout"
-            )
-        if max_queue is not None and timeout is not None:
-            result.append(RequestClass(item["name"], shares[i], max_queue, timeout, prefix))
-    return tuple(result)
-
-
-def _service(spec: object, index: int, slots: dict, problems: list[str]) -> Service | None:
-    """One spec -> Service, or None with the reasons appended to ``problems``."""
-    name = spec.get("name") if isinstance(spec, dict) else None
-    reader = _Reader(f"service {name}" if isinstance(name, str) else f"service #{index + 1}", problems)
-    before = len(problems)
-    if not isinstance(spec, dict):
-        reader.problem("each service must be a mapping with at least name, slot, port and backend_port")
-        return None
-    spec = reader.section(spec, "service", _TOP_KEYS)
-    if not (isinstance(name, str) and _NAME.match(name)):
-        reader.problem(f"name must be 1-24 lowercase letters, digits or '-', starting with a letter, got {name!r}")
-    model = reader.section(spec.get("model"), "model", _MODEL_KEYS)
-    limits_in = reader.section(spec.get("limits"), "limits", _LIMIT_KEYS)
-    sla = reader.section(spec.get("sla"), "sla", _SLA_KEYS)
-    limits = {
-        "max_concurrency": reader.integer(limits_in, "max_concurrency", 1),
-        "max_queue": reader.integer(limits_in, "max_queue", 0, minimum=0),
-        "queue_timeout": reader.duration(limits_in, "queue_timeout", "1s"),
-        "request_timeout": reader.duration(limits_in, "request_timeout", "60s"),
-    }
-    if (
-        None not in (limits["queue_timeout"], limits["request_timeout"])
-        and limits["queue_timeout"] > limits["request_timeout"]
-    ):
-        reader.problem(
-            f"queue_timeout {limits['queue_timeout']}ms exceeds request_timeout {limits['request_timeout']}ms; "
+    if spec["server"] in _REPOSITORY_SERVERS and model["name"] and not _MODEL_DIR_ENTRY.fullmatch(model["name"]):
+        problem(
+            f"model.name {model['name']!r} names a directory in model.dir for server {spec['server']}: use letters, "
+            "digits, '.', '_' and '-' only"
+        )
+    backend_port, server = spec["backend_port"], spec["server"]
+    if backend_port and server and backend_port + SERVER_PORTS[server] - 1 > 65535:
+        problem(
+            f"backend_port {backend_port} leaves no room for the {SERVER_PORTS[server]} ports server {server} takes; "
+            f"pick one from 1 to {65536 - SERVER_PORTS[server]}"
+        )
+    queue_timeout, request_timeout = limits["queue_timeout"], limits["request_timeout"]
+    if queue_timeout and request_timeout and queue_timeout > request_timeout:
+        problem(
+            f"limits.queue_timeout {queue_timeout}ms exceeds limits.request_timeout {request_timeout}ms; "
             "lower limits.queue_timeout or raise limits.request_timeout"
         )
-    runner = spec.get("runner", "process")
-    server = spec.get("server", "generic")
-    if runner not in RUNNERS:
-        reader.problem(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
-    if server not in SERVER_PORTS:
-        reader.problem(f"server must be one of {', '.join(SERVER_PORTS)}, got {server!r}")
-    command = reader.strings(spec, "command")
-    if runner == "process" and not (command and command[0].startswith("/")):
-        reader.problem(
-            "runner process needs command: a list starting with an absolute path, e.g. [/usr/bin/tritonserver]"
+    for index, item in enumerate(classes or ()):
+        if item["queue_timeout"] and request_timeout and item["queue_timeout"] > request_timeout:
+            problem(
+                f"classes[{index}].queue_timeout {item['queue_timeout']}ms exceeds limits.request_timeout "
+                f"{request_timeout}ms; lower the class's queue_timeout or raise limits.request_timeout"
+            )
+    names = [item["name"] for item in classes or () if item["name"]]
+    if len(set(names)) != len(names):
+        problem(f"classes: each class needs its own name, got {', '.join(names)}")
+    if classes and limits["max_concurrency"] and limits["max_concurrency"] < len(classes):
+        problem(
+            f"limits.max_concurrency {limits['max_concurrency']} is less than the {len(classes)} request classes; "
+            "raise it or merge classes"
         )
-    if runner == "quadlet" and not isinstance(spec.get("image"), str):
-        reader.problem("runner quadlet needs image: a container image reference")
-    if server in ("triton", "mlserver", "vllm") and not isinstance(model.get("name"), str):
-        reader.problem(f"server {server} needs model.name")
-    if server in ("triton", "mlserver") and not (isinstance(model.get("dir"), str) and model["dir"].startswith("/")):
-        reader.problem(f"server {server} needs model.dir: the absolute path of the model repository")
-    port = reader.integer(spec, "port", None)
-    backend_port = reader.integer(spec, "backend_port", None)
-    for key, value in (("port", port), ("backend_port", backend_port)):
-        if value is None or value > 65535:
-            reader.problem(f"{key} must be a TCP port 1-65535, got {spec.get(key)!r}")
-    user = spec.get("user", f"gpumig-{name}")
-    if not (isinstance(user, str) and _USER.match(user)) or user == "root":
-        reader.problem(f"user must be a non-root system user name (lowercase, <= 32 chars), got {user!r}")
-    if not isinstance(spec.get("slot"), str) or spec["slot"] not in slots:
-        reader.problem(f"unknown slot {spec.get('slot')!r}; known slots: {', '.join(sorted(slots)) or 'none'}")
-    header = spec.get("class_header", "X-Request-Class")
-    if not (isinstance(header, str) and re.match(r"^[A-Za-z0-9-]+$", header)):
-        reader.problem(f"class_header must be an HTTP header name, got {header!r}")
-    classes = _classes(reader, spec.get("classes"), limits)
-    numbers = {
-        "max_batch": reader.integer(limits_in, "max_batch", 1),
-        "batch_delay": reader.duration(limits_in, "batch_delay", 0, allow_zero=True),
-        "retry_after": reader.integer(limits_in, "retry_after", 1),
-        "tasks_max": reader.integer(limits_in, "tasks_max", 512),
-        "nofile": reader.integer(limits_in, "nofile", 65536),
-        "instances": reader.integer(model, "instances", 1),
-        "max_model_len": reader.integer(model, "max_model_len", None),
-        "weights_mib": reader.integer(model, "weights_mib", 0, minimum=0),
-        "activation_mib": reader.integer(model, "activation_mib", 0, minimum=0),
-        "batch_headroom_mib": reader.integer(model, "batch_headroom_mib", 0, minimum=0),
-    }
-    cpu_quota = reader.pattern(limits_in, "cpu_quota", _CPU_QUOTA, "a systemd CPUQuota= such as 200%")
-    memory_max = reader.pattern(limits_in, "memory_max", _MEMORY_MAX, "a systemd MemoryMax= such as 16G")
-    p95, p99, rps = (reader.number(sla, k) for k in ("p95_ms", "p99_ms", "target_rps"))
+    p95, p99 = spec["sla"]["p95_ms"], spec["sla"]["p99_ms"]
     if p95 and p99 and p95 > p99:
-        reader.problem(f"sla.p95_ms {p95} exceeds sla.p99_ms {p99}")
-    shares = reader.strings(spec, "shares_slot_with")
-    extra_args = reader.strings(spec, "extra_args")
+        problem(f"sla.p95_ms {p95:g} exceeds sla.p99_ms {p99:g}; the 95th percentile cannot be above the 99th")
+    if spec["user"] == "root":
+        problem("user must not be root: leave it out for gpumig-<name>, or name a system user")
+    if spec["slot"] and spec["slot"] not in slots:
+        problem(f"unknown slot {spec['slot']!r}; known slots: {', '.join(sorted(slots)) or 'none'}")
+
+
+def _request_classes(spec: dict) -> tuple[RequestClass, ...]:
+    """The admission classes: concurrency split by weight, queue cap and timeout from the class or the limits."""
+    limits = spec["limits"]
+    classes = spec["classes"]
+    shares = split_concurrency(limits["max_concurrency"], [c["weight"] for c in classes])
+    return tuple(
+        RequestClass(
+            c["name"],
+            shares[i],
+            limits["max_queue"] if c["max_queue"] is None else c["max_queue"],
+            c["queue_timeout"] or limits["queue_timeout"],
+            c["path_prefix"],
+        )
+        for i, c in enumerate(classes)
+    )
+
+
+def _service(raw: object, index: int, slots: dict, problems: list[str]) -> Service | None:
+    """One spec -> Service, or None with every reason appended to ``problems``."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    label = f"service {name}" if isinstance(name, str) and _NAME.fullmatch(name) else f"service #{index + 1}"
+    before = len(problems)
+
+    def problem(text: str) -> None:
+        problems.append(f"{label}: {text}")
+
+    if not isinstance(raw, dict):
+        problem(f"each service must be a mapping with at least name, slot, port and backend_port, got {_shown(raw)}")
+        return None
+    spec = _check(raw, SERVICE_RULES, "", problem)
+    if raw.get("user") is None and spec["name"]:
+        spec["user"] = f"gpumig-{spec['name']}"
+    _check_relations(spec, slots, problem)
     if len(problems) > before:
         return None
+    model, limits, sla = spec["model"], spec["limits"], spec["sla"]
     return Service(
-        name=name, slot=spec["slot"], runner=runner, server=server, port=port, backend_port=backend_port, user=user,
-        classes=classes, max_concurrency=limits["max_concurrency"], max_queue=limits["max_queue"],
-        queue_timeout_ms=limits["queue_timeout"], request_timeout_ms=limits["request_timeout"],
-        listen=spec.get("listen", "0.0.0.0"), command=command, image=spec.get("image"), class_header=header,
-        model=model.get("name"), model_dir=model.get("dir"), max_model_len=numbers["max_model_len"],
-        instances=numbers["instances"], triton_backend=model.get("backend", "onnxruntime"),
-        mlserver_implementation=model.get("implementation", "mlserver_sklearn.SKLearnModel"), extra_args=extra_args,
-        max_batch=numbers["max_batch"], batch_delay_ms=numbers["batch_delay"], retry_after_s=numbers["retry_after"],
-        cpu_quota=cpu_quota, memory_max=memory_max, tasks_max=numbers["tasks_max"], nofile=numbers["nofile"],
-        weights_mib=numbers["weights_mib"], activation_mib=numbers["activation_mib"],
-        batch_headroom_mib=numbers["batch_headroom_mib"], p95_ms=p95, p99_ms=p99, target_rps=rps,
-        shares_slot_with=shares,
+        name=spec["name"], slot=spec["slot"], runner=spec["runner"], server=spec["server"], port=spec["port"],
+        backend_port=spec["backend_port"], user=spec["user"], classes=_request_classes(spec),
+        max_concurrency=limits["max_concurrency"], max_queue=limits["max_queue"],
+        queue_timeout_ms=limits["queue_timeout"], request_timeout_ms=limits["request_timeout"], listen=spec["listen"],
+        command=spec["command"], image=spec["image"], class_header=spec["class_header"], model=model["name"],
+        model_dir=model["dir"], max_model_len=model["max_model_len"], instances=model["instances"],
+        triton_backend=model["backend"], mlserver_implementation=model["implementation"],
+        extra_args=spec["extra_args"], max_batch=limits["max_batch"], batch_delay_ms=limits["batch_delay"],
+        retry_after_s=limits["retry_after"], cpu_quota=limits["cpu_quota"], memory_max=limits["memory_max"],
+        tasks_max=limits["tasks_max"], nofile=limits["nofile"], weights_mib=model["weights_mib"],
+        activation_mib=model["activation_mib"], batch_headroom_mib=model["batch_headroom_mib"], p95_ms=sla["p95_ms"],
+        p99_ms=sla["p99_ms"], target_rps=sla["target_rps"], shares_slot_with=spec["shares_slot_with"],
     )  # fmt: skip
+
+
+def validate_haproxy(stats_bind: object, global_lines: object) -> tuple[int, tuple[str, ...]]:
+    """The role's HAProxy settings -> (stats port, global lines), or ServiceError naming each wrong variable."""
+    problems: list[str] = []
+    settings = _check(
+        {"inference_service_haproxy_stats_bind": stats_bind, "inference_service_haproxy_global": global_lines},
+        HAPROXY_RULES,
+        "",
+        problems.append,
+    )
+    bind = settings["inference_service_haproxy_stats_bind"]
+    port = int(bind.rsplit(":", 1)[1]) if bind else None
+    if port is not None and not 1 <= port <= 65535:
+        problems.append(f"inference_service_haproxy_stats_bind: port {port} is not a TCP port 1-65535")
+    if problems:
+        raise ServiceError(problems)
+    return port, settings["inference_service_haproxy_global"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,9 +533,9 @@ def _duplicates(pairs: list[tuple[object, str]]) -> dict[object, list[str]]:
 
 
 def _check_fleet(
-    names: list[object], services: list[Service], reserved_ports: tuple[int, ...], problems: list[str]
+    names: list[str], services: list[Service], reserved_ports: tuple[int, ...], problems: list[str]
 ) -> None:
-    for name, owners in _duplicates([(n, str(n)) for n in names if n is not None]).items():
+    for name, owners in _duplicates([(n, n) for n in names]).items():
         problems.append(f"service {name}: the name is used {len(owners)} times; give each service its own name")
     ports = [(p, s.name) for s in services for p in s.ports] + [(p, "(reserved)") for p in reserved_ports]
     for port, owners in _duplicates(ports).items():
@@ -452,11 +623,13 @@ def validate(
     """
     problems: list[str] = []
     if not isinstance(specs, list):
-        raise ServiceError([f"services must be a list of service mappings, got {type(specs).__name__}"])
+        raise ServiceError([f"services must be a list of service mappings, got {_shown(specs)}"])
+    if not isinstance(slots, dict) or not all(isinstance(slot, dict) for slot in slots.values()):
+        raise ServiceError([f"the slot map must map slot names to slots, got {_shown(slots)}; apply the layout again"])
     parsed = [_service(spec, i, slots, problems) for i, spec in enumerate(specs)]
     services = [s for s in parsed if s is not None]
-    names = [spec.get("name") if isinstance(spec, dict) else None for spec in specs]
-    _check_fleet(names, services, reserved_ports, problems)
+    names = [s.get("name") for s in specs if isinstance(s, dict) and isinstance(s.get("name"), str)]
+    _check_fleet([n for n in names if _NAME.fullmatch(n)], services, reserved_ports, problems)
     warnings = check_memory(services, slots, profiles or {}, problems)
     if problems:
         raise ServiceError(problems)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.gpu.mig.plugins.module_utils._services import systemd_exec
+
 REPO = Path(__file__).resolve().parents[3]
 SLOTS = {
     "chat": {"gpu_index": 0, "gpu_uuid": "GPU-a", "gpu_name": "NVIDIA A100-SXM4-40GB", "profile": "3g.20gb",
@@ -27,6 +29,8 @@ SLOTS = {
             "placement": {"start": 0, "size": 1}, "gpu_instance_id": 13, "compute_instance_id": 0,
             "mig_uuid": "MIG-2222", "memory_mib": 4864},
 }  # fmt: skip
+# Words that systemd would split, expand (%s, $HOME) or unquote if they were written as they are.
+ODD_ARGS = ["--served-model-name", 'ocr "v1"', "--download-dir", "$HOME/model cache", "--note", "50%s it's a\\b;c"]
 SERVICES = [
     {"name": "chat", "slot": "chat", "server": "triton", "command": ["/opt/tritonserver/bin/tritonserver"],
      "port": 8000, "backend_port": 18000,
@@ -35,7 +39,8 @@ SERVICES = [
                 "cpu_quota": "400%", "memory_max": "16G"},
      "classes": [{"name": "fast", "weight": 3}, {"name": "background", "queue_timeout": "10s"}]},
     {"name": "ocr", "slot": "ocr", "server": "vllm", "runner": "quadlet", "image": "docker.io/vllm/vllm-openai:v0.10.1",
-     "port": 8100, "backend_port": 18100, "model": {"name": "Qwen/Qwen2.5-0.5B", "weights_mib": 1000}},
+     "port": 8100, "backend_port": 18100, "model": {"name": "Qwen/Qwen2.5-0.5B", "weights_mib": 1000},
+     "extra_args": ODD_ARGS},
 ]  # fmt: skip
 
 
@@ -135,6 +140,43 @@ def test_preflight_refuses_before_writing_anything(tmp_path: Path):
     assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["slots.json"]
 
 
+def test_control_characters_in_any_templated_field_fail_the_role_before_writing(tmp_path: Path):
+    """An image "x\\nPodmanArgs=--privileged" was written as its own Quadlet line; now every such field is refused."""
+    root = tmp_path / "root"
+    (root / "etc/gpu-mig").mkdir(parents=True)
+    (root / "etc/gpu-mig/slots.json").write_text(json.dumps(SLOTS))
+    chat, ocr = SERVICES
+    injected = [
+        {**chat, "command": ["/opt/tritonserver/bin/tritonserver", "--x\nExecStartPre=/bin/sh"],
+         "model": {**chat["model"], "dir": "/srv/models\rx"}, "listen": "0.0.0.0\n    bind :9999"},
+        {**ocr, "image": "x\nPodmanArgs=--privileged", "model": {"name": "Qwen\x00", "weights_mib": 1000},
+         "extra_args": ["--ok", "a\x1bb"]},
+    ]  # fmt: skip
+    result = run_role(root, injected)
+    assert result.returncode != 0
+    for where in ("chat: command[1]", "chat: model.dir", "chat: listen", "ocr: image", "ocr: model.name",
+                  "ocr: extra_args[1]"):  # fmt: skip
+        assert f"service {where} must be one line of printable text" in result.stdout, (where, result.stdout[-3000:])
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["slots.json"]
+
+
+def test_exec_start_words_reach_systemd_as_written(tmp_path: Path):
+    """systemd finds the executable at its literal path (space, %s) only when the line is quoted and escaped."""
+    executable = "/opt/gpu server/bin/50%serve"
+    line = systemd_exec([executable, *ODD_ARGS])
+    assert line == (
+        '"/opt/gpu server/bin/50%%serve" --served-model-name "ocr \\"v1\\"" --download-dir "$$HOME/model cache" '
+        '--note "50%%s it\'s a\\\\b;c"'
+    )
+    for exec_start, verifies in ((line, True), (" ".join([executable, *ODD_ARGS]), False)):
+        unit = f"[Service]\nExecStart={exec_start}\n"
+        fake = fake_root(tmp_path / str(verifies), "odd.service", unit, executable)
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", f"--root={fake}", "odd.service"], capture_output=True, text=True, check=False
+        )
+        assert (verify.returncode == 0 and verify.stderr == "") is verifies, verify.stderr
+
+
 def test_quadlet_generates_a_service_that_verifies(deployed, tmp_path: Path):
     quadlet = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpu-mig/quadlet/quadlet"
     assert quadlet.is_file(), "podman's Quadlet generator is required: run hacking/quadlet.sh (make quadlet)"
@@ -155,6 +197,8 @@ def test_quadlet_generates_a_service_that_verifies(deployed, tmp_path: Path):
     assert {"--read-only", "--security-opt=no-new-privileges"} <= set(exec_start)
     assert exec_start[exec_start.index("--cap-drop") + 1] == "all"
     assert "EnvironmentFile=/run/gpu-mig/slots/ocr.env" in service and "After=gpu-mig.target" in service
+    # Podman's own parser of systemd command lines reads the Exec= words back and writes them unchanged.
+    assert re.search(r"^ExecStart=(.*)$", service, re.M).group(1).endswith(" " + systemd_exec(ODD_ARGS))
     fake = fake_root(tmp_path, "inference-ocr.service", service, "/usr/bin/podman")
     verify = subprocess.run(
         ["systemd-analyze", "verify", f"--root={fake}", "inference-ocr.service"],

@@ -132,26 +132,90 @@ def test_valid_specs_parse_with_defaults_and_class_split():
     ("spec_changes", "expected"),
     [
         ({"slot": "nope"}, "service chat: unknown slot 'nope'; known slots: chat, ocr"),
-        ({"limits__max_concurrency": 0}, "service chat: max_concurrency must be an integer >= 1, got 0"),
-        ({"limits__max_concurrency": -3}, "max_concurrency must be an integer >= 1, got -3"),
-        ({"limits__queue_timeout": "40s"}, "queue_timeout 40000ms exceeds request_timeout 30000ms; lower"),
-        ({"limits__max_concurrency": 1}, "max_concurrency 1 is less than the 2 request classes"),
-        ({"limits__queue_timeout": "soon"}, "queue_timeout must be a positive duration"),
-        ({"limits__cpu_quota": "4 cores"}, "cpu_quota must be a systemd CPUQuota= such as 200%"),
-        ({"limits__max_batchh": 4}, "unknown key(s) max_batchh in limits; allowed:"),
-        ({"runner": "docker"}, "runner must be one of process, quadlet"),
-        ({"runner": "quadlet"}, "runner quadlet needs image"),
-        ({"command": ["tritonserver"]}, "runner process needs command: a list starting with an absolute path"),
-        ({"user": "root"}, "user must be a non-root system user name"),
-        ({"name": "Chat_1"}, "name must be 1-24 lowercase letters"),
-        ({"port": 70000}, "port must be a TCP port 1-65535"),
-        ({"sla": {"p95_ms": 500, "p99_ms": 100}}, "sla.p95_ms 500.0 exceeds sla.p99_ms 100.0"),
-        ({"model": {"weights_mib": 1}}, "server triton needs model.name"),
+        ({"limits__max_concurrency": 0}, "service chat: limits.max_concurrency must be an integer >= 1 (requests"),
+        ({"limits__max_concurrency": -3}, "limits.max_concurrency must be an integer >= 1"),
+        ({"limits__max_concurrency": True}, "limits.max_concurrency must be an integer >= 1 (requests in flight at the "
+         "server), got True"),
+        ({"limits__max_concurrency": "8"}, "limits.max_concurrency must be an integer >= 1"),
+        ({"limits__max_concurrency": 8.0}, "limits.max_concurrency must be an integer >= 1"),
+        ({"limits__max_concurrency": 2**40}, "limits.max_concurrency must be an integer at most 2147483647"),
+        ({"limits__max_queue": -1}, "limits.max_queue must be an integer >= 0"),
+        ({"limits__tasks_max": 0}, "limits.tasks_max must be an integer >= 1"),
+        ({"limits__queue_timeout": "40s"}, "limits.queue_timeout 40000ms exceeds limits.request_timeout 30000ms"),
+        ({"limits__max_concurrency": 1}, "limits.max_concurrency 1 is less than the 2 request classes"),
+        ({"limits__queue_timeout": "soon"}, "limits.queue_timeout must be a duration from 1ms to 24h such as 500ms"),
+        ({"limits__queue_timeout": 0}, "limits.queue_timeout must be a duration from 1ms"),
+        ({"limits__request_timeout": -5}, "limits.request_timeout must be a duration from 1ms"),
+        ({"limits__request_timeout": 1e308}, "limits.request_timeout must be a duration from 1ms to 24h"),
+        ({"limits__request_timeout": "9" * 400 + "h"}, "limits.request_timeout must be a duration from 1ms to 24h"),
+        ({"limits__request_timeout": float("nan")}, "limits.request_timeout must be a duration"),
+        ({"limits__batch_delay": "\u0661ms"}, "limits.batch_delay must be a duration from 0 to 24h"),
+        ({"limits__cpu_quota": "4 cores"}, "limits.cpu_quota must be a systemd CPUQuota= such as 200%"),
+        ({"limits__cpu_quota": "0%"}, "limits.cpu_quota must be a systemd CPUQuota= such as 200%"),
+        ({"limits__memory_max": ""}, "limits.memory_max must not be empty"),
+        ({"limits__max_batchh": 4}, "unknown key(s) 'max_batchh' in limits; allowed:"),
+        ({"limits": "fast"}, "limits must be a mapping with keys max_concurrency,"),
+        ({"colour": "blue"}, "unknown key(s) 'colour' in the service; allowed: name, slot,"),
+        ({"runner": "docker"}, "runner must be one of process, quadlet, got 'docker'"),
+        ({"runner": "quadlet"}, "image is required with runner quadlet: a container image reference"),
+        ({"image": "docker.io/x:1"}, "image applies only to runner quadlet, not process; remove it"),
+        ({"model__max_model_len": 4096}, "model.max_model_len applies only to server vllm, not triton"),
+        ({"model__name": "org/resnet"}, "model.name 'org/resnet' names a directory in model.dir for server triton"),
+        ({"model__dir": "/srv/../etc"}, "model.dir must be an absolute path such as /srv/models"),
+        ({"model__dir": "/srv/models:rw"}, "model.dir must be an absolute path"),
+        ({"model__weights_mib": -1}, "model.weights_mib must be an integer >= 0"),
+        ({"command": ["tritonserver"]}, "runner process needs command: a list starting with the server's absolute"),
+        ({"command": ["/opt/$HOME/triton"]}, "runner process needs command: a list starting with the server's"),
+        ({"command": "/opt/tritonserver/bin/tritonserver"}, "command must be a list of strings"),
+        ({"command": []}, "runner process needs command"),
+        ({"extra_args": ["--ok", 3]}, "extra_args[1] must be a string"),
+        ({"extra_args": ["--ok", ""]}, "extra_args[1] must not be empty"),
+        ({"user": "root"}, "user must not be root"),
+        ({"name": "Chat_1"}, "service #1: name must be 1-24 lowercase letters"),
+        ({"name": "chat\n"}, "service #1: name must be one line of printable text"),
+        ({"name": ["chat"]}, "service #1: name must be a string"),
+        ({"slot": ""}, "slot must not be empty"),
+        ({"port": 70000}, "port must be an integer from 1 to 65535 (the public TCP port), got 70000"),
+        ({"port": "8000"}, "port must be an integer from 1 to 65535"),
+        ({"backend_port": 65535}, "backend_port 65535 leaves no room for the 3 ports server triton takes"),
+        ({"listen": "0.0.0.0 ssl crt /x"}, "listen must be an IP address, '*' or a host name"),
+        ({"class_header": "X Class"}, "class_header must be an HTTP header name"),
+        ({"classes": []}, "classes must be a non-empty list of mappings"),
+        ({"classes": [{"name": "a"}, "b"]}, "classes[1] must be a mapping"),
+        ({"classes": [{"name": "a"}, {"name": "a"}]}, "classes: each class needs its own name, got a, a"),
+        ({"classes": [{"name": "a", "weight": 0}]}, "classes[0].weight must be an integer >= 1"),
+        ({"classes": [{"weight": 2}]}, "classes[0].name is required"),
+        ({"classes": [{"name": "a", "path_prefix": "batch"}]}, "classes[0].path_prefix must be a URL path"),
+        ({"classes": [{"name": "a", "queue_timeout": "1m"}]}, "classes[0].queue_timeout 60000ms exceeds"),
+        ({"shares_slot_with": ["Ocr"]}, "shares_slot_with[0] must be service names"),
+        ({"sla": {"p95_ms": 500, "p99_ms": 100}}, "sla.p95_ms 500 exceeds sla.p99_ms 100"),
+        ({"sla": {"p95_ms": float("nan")}}, "sla.p95_ms must be a number above 0"),
+        ({"sla": {"target_rps": 0}}, "sla.target_rps must be a number above 0"),
+        ({"model": {"weights_mib": 1}}, "model.name is required with server triton"),
     ],
-)
-def test_bad_spec_names_service_and_fix(spec_changes, expected):
+)  # fmt: skip
+def test_bad_spec_names_service_field_and_fix(spec_changes, expected):
     problems = problems_of([with_changes(TRITON, **spec_changes)])
     assert any(expected in p for p in problems), problems
+    assert all(p.startswith(("service chat: ", "service #1: ")) for p in problems), problems
+
+
+def test_strings_refuse_every_control_character():
+    """C0 controls, DEL, C1 controls and Unicode line separators, with the code point named."""
+    for char in [*map(chr, range(32)), "\x7f", "\x85", "\x9b", "\u2028", "\u2029"]:
+        problems = problems_of([with_changes(TRITON, class_header="X-" + char + "Class")])
+        assert problems == [
+            f"service chat: class_header must be one line of printable text, got {'X-' + char + 'Class'!r} with "
+            f"control character U+{ord(char):04X} at position 2; remove it"
+        ]
+
+
+def test_specs_and_slot_map_of_the_wrong_shape_are_refused():
+    assert problems_of("chat") == ["services must be a list of service mappings, got 'chat'"]
+    assert problems_of(["chat"]) == [
+        "service #1: each service must be a mapping with at least name, slot, port and backend_port, got 'chat'"
+    ]
+    assert problems_of([TRITON], slots=["chat"])[0].startswith("the slot map must map slot names to slots")
 
 
 def test_every_problem_is_reported_at_once():
@@ -214,6 +278,7 @@ def test_headroom_under_ten_percent_warns():
 def test_sla_and_vllm_process_warnings():
     slow = with_changes(TRITON, sla={"p95_ms": 500, "target_rps": 40})  # needs 20 in flight, has 8
     vllm_process = with_changes(VLLM, runner="process", command=["/usr/bin/vllm", "serve"])
+    del vllm_process["image"]
     warnings = validate([slow, vllm_process], SLOTS, PROFILES)[1]
     assert "Little's law needs >= 20 in flight" in warnings[0]
     assert "vllm-project/vllm#41848" in warnings[1]
