@@ -36,6 +36,30 @@ class ModeStep(NamedTuple):
     def changed(self) -> bool:
         return self.set_mode or self.reset
 
+    def _waits(self) -> str:
+        return f"GPU {self.index} ({self.uuid}): turning MIG {_on_off(self.after['pending'])} waits for a GPU reset"
+
+    def pending_message(self) -> str:
+        """Why this change waits for a reset, and the fix: the processes holding the GPU, or, with none, a reset
+        (which a GPU passed through to a VM cannot have: there only a restart of the VM applies the mode)."""
+        if self.pids:
+            return (
+                f"{self._waits()}; processes {list(self.pids)} hold the GPU: stop them (or the services that own them),"
+                " then run gpu.mig.mig_mode with reset: true, or reboot"
+            )
+        return (
+            f"{self._waits()} and no process holds it: run gpu.mig.mig_mode with reset: true (the mig_mode role does),"
+            " or, if the GPU is passed through to a VM (no GPU reset there), restart the VM"
+        )
+
+    def reset_unsupported_message(self, detail: str) -> str:
+        """The fix when the GPU cannot be reset at all, as in a VM with GPU pass-through: restart the VM."""
+        return (
+            f"{self._waits()}, and this GPU cannot be reset here ({detail}). A GPU passed through to a VM takes the new"
+            " MIG mode only when the VM restarts: restart the VM (on bare metal, reboot the host), or set"
+            " mig_mode_allow_reboot: true for the mig_mode role to reboot it once"
+        )
+
     def to_dict(self) -> dict:
         return {
             "index": self.index,
@@ -53,6 +77,10 @@ class ModeStep(NamedTuple):
 
 def _label(gpu: dict) -> str:
     return f"GPU {gpu['index']} ({gpu['uuid']})"
+
+
+def _on_off(enabled: bool) -> str:
+    return "on" if enabled else "off"
 
 
 def plan_gpu(gpu: dict, enabled: bool, reset: bool) -> ModeStep:
@@ -73,7 +101,7 @@ def plan_gpu(gpu: dict, enabled: bool, reset: bool) -> ModeStep:
     if not needs_reset:
         if pids and set_mode:
             raise ModeError(
-                f"{_label(gpu)}: cannot switch MIG {'on' if enabled else 'off'} while processes {list(pids)} use the GPU; "
+                f"{_label(gpu)}: cannot switch MIG {_on_off(enabled)} while processes {list(pids)} use the GPU; "
                 "stop them (or the services that own them) and retry"
             )
         after = {"current": enabled, "pending": enabled}

@@ -19,6 +19,11 @@ description:
     GPUs whose mode changed, one by one, and refuses while clients hold them. The mode persists over reboot.
   - GPUs without MIG support are skipped when selected by C(all), product name or architecture, and are an error
     when selected by index, UUID or PCI bus id.
+  - A product name or architecture that matches no GPU on the host selects nothing (RV(unmatched)), so that one
+    layout serves a mixed fleet; an index, UUID or PCI bus id that matches no GPU is an error. A malformed selector
+    (such as the PCI bus id C(07:00.9)) is refused with the valid form.
+  - A GPU that NVML cannot read (lost, erroring) is reported in RV(skipped) with a warning and left alone; the other
+    GPUs proceed. Only a selector naming that GPU (its index, UUID or PCI bus id) makes the module fail.
 author:
   - gpu.mig maintainers (@gpu-mig)
 options:
@@ -102,31 +107,74 @@ pending_reset:
   type: bool
   sample: false
 skipped:
-  description: GPUs without MIG support that the selectors matched (index, name).
+  description:
+    - GPUs left alone, with the reason - selected GPUs without MIG support, and every GPU that could not be read
+      (its NVML error, which names the GPU and the fix; its name may be null).
   returned: always
   type: list
   elements: dict
-  sample: [{index: 1, name: NVIDIA L4}]
+  sample: [{index: 1, name: NVIDIA L4, reason: does not support MIG}]
+unmatched:
+  description:
+    - Selectors that match no GPU on this host - product names or architectures of GPUs this host does not have
+      (a mixed fleet sharing one layout). Nothing is done for them here.
+  returned: always
+  type: list
+  elements: str
+  sample: ["arch:hopper"]
+reset_not_supported:
+  description:
+    - True when the module failed because the GPU cannot be reset at all (C(nvidia-smi) exit code 3), as in a VM with
+      GPU pass-through, where only a restart of the VM applies the MIG mode.
+  returned: on failure of a reset that the GPU does not support
+  type: bool
+  sample: true
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils import _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, matches, names_one_gpu, select_gpus
+from ansible_collections.gpu.mig.plugins.module_utils._select import (
+    SelectorError,
+    matches,
+    names_one_gpu,
+    select_gpus,
+    unmatched,
+)
+
+# nvidia-smi(1): exit code 3, "the requested operation is not available on the target device" (no GPU reset here).
+NVIDIA_SMI_NOT_SUPPORTED = 3
+
+
+def _skip(gpu: dict, selectors: list, errors: list) -> dict | None:
+    """Why a GPU gets no mode set (it could not be read, or has no MIG), or None; an error when a selector names it."""
+    reason = gpu.get("error") or (None if gpu["mig"]["supported"] else "does not support MIG")
+    if reason is None:
+        return None
+    named = next((s for s in selectors if names_one_gpu(s) and matches(gpu, s)), None)
+    if named is not None:
+        what = gpu["error"] if gpu.get("error") else f"GPU {gpu['index']} ({gpu['name']}) {reason}"
+        errors.append(f"{what}; selector {named!r} names this GPU: remove it from gpus to work on the other GPUs")
+    return {"index": gpu["index"], "name": gpu["name"], "reason": reason}
 
 
 def plan(module: AnsibleModule, gpus: list[dict]) -> tuple[list, list]:
-    """Validate everything and plan every GPU before the first change."""
-    selected = select_gpus(gpus, module.params["gpus"])
+    """Validate everything and plan every GPU before the first change.
+
+    Selected GPUs without MIG, and every GPU that could not be read (the selectors cannot tell whether they meant it),
+    are skipped and reported, unless a selector names one of them.
+    """
+    selectors = module.params["gpus"]
+    selected = {g["index"] for g in select_gpus(gpus, selectors)}
     enabled = module.params["state"] == "enabled"
     steps, skipped, errors = [], [], []
-    for gpu in selected:
-        if not gpu["mig"]["supported"]:
-            named = [s for s in module.params["gpus"] if names_one_gpu(s) and matches(gpu, s)]
-            if named:
-                errors.append(f"GPU {gpu['index']} ({gpu['name']}) does not support MIG; remove {named[0]!r} from gpus")
-            skipped.append({"index": gpu["index"], "name": gpu["name"]})
+    for gpu in gpus:
+        if gpu["index"] not in selected and not gpu.get("error"):
+            continue
+        skip = _skip(gpu, selectors, errors)
+        if skip is not None:
+            skipped.append(skip)
             continue
         try:
             steps.append(plan_gpu(gpu, enabled, module.params["reset"]))
@@ -134,7 +182,25 @@ def plan(module: AnsibleModule, gpus: list[dict]) -> tuple[list, list]:
             errors.append(str(err))
     if errors:
         module.fail_json(msg="; ".join(errors), changed=False)
+    for gpu in gpus:
+        if gpu.get("error"):
+            module.warn(f"{gpu['error']}; its MIG mode was left as it is")
     return steps, skipped
+
+
+def _reset(module: AnsibleModule, step, bus_id: str, changed: bool) -> None:
+    """Reset one GPU with nvidia-smi (NVML has no reset call); fail naming the GPU and the fix."""
+    nvidia_smi = module.get_bin_path("nvidia-smi", required=True)
+    rc, out, err = module.run_command([nvidia_smi, "--gpu-reset", "-i", bus_id])
+    detail = f"nvidia-smi: {(err or out).strip()}"
+    if rc == NVIDIA_SMI_NOT_SUPPORTED:
+        module.fail_json(msg=step.reset_unsupported_message(detail), changed=changed, reset_not_supported=True)
+    if rc != 0:
+        module.fail_json(
+            msg=f"GPU {step.index} ({step.uuid}): reset failed ({detail}); "
+            "stop the GPU's clients (nvidia-persistenced, DCGM, nvidia_drm users) and retry, or reboot",
+            changed=changed,
+        )
 
 
 def execute(module: AnsibleModule, nvml: _nvml.Nvml, steps: list, gpus: dict) -> list[dict]:
@@ -152,14 +218,7 @@ def execute(module: AnsibleModule, nvml: _nvml.Nvml, steps: list, gpus: dict) ->
                 msg=f"{err.msg} (already changed before this failure: {done})", changed=done != "none", gpus=results
             )
         if step.reset and mode["current"] != enabled:
-            nvidia_smi = module.get_bin_path("nvidia-smi", required=True)
-            rc, out, err = module.run_command([nvidia_smi, "--gpu-reset", "-i", gpus[step.index]["pci_bus_id"]])
-            if rc != 0:
-                module.fail_json(
-                    msg=f"GPU {step.index} ({step.uuid}): reset failed: {(err or out).strip()}; "
-                    "stop the GPU's clients (nvidia-persistenced, DCGM, nvidia_drm users) and retry, or reboot",
-                    changed=bool(results) or step.set_mode,
-                )
+            _reset(module, step, gpus[step.index]["pci_bus_id"], bool(results) or step.set_mode)
             mode = nvml.mig_mode(step.index)
         after = {"current": mode["current"], "pending": mode["pending"]}
         result = step.to_dict()
@@ -181,7 +240,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
     try:
         with _nvml.Nvml() as nvml:
-            gpus = [nvml.gpu(i) for i in range(nvml.count())]
+            gpus = [nvml.gpu_or_failure(i) for i in range(nvml.count())]
             try:
                 steps, skipped = plan(module, gpus)
             except SelectorError as err:
@@ -202,6 +261,7 @@ def main() -> None:
         gpus=results,
         pending_reset=any(r["pending_reset"] for r in results),
         skipped=skipped,
+        unmatched=unmatched(gpus, module.params["gpus"]),
         diff=diff,
     )
 

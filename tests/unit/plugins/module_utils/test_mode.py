@@ -66,3 +66,23 @@ def test_hopper_switches_at_once_and_refuses_when_busy():
 def test_disabling_with_instances_names_them_and_the_fix():
     with pytest.raises(ModeError, match=r"GPU instances 1, 2 exist.*mig_instances \(state: absent\)"):
         plan_gpu(gpu("hopper", current=True, instances=(1, 2)), enabled=False, reset=False)
+
+
+def test_pending_message_names_the_processes_holding_the_gpu():
+    msg = plan_gpu(gpu(pids=(42,)), enabled=True, reset=False).pending_message()
+    assert msg.startswith("GPU 0 (GPU-0): turning MIG on waits for a GPU reset; processes [42] hold the GPU")
+    assert "reset: true" in msg
+
+
+def test_pending_message_without_processes_points_at_a_reset_or_a_vm_restart():
+    """An idle GPU still pending: NVML could not reset it (VM pass-through), or its clients have gone since."""
+    msg = plan_gpu(gpu(current=False, pending=True), enabled=True, reset=False).pending_message()
+    assert msg.startswith("GPU 0 (GPU-0): turning MIG on waits for a GPU reset and no process holds it")
+    assert "reset: true" in msg and "restart the VM" in msg and "[]" not in msg
+
+
+def test_reset_unsupported_message_asks_for_a_vm_restart():
+    step = plan_gpu(gpu(current=True, pending=False), enabled=False, reset=True)
+    msg = step.reset_unsupported_message("nvidia-smi: Resetting GPU 00000000:07:00.0 is not supported.")
+    assert msg.startswith("GPU 0 (GPU-0): turning MIG off waits for a GPU reset, and this GPU cannot be reset here")
+    assert "is not supported" in msg and "restart the VM" in msg and "mig_mode_allow_reboot: true" in msg
