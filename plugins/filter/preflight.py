@@ -278,7 +278,14 @@ def preflight_report(
     resets = _reset_files(reset_files)
     rows = [_gpu_row(g, layout, gpus, driver, resets, min_driver) for g in gpus]
 
-    managed = len(layout) > 0
+    # The layout concerns this host when it selects one of its GPUs, names one GPU (an index, UUID or bus id: it must
+    # be here), or a GPU or the driver could not be read (a selector may mean it); a mixed fleet's product names and
+    # arch: that match nothing here leave the host alone (gpu.mig._select's rule).
+    managed = bool(layout) and (
+        not driver.get("loaded")
+        or any(r["managed"] or r["error"] for r in rows)
+        or any(_select.names_one_gpu(s) for e in layout for s in _entry_selectors(e))
+    )
     probed = "distribution" in facts
     services = _mapping(facts.get("services"))
     blockers = [u for u in units if _mapping(services.get(u)).get("state", "") == "running"]
