@@ -48,7 +48,10 @@ def _option_help() -> dict:
 def _json_or_text(value: str):
     """A JSON value, ``@file`` (JSON or text), or the text itself."""
     if value.startswith("@"):
-        text = Path(value[1:]).read_text()
+        try:
+            text = Path(value[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise argparse.ArgumentTypeError("cannot read %s: %s" % (value[1:], exc)) from None
         try:
             return json.loads(text)
         except ValueError:
@@ -72,6 +75,14 @@ def _mapping(value: str):
                 raise argparse.ArgumentTypeError("expected key=value, got %r" % part)
             out[k.strip()] = val.strip()
     return out
+
+
+def _numbers(value: str) -> list:
+    """``1,2,3`` -> [1.0, 2.0, 3.0]."""
+    try:
+        return [float(x) for x in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected numbers separated by commas, got %r" % value) from None
 
 
 def _header(value: str):
@@ -265,22 +276,24 @@ def cmd_fleet(args) -> int:
 
 def cmd_noisy(args) -> int:
     base = {
-        "sla": _json_or_text(args.sla),
+        "sla": args.sla,
         "arrival": args.arrival,
         "request_timeout": args.request_timeout,
         "start_rps": 1,
     }
-    a = dict(
-        base, url=args.url_a, payload=_json_or_text(args.payload_a) if args.payload_a else None, service=args.service_a
-    )
-    b = dict(
-        base, url=args.url_b, payload=_json_or_text(args.payload_b) if args.payload_b else None, service=args.service_b
-    )
-    mults = [float(x) for x in args.multipliers.split(",")]
+    a = dict(base, url=args.url_a, payload=args.payload_a, service=args.service_a)
+    b = dict(base, url=args.url_b, payload=args.payload_b, service=args.service_b)
     try:
         res = lg.run_sync(
             lg.run_noisy_neighbour(
-                a, args.rps_a, b, args.rps_b, mults, args.hold, args.warmup, progress=None if args.quiet else Progress()
+                a,
+                args.rps_a,
+                b,
+                args.rps_b,
+                args.multipliers,
+                args.hold,
+                args.warmup,
+                progress=None if args.quiet else Progress(),
             )
         )
     except cap.CapacityError as exc:
@@ -351,14 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     nz = sub.add_parser("noisy", help="hold A at its SLA rate while B steps to 3x its rate")
     nz.add_argument("--url-a", required=True)
     nz.add_argument("--url-b", required=True)
-    nz.add_argument("--payload-a")
-    nz.add_argument("--payload-b")
+    nz.add_argument("--payload-a", type=_json_or_text)
+    nz.add_argument("--payload-b", type=_json_or_text)
     nz.add_argument("--service-a", default="A")
     nz.add_argument("--service-b", default="B")
     nz.add_argument("--rps-a", type=float, required=True)
     nz.add_argument("--rps-b", type=float, required=True)
-    nz.add_argument("--multipliers", default="1,2,3")
-    nz.add_argument("--sla", required=True)
+    nz.add_argument(
+        "--multipliers", type=_numbers, default=[1.0, 2.0, 3.0], help="neighbour rates as multiples of --rps-b"
+    )
+    nz.add_argument("--sla", required=True, type=_json_or_text)
     nz.add_argument("--arrival", default="poisson", choices=["constant", "poisson"])
     nz.add_argument("--hold", type=float, default=30.0)
     nz.add_argument("--warmup", type=float, default=5.0)

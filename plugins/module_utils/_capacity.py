@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Callable
+from urllib.parse import urlsplit
 
 SCHEMA = "gpu.mig/capacity/v1"
 
@@ -138,10 +142,164 @@ def percentile(values, pct: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Input rules: one table per input kind (options, noisy_neighbour, payload_mix items, SLA); every problem at once
+# ---------------------------------------------------------------------------------------------------------------------
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "path": "a path",
+    "dict": "a mapping",
+    "list": "a list",
+    "raw": "a value",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 40
+
+
+def _bound(v) -> str:
+    return "%d" % v if float(v).is_integer() else "%g" % v
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one input field accepts. Bounds are inclusive unless ``low_open``/``high_open``.
+
+    ``options`` are the rules of a nested mapping (other keys are refused); ``check(name, value)`` returns further
+    problems once type and range are right; ``words`` replaces the generated description.
+    """
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    non_empty: bool = False
+    one_line: bool = False
+    elements: Rule | None = None
+    max_items: int | None = None
+    options: dict | None = None
+    required: tuple = ()
+    check: Callable | None = None
+    words: str = ""
+    hint: str = ""
+
+    def bounds(self) -> str:
+        """The numeric range in words: 'from 1 to 500', '> 0 and <= 100000'."""
+        if self.low is not None and self.high is not None and not (self.low_open or self.high_open):
+            return "from %s to %s" % (_bound(self.low), _bound(self.high))
+        low = None if self.low is None else "%s %s" % (">" if self.low_open else ">=", _bound(self.low))
+        high = None if self.high is None else "%s %s" % ("<" if self.high_open else "<=", _bound(self.high))
+        return " and ".join(x for x in (low, high) if x)
+
+    def describe(self) -> str:
+        """The rule in words, as error messages and docs/capacity.md say it."""
+        if self.words:
+            return self.words
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        text = _TYPE_WORDS[self.type]
+        if self.type in ("str", "path"):
+            text = "a %s%s%s" % (
+                "non-empty " if self.non_empty else "",
+                "single-line " if self.one_line else "",
+                "string" if self.type == "str" else "path",
+            )
+        elif self.type == "list":
+            text = "a %slist%s" % (
+                "non-empty " if self.non_empty else "",
+                " of at most %d items" % self.max_items if self.max_items else "",
+            )
+            if self.elements:
+                text += ", each %s" % self.elements.describe()
+        if self.low is not None or self.high is not None:
+            text += " " + self.bounds()
+        return text
+
+    def _type_ok(self, value) -> bool:
+        if self.type == "raw":
+            return True
+        if isinstance(value, bool):
+            return self.type == "bool"
+        if self.type == "float":
+            try:
+                return isinstance(value, (int, float)) and math.isfinite(value)
+            except OverflowError:  # an int beyond any float
+                return False
+        kinds = {"int": int, "bool": bool, "str": str, "path": str, "dict": dict, "list": (list, tuple)}
+        return isinstance(value, kinds[self.type])
+
+    def _in_range(self, value) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+
+    def problems(self, name: str, value) -> list:
+        """What is wrong with ``value`` for the field ``name``; empty when it is fine."""
+        if not self._type_ok(value) or (self.choices and value not in self.choices):
+            return [self._wrong(name, value, self.describe())]
+        if self.type in ("int", "float"):
+            if not self._in_range(value):
+                return [self._wrong(name, value, self.bounds())]
+        elif isinstance(value, str):
+            if (self.non_empty and not value.strip()) or (self.one_line and _CONTROL.search(value)):
+                return [self._wrong(name, value, self.describe())]
+        elif isinstance(value, (list, tuple)):
+            if (self.non_empty and not value) or (self.max_items and len(value) > self.max_items):
+                return [self._wrong(name, value, self.describe())]
+            out = [
+                p
+                for i, item in enumerate(value)
+                if self.elements
+                for p in self.elements.problems("%s[%d]" % (name, i), item)
+            ]
+            if out:
+                return out
+        if self.options is not None:
+            out = field_problems(value, self.options, name + ".", self.required)
+            if out:
+                return out
+        return self.check(name, value) if self.check else []
+
+    def _wrong(self, name: str, value, expected: str) -> str:
+        return "%s must be %s, got %s%s" % (name, expected, _SHOWN.repr(value), "; " + self.hint if self.hint else "")
+
+
+def field_problems(values: dict, rules: dict, prefix: str = "", required: tuple = ()) -> list:
+    """Every problem of ``values`` against ``rules`` (``None`` is not given); keys without a rule are refused."""
+    out = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        rule = rules.get(key)
+        if rule is None:
+            shown = key if isinstance(key, str) and key.isprintable() and len(key) <= 40 else _SHOWN.repr(key)
+            out.append("%s%s is not an option here; use %s" % (prefix, shown, ", ".join(rules)))
+        else:
+            out.extend(rule.problems("%s%s" % (prefix, key), value))
+    for key in required:
+        if values.get(key) is None:
+            out.append("%s%s is required%s" % (prefix, key, "; " + rules[key].hint if rules[key].hint else ""))
+    return out
+
+
+def raise_problems(problems: list) -> None:
+    """One CapacityError listing every problem, if there is any."""
+    if problems:
+        raise CapacityError(
+            problems[0] if len(problems) == 1 else "%d problems: %s" % (len(problems), "; ".join(problems))
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # SLA
 # ---------------------------------------------------------------------------------------------------------------------
 
 _SLA_TERM = re.compile(r"^\s*(p(?:\d+(?:\.\d+)?)|errors?)\s*(<=|<)\s*([\d.]+)\s*(ms|s|%)?\s*$", re.IGNORECASE)
+_SLA_PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)(?:_ms)?")
 
 
 @dataclass
@@ -181,74 +339,337 @@ class Sla:
         }
 
 
+# the SLA's keys besides the latency percentiles (pNN_ms, LATENCY_LIMIT)
+SLA_RULES = {
+    "max_error_rate": Rule("float", 0, 1, high_open=True),
+    "min_throughput_ratio": Rule("float", 0, 1, low_open=True),
+    "baseline_factor": Rule("float", 0, 1000, hint="0 disables the baseline check"),
+    "hard_factor": Rule("float", 1, 1000),
+    "hard_error_rate": Rule("float", 0, 1, low_open=True),
+    "max_schedule_lag_ms": Rule("float", 0, 60_000, low_open=True),
+    "queue_growth_min": Rule("float", 0, 1_000_000),
+    "queue_growth_share": Rule("float", 0, 1),
+}
+LATENCY_LIMIT = Rule("float", 0, 86_400_000, low_open=True)  # a pNN_ms limit, in milliseconds
+_SLA_EXAMPLE = "e.g. {p95_ms: 300, p99_ms: 800} or 'p95<300ms, p99<800ms'"
+
+
 def pct_name(p: float) -> str:
     """95.0 -> 'p95', 99.9 -> 'p99.9'."""
     return "p%s" % ("%g" % p)
 
 
+def _sla_fields(name: str, spec) -> tuple[dict, list]:
+    """The SLA as a mapping (a string's terms become ``pNN_ms``/``max_error_rate``) and the terms it cannot read."""
+    if isinstance(spec, dict):
+        return dict(spec), []
+    if not isinstance(spec, str):
+        return {}, ["%s must be a mapping such as {p95_ms: 300, p99_ms: 800} or a string 'p95<300ms'" % name]
+    fields, problems = {}, []
+    for term in [t.strip() for t in re.split(r"[,;]| and ", spec) if t.strip()]:
+        m = _SLA_TERM.match(term)
+        try:
+            num = float(m.group(3)) if m else None
+        except ValueError:
+            m = None
+        if not m:
+            problems.append(
+                "%s: cannot parse the term %s; write terms like 'p95<300ms', 'p99<1s' or 'errors<=0.1%%'"
+                % (name, _SHOWN.repr(term))
+            )
+            continue
+        key, unit = m.group(1).lower(), (m.group(4) or "").lower()
+        if key.startswith("error"):
+            fields["max_error_rate"] = num / 100.0 if unit == "%" else num
+        elif unit == "%":
+            problems.append(
+                "%s: the term %s is a latency limit, which needs ms or s, not %%" % (name, _SHOWN.repr(term))
+            )
+        else:
+            fields[key + "_ms"] = num * 1000.0 if unit == "s" else num
+    return fields, problems
+
+
+def sla_problems(name: str, spec) -> list:
+    """Every problem of an SLA mapping or string, against SLA_RULES and LATENCY_LIMIT."""
+    fields, out = _sla_fields(name, spec)
+    latency = False
+    for key, value in fields.items():
+        if value is None:
+            continue
+        m = _SLA_PERCENTILE.fullmatch(str(key))
+        if m:
+            latency = True
+            if not 0 < float(m.group(1)) < 100:
+                out.append("%s.%s: the percentile must be between 0 and 100" % (name, key))
+            out.extend(LATENCY_LIMIT.problems("%s.%s" % (name, key), value))
+        elif key in SLA_RULES:
+            out.extend(SLA_RULES[key].problems("%s.%s" % (name, key), value))
+        else:
+            out.append(
+                "%s: unknown SLA key %s; use p50_ms/p95_ms/p99_ms (any pNN_ms) and %s"
+                % (name, _SHOWN.repr(key), ", ".join(sorted(SLA_RULES)))
+            )
+    if isinstance(spec, (dict, str)) and not latency:
+        out.append(
+            "%s names no latency percentile; give at least one, e.g. p95_ms: 300 (and p99_ms: 800). "
+            "A capacity without a latency bound is just the saturation throughput." % name
+        )
+    return out
+
+
 def parse_sla(spec) -> Sla:
     """Build an :class:`Sla` from a dict (``p95_ms``, ``p99_ms``, ``max_error_rate``...) or a string.
 
-    String form: ``"p95<300ms, p99<800ms, errors<=0.1%"``. An SLA without a latency percentile is an error.
+    String form: ``"p95<300ms, p99<800ms, errors<=0.1%"``. Raises CapacityError listing every problem.
     """
     if isinstance(spec, Sla):
-        sla = spec
-    elif isinstance(spec, str):
-        sla = Sla()
-        for term in [t for t in re.split(r"[,;]| and ", spec) if t.strip()]:
-            m = _SLA_TERM.match(term)
-            if not m:
-                raise CapacityError(
-                    "cannot parse SLA term %r; write terms like 'p95<300ms', 'p99<1s' or 'errors<=0.1%%'" % term.strip()
-                )
-            name, _op, num, unit = m.group(1).lower(), m.group(2), float(m.group(3)), (m.group(4) or "").lower()
-            if name.startswith("error"):
-                sla.max_error_rate = num / 100.0 if unit == "%" else num
-            else:
-                if unit == "%":
-                    raise CapacityError("SLA term %r: a latency limit needs ms or s, not %%" % term.strip())
-                sla.percentiles[float(name[1:])] = num * 1000.0 if unit == "s" else num
-    elif isinstance(spec, dict):
-        sla = Sla()
-        known = {
-            "max_error_rate",
-            "min_throughput_ratio",
-            "baseline_factor",
-            "hard_factor",
-            "hard_error_rate",
-            "max_schedule_lag_ms",
-            "queue_growth_min",
-            "queue_growth_share",
-        }
-        for key, value in spec.items():
-            if value is None:
-                continue
-            m = re.match(r"^p(\d+(?:\.\d+)?)(?:_ms)?$", str(key))
-            if m:
-                sla.percentiles[float(m.group(1))] = float(value)
-            elif key in known:
-                setattr(sla, key, float(value))
-            else:
-                raise CapacityError(
-                    "unknown SLA key %r; use p50_ms/p95_ms/p99_ms (any pNN_ms) and %s" % (key, ", ".join(sorted(known)))
-                )
-    else:
-        raise CapacityError("SLA must be a mapping such as {p95_ms: 300, p99_ms: 800} or a string 'p95<300ms'")
-    if not sla.percentiles:
-        raise CapacityError(
-            "the SLA names no latency percentile; give at least one, e.g. p95_ms: 300 (and p99_ms: 800). "
-            "A capacity without a latency bound is just the saturation throughput."
-        )
-    for p, v in sla.percentiles.items():
-        if not 0 < p < 100:
-            raise CapacityError("SLA percentile p%g is outside (0, 100)" % p)
-        if v <= 0:
-            raise CapacityError("SLA limit for %s must be > 0 ms, got %g" % (pct_name(p), v))
-    if not 0 <= sla.max_error_rate < 1:
-        raise CapacityError("SLA max_error_rate must be in [0, 1), got %g" % sla.max_error_rate)
-    if not 0 < sla.min_throughput_ratio <= 1:
-        raise CapacityError("SLA min_throughput_ratio must be in (0, 1], got %g" % sla.min_throughput_ratio)
+        return spec
+    raise_problems(sla_problems("sla", spec))
+    sla = Sla()
+    for key, value in _sla_fields("sla", spec)[0].items():
+        m = _SLA_PERCENTILE.fullmatch(str(key))
+        if value is None:
+            continue
+        if m:
+            sla.percentiles[float(m.group(1))] = float(value)
+        else:
+            setattr(sla, key, float(value))
     return sla
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Capacity-test options: the rules that the module, the CLI and the role's tests all go through
+# ---------------------------------------------------------------------------------------------------------------------
+
+MAX_RPS = 100_000  # far beyond what one generator process sends; also bounds the schedule held in memory
+MAX_SECONDS = 86_400  # the longest warm-up or hold: a day
+MAX_STEPS = 500  # a linear plan compounds step_pct per step: MAX_RPS x 3**500 still fits a float
+PAYLOAD_SOURCES = ("payload", "payload_file", "template", "template_file", "payload_mix")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
+_SET_BY_GENERATOR = ("host", "content-length", "transfer-encoding", "connection")
+
+
+def _url_problems(name: str, url: str) -> list:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None and "@" in parts.netloc:  # checked first: the message must not repeat a password
+        return [
+            "%s must not hold credentials; send them in headers (Authorization), whose values are not returned" % name
+        ]
+    try:
+        good = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number below 65536
+        good = False
+    if not good or not url.isascii() or re.search(r"[\s\x00-\x1f\x7f]", url):
+        return ["%s must be http:// or https:// with a host (ASCII, no spaces), got %s" % (name, _SHOWN.repr(url))]
+    return []
+
+
+def _header_problems(name: str, headers: dict) -> list:
+    """Names are HTTP tokens, values one line of Latin-1 text; values are never repeated (they may be secrets)."""
+    out = []
+    for key, value in headers.items():
+        if not isinstance(key, str) or not _TOKEN.fullmatch(key):
+            out.append("%s: header name %s must be letters, digits and -" % (name, _SHOWN.repr(key)))
+        elif key.lower() in _SET_BY_GENERATOR:
+            out.append("%s: %s is set by the load generator; remove it" % (name, key))
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            out.append("%s: the value of header %s must be a string" % (name, _SHOWN.repr(key)))
+        elif _CONTROL.search(str(value)) or not all(ord(ch) < 256 for ch in str(value)):
+            out.append("%s: the value of header %s must be one line of Latin-1 text" % (name, _SHOWN.repr(key)))
+    return out
+
+
+def _scalar_values(name: str, mapping: dict) -> list:
+    return [
+        "%s.%s must be a string or a number" % (name, key)
+        for key, value in mapping.items()
+        if not isinstance(key, str) or not isinstance(value, (str, int, float))
+    ]
+
+
+def _json_problems(name: str, value) -> list:
+    if isinstance(value, (str, bytes)):
+        return []
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return ["%s must be a string, or a mapping or list that JSON can encode (no NaN or infinity)" % name]
+    return []
+
+
+def _one_source(name: str, values: dict) -> list:
+    """At most one request body source."""
+    given = [k for k in PAYLOAD_SOURCES if values.get(k) is not None]
+    if len(given) < 2:
+        return []
+    return [
+        "%sgive only one of %s; got %s" % (name + ": " if name else "", ", ".join(PAYLOAD_SOURCES), ", ".join(given))
+    ]
+
+
+def _matching(pattern: str, words: str) -> Rule:
+    """A string rule: the whole value matches ``pattern``."""
+    regex = re.compile(pattern)
+
+    def check(name: str, value: str) -> list:
+        return [] if regex.fullmatch(value) else ["%s must be %s, got %s" % (name, words, _SHOWN.repr(value))]
+
+    return Rule("str", check=check, words=words)
+
+
+_RATE = Rule("float", 0, MAX_RPS, low_open=True)
+_HOLD = Rule("float", 0, MAX_SECONDS, low_open=True)
+_WARMUP = Rule("float", 0, MAX_SECONDS)
+_LABEL = Rule("str", non_empty=True, one_line=True)
+_FILE = Rule("path", non_empty=True, one_line=True)
+_ID = _matching(r"[\x21-\x7e]+", "a non-empty string of printable ASCII without spaces")
+_URL = Rule(
+    "str", check=_url_problems, words="an http:// or https:// URL with a host, ASCII, without spaces or credentials"
+)
+_HEADERS = Rule("dict", check=_header_problems, words="a mapping of header names to one-line values")
+_VARIANTS = Rule("int", 1, 10_000)
+_PROTOCOL = Rule("str", choices=("generic", "v2", "openai", "openai_chat"))
+
+# one item of payload_mix
+PAYLOAD_RULES = {
+    "name": _LABEL,
+    "weight": Rule("float", 0, 1_000_000, low_open=True),
+    "payload": Rule("raw", check=_json_problems, words="a string, or a mapping or list (JSON without NaN or infinity)"),
+    "payload_file": _FILE,
+    "template": Rule("str", non_empty=True),
+    "template_file": _FILE,
+    "headers": _HEADERS,
+    "variants": _VARIANTS,
+}
+
+OPTION_RULES = {
+    "url": _URL,
+    "protocol": _PROTOCOL,
+    "model": _ID,
+    "model_version": _ID,
+    "method": _matching(r"[A-Za-z]+", "an HTTP method such as GET or POST"),
+    "headers": _HEADERS,
+    "payload": PAYLOAD_RULES["payload"],
+    "payload_file": _FILE,
+    "template": PAYLOAD_RULES["template"],
+    "template_file": _FILE,
+    "variants": _VARIANTS,
+    "payload_mix": Rule(
+        "list",
+        non_empty=True,
+        max_items=100,
+        elements=Rule("dict", options=PAYLOAD_RULES, check=_one_source, words="a mapping (payload_mix[].* below)"),
+    ),
+    "prompt": Rule("str", non_empty=True),
+    "max_tokens": Rule("int", 1, 1_000_000),
+    "batch": Rule("int", 1, 65_536),
+    "arrival": Rule("str", choices=("constant", "poisson")),
+    "seed": Rule("int", 0, 2**63 - 1),
+    "plan": Rule("str", choices=("linear", "adaptive", "none")),
+    "start_rps": _RATE,
+    "step_pct": Rule("float", 0, 200, low_open=True),
+    "max_rps": _RATE,
+    "max_steps": Rule("int", 1, MAX_STEPS),
+    "steps_after_knee": Rule("int", 0, MAX_STEPS),
+    "growth": Rule("float", 1, 100, low_open=True),
+    "resolution": Rule("float", 0, 1, low_open=True, high_open=True),
+    "warmup": _WARMUP,
+    "hold": _HOLD,
+    "knee_hold": _HOLD,
+    "confirm": Rule("bool"),
+    "confirm_hold": _HOLD,
+    "max_confirmations": Rule("int", 0, 50),
+    "early_stop": Rule("bool"),
+    "initial_warmup": _WARMUP,
+    "baseline_rps": Rule("float", 0, MAX_RPS, low_open=True, hint="omit it to take the first step as the baseline"),
+    "cooldown": Rule("float", 0, 3600),
+    "time_limit": Rule("float", 0, 7 * MAX_SECONDS, low_open=True),
+    "request_timeout": Rule("float", 0, 3600, low_open=True),
+    "sla": Rule(
+        "raw",
+        check=sla_problems,
+        words="a mapping of pNN_ms limits and thresholds, or a string such as 'p95<300ms, p99<800ms'",
+        hint=_SLA_EXAMPLE,
+    ),
+    "concurrency": Rule("int", 1, 100_000),
+    "metrics_urls": Rule("list", max_items=100, elements=_URL),
+    "metrics_interval": Rule("float", 0.01, 3600),
+    "metrics_labels": Rule("dict", check=_scalar_values, words="a mapping of label names to strings or numbers"),
+    "max_connections": Rule("int", 1, 65_536),
+    "record_requests": Rule("bool"),
+    "validate_certs": Rule("bool"),
+    "service": _LABEL,
+    "profile": _LABEL,
+    "gpu": _LABEL,
+    "limits": Rule("dict", check=_scalar_values, words="a mapping of names to strings or numbers"),
+    "target_rps": _RATE,
+    "host": _LABEL,
+    "output_dir": _FILE,
+}
+
+# what a neighbour (service B of a noisy-neighbour run) may set; the rest comes from service A's options
+NEIGHBOUR_KEYS = (
+    "url",
+    "protocol",
+    "model",
+    "model_version",
+    "method",
+    "headers",
+    "payload",
+    "payload_file",
+    "template",
+    "template_file",
+    "variants",
+    "payload_mix",
+    "prompt",
+    "max_tokens",
+    "batch",
+    "service",
+    "seed",
+)
+NEIGHBOUR_RULES = {
+    **{key: OPTION_RULES[key] for key in NEIGHBOUR_KEYS},
+    "rps": _RATE,
+    "multipliers": Rule("list", non_empty=True, max_items=100, elements=Rule("float", 0, 100, low_open=True)),
+    "a_rps": _RATE,
+    "hold": _HOLD,
+    "warmup": _WARMUP,
+}
+OPTION_RULES["noisy_neighbour"] = Rule(
+    "dict",
+    options=NEIGHBOUR_RULES,
+    required=("url", "rps"),
+    check=_one_source,
+    words="a mapping (noisy_neighbour.* below)",
+)
+
+
+def option_problems(cfg: dict, search: bool = True) -> list:
+    """Every problem of capacity-test options: each against OPTION_RULES, then the combinations.
+
+    Keys without a rule are the engine's own (``sample_interval``); ``search=False`` skips the step-plan checks.
+    """
+    out = field_problems({k: v for k, v in cfg.items() if k in OPTION_RULES}, OPTION_RULES, required=("url", "sla"))
+    out.extend(_one_source("", cfg))
+
+    def valid(key):
+        return cfg.get(key) is not None and not OPTION_RULES[key].problems(key, cfg[key])
+
+    if search and cfg.get("plan") == "none":
+        nn = cfg.get("noisy_neighbour")
+        if not (isinstance(nn, dict) and nn.get("a_rps")):
+            out.append(
+                "plan none runs no capacity search: it needs noisy_neighbour with a_rps (the rate to hold the service at)"
+            )
+    elif search and valid("start_rps") and valid("max_rps") and cfg["max_rps"] < cfg["start_rps"]:
+        out.append(
+            "max_rps %g is below start_rps %g; raise max_rps or lower start_rps" % (cfg["max_rps"], cfg["start_rps"])
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
     KNOWN_METRICS,
+    NEIGHBOUR_KEYS,
+    NEIGHBOUR_RULES,
     SCHEMA,
     STEP_COLUMNS,
     CapacityError,
@@ -33,13 +35,16 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
     check_time_budget,
     evaluate_step,
     extract_known,
+    field_problems,
     judge_step,
+    option_problems,
     parse_prometheus,
     parse_sla,
     pct_name,
     percentile_sorted,
     predict_capacity,
     queue_trend,
+    raise_problems,
     rows_to_csv,
     schedule_offsets,
     service_stats,
@@ -585,11 +590,6 @@ def v2_payload_from_metadata(meta: dict, batch: int = 1) -> dict:
 
 def _load_payload_entry(p: dict, base_dir: str | None, seed: int) -> dict:
     out = {"name": p.get("name"), "weight": p.get("weight", 1.0), "headers": p.get("headers") or {}}
-    sources = [k for k in ("payload", "payload_file", "template", "template_file") if p.get(k) is not None]
-    if len(sources) > 1:
-        raise CapacityError(
-            "payload %r: give only one of payload, payload_file, template, template_file" % p.get("name")
-        )
     if p.get("payload_file") or p.get("template_file"):
         path = p.get("payload_file") or p.get("template_file")
         if base_dir and not os.path.isabs(path):
@@ -1198,69 +1198,27 @@ DEFAULTS = {
     "noisy_neighbour": None,
 }
 
-# what a neighbour (service B of a noisy-neighbour run) may set; the rest comes from service A's options
-NEIGHBOUR_KEYS = (
-    "url",
-    "protocol",
-    "model",
-    "model_version",
-    "method",
-    "headers",
-    "payload",
-    "payload_file",
-    "template",
-    "template_file",
-    "variants",
-    "payload_mix",
-    "prompt",
-    "max_tokens",
-    "batch",
-    "service",
-    "seed",
-)
+
+def _given(options: dict) -> dict:
+    """The options that were set: None means unset, at the top, in noisy_neighbour and in payload_mix items."""
+    out = {k: v for k, v in options.items() if v is not None}
+    if isinstance(out.get("noisy_neighbour"), dict):
+        out["noisy_neighbour"] = _given(out["noisy_neighbour"])
+    if isinstance(out.get("payload_mix"), list):
+        out["payload_mix"] = [_given(p) if isinstance(p, dict) else p for p in out["payload_mix"]]
+    return out
 
 
 def normalize_config(options: dict, search: bool = True) -> dict:
-    """Defaults filled in, types checked, the SLA parsed; raises CapacityError on bad input.
+    """Defaults filled in, every option checked against its rule, the SLA parsed; raises CapacityError listing every
+    problem.
 
     ``search=False`` skips the step-plan checks (a noisy-neighbour run holds fixed rates).
     """
     cfg = dict(DEFAULTS)
-    cfg.update({k: v for k, v in options.items() if v is not None})
-    if not cfg.get("url"):
-        raise CapacityError("url is required")
-    if cfg.get("sla") is None:
-        raise CapacityError("sla is required, e.g. {p95_ms: 300, p99_ms: 800}")
+    cfg.update(_given(options))
+    raise_problems(option_problems(cfg, search))
     cfg["sla_obj"] = parse_sla(cfg["sla"])
-    if search:
-        if cfg["plan"] not in ("linear", "adaptive", "none"):
-            raise CapacityError("unknown plan %r; use linear, adaptive or none" % cfg["plan"])
-        if cfg["plan"] == "none" and not (cfg.get("noisy_neighbour") or {}).get("a_rps"):
-            raise CapacityError(
-                "plan none runs no capacity search: it needs noisy_neighbour with a_rps (the rate to hold the service at)"
-            )
-    for key in ("hold", "request_timeout", "time_limit") + (("start_rps",) if search and cfg["plan"] != "none" else ()):
-        if float(cfg[key]) <= 0:
-            raise CapacityError("%s must be > 0, got %s" % (key, cfg[key]))
-    for key in ("knee_hold", "confirm_hold"):
-        if cfg.get(key) is not None and float(cfg[key]) <= 0:
-            raise CapacityError("%s must be > 0, got %s" % (key, cfg[key]))
-    for host in [urlsplit(u).hostname for u in [cfg["url"], *list(cfg.get("metrics_urls") or [])]]:
-        if not host:
-            raise CapacityError("every URL needs a host")
-    nn = cfg.get("noisy_neighbour")
-    if nn:
-        unknown = set(nn) - set(NEIGHBOUR_KEYS) - {"rps", "multipliers", "a_rps", "hold", "warmup"}
-        if unknown:
-            raise CapacityError(
-                "noisy_neighbour: unknown key(s) %s; use %s, rps, multipliers, a_rps, hold, warmup"
-                % (", ".join(sorted(unknown)), ", ".join(NEIGHBOUR_KEYS))
-            )
-        if not nn.get("url") or not nn.get("rps") or float(nn["rps"]) <= 0:
-            raise CapacityError("noisy_neighbour needs url and rps > 0 (the neighbour's base rate)")
-        mults = [float(m) for m in nn.get("multipliers") or (1.0, 2.0, 3.0)]
-        if not mults or min(mults) <= 0:
-            raise CapacityError("noisy_neighbour multipliers must be > 0")
     return cfg
 
 
@@ -1663,6 +1621,8 @@ async def run_noisy_neighbour(
     progress=None,
 ) -> dict:
     """Hold A at ``a_rps`` while B steps through ``multipliers`` x ``b_rps``; A's latency before, during and after."""
+    phases = {"a_rps": a_rps, "rps": b_rps, "multipliers": list(multipliers), "hold": hold, "warmup": warmup}
+    raise_problems(field_problems(phases, NEIGHBOUR_RULES, "noisy_neighbour."))
     a_cfg, b_cfg = normalize_config(a_options, search=False), normalize_config(b_options, search=False)
     sla = a_cfg["sla_obj"]
     ta, tb = build_target(a_cfg), build_target(b_cfg)

@@ -52,7 +52,9 @@ options:
     description: HTTP method. Defaults to C(POST) when there is a body, C(GET) otherwise.
     type: str
   headers:
-    description: Extra HTTP headers. Their values are not returned.
+    description:
+      - Extra HTTP headers, for example C(Authorization). Their values are not returned, not logged and not written
+        to the result files (only the header names are).
     type: dict
     default: {}
   payload:
@@ -80,6 +82,31 @@ options:
       - Latency is also reported per payload.
     type: list
     elements: dict
+    suboptions:
+      name:
+        description: Name of the payload in the results.
+        type: str
+      weight:
+        description: Relative share of the requests that carry this payload. Defaults to 1.
+        type: float
+      payload:
+        description: Request body, as O(payload).
+        type: raw
+      payload_file:
+        description: File on the host with the request body, as O(payload_file).
+        type: path
+      template:
+        description: Body template, as O(template).
+        type: str
+      template_file:
+        description: File on the host with a body template, as O(template_file).
+        type: path
+      headers:
+        description: Extra HTTP headers for this payload, on top of O(headers). Their values are not returned.
+        type: dict
+      variants:
+        description: How many bodies to render from the template. Defaults to 64.
+        type: int
   prompt:
     description: Prompt for the OpenAI-compatible protocols.
     type: str
@@ -306,7 +333,7 @@ options:
         description: As O(method), for the neighbour.
         type: str
       headers:
-        description: As O(headers), for the neighbour.
+        description: As O(headers), for the neighbour. Their values are not returned.
         type: dict
       payload:
         description: As O(payload), for the neighbour.
@@ -327,6 +354,31 @@ options:
         description: As O(payload_mix), for the neighbour.
         type: list
         elements: dict
+        suboptions:
+          name:
+            description: As O(payload_mix[].name).
+            type: str
+          weight:
+            description: As O(payload_mix[].weight).
+            type: float
+          payload:
+            description: As O(payload_mix[].payload).
+            type: raw
+          payload_file:
+            description: As O(payload_mix[].payload_file).
+            type: path
+          template:
+            description: As O(payload_mix[].template).
+            type: str
+          template_file:
+            description: As O(payload_mix[].template_file).
+            type: path
+          headers:
+            description: As O(payload_mix[].headers). Their values are not returned.
+            type: dict
+          variants:
+            description: As O(payload_mix[].variants).
+            type: int
       prompt:
         description: As O(prompt), for the neighbour.
         type: str
@@ -510,19 +562,30 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import CapacityError
 from ansible_collections.gpu.mig.plugins.module_utils._loadgen import run_capacity_test, run_sync, slug, write_results
 
+PAYLOAD_MIX_OPTIONS = dict(
+    name=dict(type="str"),
+    weight=dict(type="float"),
+    payload=dict(type="raw"),
+    payload_file=dict(type="path"),
+    template=dict(type="str"),
+    template_file=dict(type="path"),
+    headers=dict(type="dict", no_log=True),
+    variants=dict(type="int"),
+)
+
 ARGUMENT_SPEC = dict(
     url=dict(type="str", required=True),
     protocol=dict(type="str", default="generic", choices=["generic", "v2", "openai", "openai_chat"]),
     model=dict(type="str"),
     model_version=dict(type="str"),
     method=dict(type="str"),
-    headers=dict(type="dict", default={}),
+    headers=dict(type="dict", default={}, no_log=True),
     payload=dict(type="raw"),
     payload_file=dict(type="path"),
     template=dict(type="str"),
     template_file=dict(type="path"),
     variants=dict(type="int", default=64),
-    payload_mix=dict(type="list", elements="dict"),
+    payload_mix=dict(type="list", elements="dict", options=PAYLOAD_MIX_OPTIONS),
     prompt=dict(type="str"),
     max_tokens=dict(type="int", default=16, no_log=False),
     batch=dict(type="int"),
@@ -576,13 +639,13 @@ ARGUMENT_SPEC = dict(
             model=dict(type="str"),
             model_version=dict(type="str"),
             method=dict(type="str"),
-            headers=dict(type="dict"),
+            headers=dict(type="dict", no_log=True),
             payload=dict(type="raw"),
             payload_file=dict(type="path"),
             template=dict(type="str"),
             template_file=dict(type="path"),
             variants=dict(type="int"),
-            payload_mix=dict(type="list", elements="dict"),
+            payload_mix=dict(type="list", elements="dict", options=PAYLOAD_MIX_OPTIONS),
             prompt=dict(type="str"),
             max_tokens=dict(type="int", no_log=False),
             batch=dict(type="int"),
@@ -593,18 +656,34 @@ ARGUMENT_SPEC = dict(
 )
 
 
+def _numbers_unconverted(spec: dict) -> dict:
+    """The spec with int and float options (and list elements) taken as they come."""
+    out = {}
+    for name, option in spec.items():
+        option = dict(option)
+        for key in ("type", "elements"):
+            if option.get(key) in ("int", "float"):
+                option[key] = "raw"
+        if "options" in option:
+            option["options"] = _numbers_unconverted(option["options"])
+        out[name] = option
+    return out
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
+    checks = dict(
         mutually_exclusive=[("payload", "payload_file", "template", "template_file", "payload_mix")],
         required_if=[("plan", "linear", ("start_rps",)), ("plan", "adaptive", ("start_rps",))],
         supports_check_mode=True,
     )
-    options = {k: v for k, v in module.params.items() if k != "output_dir"}
-    if options.get("noisy_neighbour"):
-        options["noisy_neighbour"] = {k: v for k, v in options["noisy_neighbour"].items() if v is not None}
     try:
-        result = run_sync(run_capacity_test(options, check_only=module.check_mode))
+        module = AnsibleModule(argument_spec=ARGUMENT_SPEC, **checks)
+    except OverflowError:
+        # ansible-core's int/float conversion raises this on infinity for an int and on an int beyond any float;
+        # read the numbers unconverted, and the capacity rules below name the option instead of a traceback
+        module = AnsibleModule(argument_spec=_numbers_unconverted(ARGUMENT_SPEC), **checks)
+    try:  # every option is checked against its rule (_capacity.OPTION_RULES) before the first request
+        result = run_sync(run_capacity_test(module.params, check_only=module.check_mode))
     except CapacityError as exc:
         module.fail_json(msg=str(exc))
     out = {
