@@ -66,14 +66,14 @@ def live_model(gpu: dict, shipped: _catalog.GpuModel | None) -> _catalog.GpuMode
 
 def read_host(nvml: _nvml.Nvml) -> tuple[list[dict], list[_layout.GpuState], dict]:
     """Facts, planner states and catalog models (live from NVML, shipped data when MIG is off) of every GPU."""
-    return host_from_facts([nvml.gpu(i) for i in range(nvml.count())])
+    return host_from_facts([nvml.gpu_or_failure(i) for i in range(nvml.count())])
 
 
 def host_from_facts(facts: list[dict]) -> tuple[list[dict], list[_layout.GpuState], dict]:
     """``read_host`` from facts already read (``nvidia_mig.gpus`` of gpu.mig.mig_facts)."""
     models = {}
     for gpu in facts:
-        if not gpu["mig"]["supported"]:
+        if not gpu["mig"]["supported"]:  # also a GPU that could not be read (its facts carry "error")
             models[gpu["index"]] = None
             continue
         shipped = _catalog.find_model(gpu["name"])
@@ -151,25 +151,20 @@ def module_returns(result: dict, driver: dict, diff: bool) -> dict:
         "warnings_busy": result["warnings"],
         "ansible_facts": {"nvidia_mig": {"driver": driver, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
     }
+    if result["unread_gpus"]:
+        returns["warnings"] = result["unread_gpus"]
     if diff:
         returns["diff"] = result["diff"]
     return returns
 
 
 def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
-    """MIG mode changes that would stay pending (Ampere with clients): mig_mode with reset must run first."""
-    problems = []
+    """MIG mode changes that would stay pending (Ampere): gpu.mig.mig_mode with reset must run first."""
     by_index = {g["index"]: g for g in facts}
-    for action in plan.actions:
-        if action.op != _layout.MIG_MODE:
-            continue
-        step = _mode.plan_gpu(by_index[action.gpu_index], action.enable, reset=False)
-        if step.pending_reset:
-            problems.append(
-                f"GPU {action.gpu_index} ({action.gpu_uuid}): turning MIG {'on' if action.enable else 'off'} needs a GPU "
-                f"reset while processes {list(step.pids)} hold the GPU; stop them and run gpu.mig.mig_mode with reset: true first"
-            )
-    return problems
+    steps = (
+        _mode.plan_gpu(by_index[a.gpu_index], a.enable, reset=False) for a in plan.actions if a.op == _layout.MIG_MODE
+    )
+    return [step.pending_message() for step in steps if step.pending_reset]
 
 
 def _execute(nvml: _nvml.Nvml, plan: _layout.Plan, created: dict[tuple[str | None, str | None], int]) -> None:
@@ -378,6 +373,7 @@ def apply_layout(
         "warnings": warnings,
         "restored": False,
         "restore_changes": [],
+        "unread_gpus": ["%s; the layout was not applied to it" % g["error"] for g in facts if g.get("error")],
     }
     if check_mode or not plan.changed:
         result.update(slots=slot_map(plan, facts), facts=facts)

@@ -154,13 +154,7 @@ _CI_RULES = (
 
 def _check_selector(value: Any) -> str | None:
     """Why ``value`` is not a GPU selector, or None."""
-    if _is_int(value):
-        return None if value >= 0 else "GPU index %d is negative" % value
-    if not isinstance(value, str) or not value.strip():
-        return "%r is not a GPU selector (all, an index, GPU-<uuid>, a PCI bus id, a product name, arch:<x>)" % (value,)
-    if value.strip().casefold().startswith("mig-"):
-        return "%r is a MIG device UUID; select the parent GPU by its GPU-<uuid>" % value
-    return None
+    return _select_mod.selector_problem(value)
 
 
 def _facts_view(gpu: GpuState) -> dict[str, Any]:
@@ -322,6 +316,7 @@ class GpuState(NamedTuple):
     pci_bus_id: str = ""
     architecture: str = ""
     pci_device_id: str | None = None  # "0x20B010DE", for mig-parted device-filter
+    error: str | None = None  # why the GPU could not be read (mig_facts' failure record); planned around
     mig_supported: bool = False
     mig_current: bool = False
     mig_pending: bool = False
@@ -329,7 +324,7 @@ class GpuState(NamedTuple):
 
     @property
     def label(self) -> str:
-        return "GPU %d (%s, %s)" % (self.index, self.uuid, self.name)
+        return "GPU %d (%s)" % (self.index, ", ".join(x for x in (self.uuid, self.name) if x) or "unreadable")
 
 
 def _mode(value: Any) -> bool:
@@ -376,11 +371,12 @@ def gpu_state_from_facts(d: Mapping) -> GpuState:
         mig = d.get("mig") or {}
         return GpuState(
             index=int(d["index"]),
-            uuid=str(d["uuid"]),
+            uuid=str(d["uuid"] or ""),
             name=str(d.get("name") or ""),
             pci_bus_id=str(d.get("pci_bus_id") or ""),
             architecture=str(d.get("architecture") or ""),
             pci_device_id=d.get("pci_device_id"),
+            error=d.get("error"),
             mig_supported=bool(mig.get("supported", False)),
             mig_current=_mode(mig.get("current")),
             mig_pending=_mode(mig.get("pending", mig.get("current"))),
@@ -525,6 +521,15 @@ def _resolve(
                 )
                 continue
             owner[gpu.index] = entry
+            if gpu.error:
+                if any(
+                    _select_mod.names_one_gpu(sel) for sel in entry.gpus if _select_mod.matches(_facts_view(gpu), sel)
+                ):
+                    problems.append(
+                        "%s names %s, which cannot be read: %s; remove it from the selector to apply the layout to the"
+                        " other GPUs" % (entry.label, gpu.label, gpu.error)
+                    )
+                continue  # picked by a class selector: left alone, and reported by the caller
             model = models.get(gpu.index)
             if not gpu.mig_supported:
                 if entry.mig_enabled:

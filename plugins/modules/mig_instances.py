@@ -138,8 +138,10 @@ EXAMPLES = r"""
 RETURN = r"""
 slots:
   description:
-    - Slot name to where it lives. C(mig_uuid) is the MIG device UUID of the slot's first compute instance
-      (null in check mode for instances that would be created).
+    - Slot name to where it lives. C(compute_instances) lists the slot's compute instances in the order the layout
+      gives them, each with its C(name); C(mig_uuid) and C(compute_instance_id) are those of the first.
+    - Check mode returns the same map as a real run, with null ids and UUIDs for the instances the run would create
+      (a compute split that changes gives new MIG UUIDs, so check mode does not promise the old ones).
   returned: always
   type: dict
   sample:
@@ -153,7 +155,7 @@ slots:
       compute_instance_id: 0
       mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000
       memory_mib: 20096
-      compute_instances: [{id: 0, profile: 3g.20gb, mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000}]
+      compute_instances: [{name: ci0, id: 0, profile: 3g.20gb, mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000}]
 plan:
   description:
     - The plan as a value. C(actions) run in order (destroy compute instances, destroy GPU instances, MIG mode, create
@@ -166,6 +168,18 @@ restored:
   returned: always
   type: bool
   sample: false
+restore_changes:
+  description:
+    - After a rollback, every MIG device found at the start whose UUID the rollback changed (re-created compute
+      instances get new UUIDs), with the slot name the layout gave it, if any. Services pinned to C(old_mig_uuid) must
+      be repointed. Empty when nothing was rolled back or every UUID survived.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {slot: chat, gpu_index: 0, gpu_uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000, profile: 3g.20gb,
+       placement: {start: 4, size: 4}, old_mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000,
+       new_mig_uuid: MIG-1d9a7c55-0000-4000-8000-000000000000}
 warnings_busy:
   description: With O(force=true), the busy instances that were destroyed anyway, with the PIDs that were terminated.
   returned: always

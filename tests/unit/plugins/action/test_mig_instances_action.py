@@ -108,3 +108,15 @@ def test_an_async_task_runs_the_module_as_before(sim_host):
     args = {"layout": [{"gpus": 0, "slots": SEED}]}
     result, executed, calls = run_action(args, async_val=600)
     assert executed == ["gpu.mig.mig_instances"] and calls[0][2] is True and result["from"] == "the module"
+
+
+def test_a_lost_gpu_in_the_facts_is_planned_around_as_the_module_does(sim_host, run_module):
+    host = sim_host("A100-SXM4-40GB:mig=on", "A100-SXM4-40GB:mig=on", init=False)
+    args = {"layout": [{"gpus": 0, "slots": SEED}]}
+    run_module(mig_instances, args)
+    with host.edit() as state:
+        state.live(1)["lost"] = True
+    module_result, _unused = run_module(mig_instances, args)
+    result, executed, _calls = run_action(args)
+    assert executed == ["gpu.mig.mig_facts"] and result == module_result and result["changed"] is False
+    assert any("GPU 1" in w for w in result["warnings"])

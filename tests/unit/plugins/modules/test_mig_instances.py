@@ -233,3 +233,30 @@ def test_restore_after_a_failed_destroy_reports_every_new_uuid_by_slot_name(sim_
 
 
 CLASSIFIER = {"name": "classifier", "profile": "2g.10gb"}
+
+
+# --------------------------------------------------------------------------- a lost GPU is that GPU's problem only
+@pytest.fixture
+def gpu1_lost(sim_host):
+    """Two A100s with MIG on; GPU 1 fell off the bus (migsim fault --lost --gpu 1)."""
+    host = sim_host("A100-SXM4-40GB:mig=on", "A100-SXM4-40GB:mig=on", instances=["1:3g.20gb"], init=False)
+    with host.edit() as state:
+        state.live(1)["lost"] = True
+    return host
+
+
+@pytest.mark.parametrize("gpus", [0, "all", "NVIDIA A100-SXM4-40GB"])
+def test_a_lost_gpu_leaves_the_healthy_ones_to_work_on(gpu1_lost, run_module, warning_texts, gpus):
+    result, failed = run_module(mig_instances, layout(SEED, gpus=gpus))
+    assert not failed, result.get("msg")
+    assert {s["gpu_index"] for s in result["slots"].values()} == {0}
+    assert any("GPU 1" in w and "lost" in w and "not applied" in w for w in warning_texts(result))
+
+
+def test_a_layout_naming_a_lost_gpu_is_refused_naming_it(gpu1_lost, run_module, snapshot):
+    before = snapshot(gpu1_lost)
+    result, failed = run_module(mig_instances, {"layout": [{"gpus": [0, 1], "slots": SEED}]})
+    assert failed and result["changed"] is False
+    assert "GPU 1" in result["msg"] and "cannot be read" in result["msg"] and "lost" in result["msg"]
+    assert "remove it from the selector" in result["msg"]
+    assert snapshot(gpu1_lost) == before
