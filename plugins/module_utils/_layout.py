@@ -96,7 +96,7 @@ def check_mapping(raw: Any, rules: Sequence[Rule], where: str, problems: list[st
 def _name(value: Any) -> str | None:
     return (
         None
-        if isinstance(value, str) and SLOT_NAME_RE.match(value)
+        if isinstance(value, str) and SLOT_NAME_RE.fullmatch(value)
         else "must match %s (e.g. 'chat')" % (SLOT_NAME_RE.pattern)
     )
 
@@ -474,7 +474,7 @@ def _resolve_slot(
     """``per_gpu``: the entry selects several MIG GPUs on this host, so each gets ``<name>-gpu<index>``."""
     name = "%s-gpu%d" % (slot.name, gpu.index) if per_gpu else slot.name
     where = "%s slot '%s' on %s" % (entry.label, name, gpu.label)
-    if not SLOT_NAME_RE.match(name):
+    if not SLOT_NAME_RE.fullmatch(name):
         problems.append("%s: the per-GPU slot name is longer than 63 characters; shorten '%s'" % (where, slot.name))
     profile = model.profile(slot.profile)
     if profile is None:

@@ -192,7 +192,7 @@ def test_mig_disabled_with_slots_and_unknown_keys_are_all_reported():
     assert "mig_enabled is false but 1 slots are given" in str(err)
 
 
-@pytest.mark.parametrize("name", ["Chat", "-x", "a" * 64, "a.b", "", None])
+@pytest.mark.parametrize("name", ["Chat", "-x", "a" * 64, "a.b", "", None, "chat\n", "chat\nx"])
 def test_slot_names_must_match_the_pattern(name):
     assert "must match" in str(errors([{"gpus": 0, "slots": [{"name": name, "profile": "1g.5gb"}]}], state(facts())))
 
