@@ -13,7 +13,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.build/ansible-tmp
 export ANSIBLE_REMOTE_TMP := $(CURDIR)/.build/ansible-tmp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test venv collection unit sanity ansible-units capacity-tests lint importer quadlet molecule molecule-systemd benchmarks clean
+.PHONY: demo test venv collection unit sanity ansible-units capacity-tests playbook-tests lint importer quadlet molecule molecule-systemd benchmarks clean
 
 $(BIN)/ansible: requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,7 @@ demo: collection
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/audit.yml -e gpu_mig_report_dir=$(CURDIR)/.build/demo-report
 
 # `make test` is what CI runs.
-test: lint sanity ansible-units capacity-tests molecule
+test: lint sanity ansible-units capacity-tests playbook-tests molecule
 
 # podman's Quadlet generator (Debian 13's, checked against the archive key): the services tests run it on the
 # rendered .container files.
@@ -62,6 +62,10 @@ ansible-units: $(TESTCOPY) quadlet
 
 capacity-tests: collection
 	$(BIN)/pytest -q -p no:xdist tests/unit/capacity
+
+# Real ansible-playbook runs over simulated fleets (site.yml on a mixed fleet, the audit, the mig_mode role in a VM).
+playbook-tests: collection
+	$(BIN)/pytest -q -p no:xdist tests/unit/playbooks
 
 lint: collection
 	$(BIN)/ruff check .

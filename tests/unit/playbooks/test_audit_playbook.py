@@ -16,7 +16,7 @@ import yaml
 
 from nvmlsim import cli
 
-REPO = Path(__file__).resolve().parents[4]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
