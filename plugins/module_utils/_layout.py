@@ -72,7 +72,8 @@ class Rule(NamedTuple):
 def check_mapping(raw: Any, rules: Sequence[Rule], where: str, problems: list[str]) -> bool:
     """Check ``raw`` against ``rules``, appending every problem found (naming ``where`` and the key).
 
-    Unknown keys are problems too. Each rule's check says what a value must be (also for None, when required). Returns False when ``raw`` is not a mapping at all.
+    Unknown keys are problems too. Each rule's check says what a value must be (also for None, when required).
+    Returns False when ``raw`` is not a mapping at all.
     """
     keys = [rule.key for rule in rules]
     if not isinstance(raw, Mapping):

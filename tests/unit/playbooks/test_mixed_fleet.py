@@ -101,7 +101,9 @@ def test_boot_applier_restores_each_hosts_slice_after_a_reboot(fleet):
         root = base / host
         cli.main(["reboot", str(root)])
         applier = root / "usr/local/lib/gpu-mig/gpu-mig-apply"
-        applied = subprocess.run([root / "python", applier, "--root", root], capture_output=True, text=True)
+        applied = subprocess.run(
+            [root / "python", applier, "--root", root], capture_output=True, text=True, check=False
+        )
         assert applied.returncode == 0 and "gpu-mig-apply: done" in applied.stderr, (host, applied.stderr)
         found_gpus, slot_map = live(root)
         assert found_gpus == gpus, host

@@ -51,9 +51,9 @@ CONTROLS = [*map(chr, range(32)), "\x7f", "\x85", "\u2028"]
 RENDERERS = ("render_haproxy", "render_triton_config", "mlserver_settings", "server_argv", "systemd_exec")
 
 
-def fields(rules: dict[str, Rule] = SERVICE_RULES, path: tuple = ()) -> Iterator[tuple[tuple, Rule]]:
+def fields(rules: dict[str, Rule] | None = None, path: tuple = ()) -> Iterator[tuple[tuple, Rule]]:
     """Every leaf field of the rules table as (path, rule); a list of sections is entered at its first item."""
-    for key, rule in rules.items():
+    for key, rule in (SERVICE_RULES if rules is None else rules).items():
         if rule.kind == "section":
             yield from fields(rule.fields, (*path, key))
         elif rule.kind == "sections":
@@ -62,8 +62,8 @@ def fields(rules: dict[str, Rule] = SERVICE_RULES, path: tuple = ()) -> Iterator
             yield (*path, key), rule
 
 
-def sections(rules: dict[str, Rule] = SERVICE_RULES, path: tuple = ()) -> Iterator[tuple[tuple, Rule]]:
-    for key, rule in rules.items():
+def sections(rules: dict[str, Rule] | None = None, path: tuple = ()) -> Iterator[tuple[tuple, Rule]]:
+    for key, rule in (SERVICE_RULES if rules is None else rules).items():
         if rule.kind in ("section", "sections"):
             yield (*path, key), rule
             yield from sections(rule.fields, (*path, key, 0) if rule.kind == "sections" else (*path, key))

@@ -118,7 +118,8 @@ def test_a_run_killed_by_sigkill_is_converged_by_the_module_and_by_the_boot_appl
     host = sim_host(model, instances=instances, init=False)
     layout = [{"gpus": 0, "slots": slots}]
     script = KILLER.format(simulator=str(REPO / "tests/simulator"), root=str(host.root), layout=layout)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the collection as this process imports it
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
     assert killed.returncode == -9, killed.stderr
     with _nvml.Nvml() as nvml:  # killed between two compute-instance creates: a half-built slot is left behind
         half = _apply.read_host(nvml)[0]
