@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / ".build" / "collections"))
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
 
-from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
 LAG_LIMITS_MS = (1.0, 5.0, 10.0)

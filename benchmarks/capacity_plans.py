@@ -34,8 +34,8 @@ sys.path.insert(0, str(COLLECTIONS))
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
 MMC_SERVER = REPO / "tests" / "unit" / "capacity" / "mmc_server.py"
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap  # noqa: E402
-from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg  # noqa: E402
 from ansible_collections.gpu.mig.tests.unit.capacity import virtual_mmc  # noqa: E402
 
 WORKERS = 16

@@ -25,8 +25,8 @@ if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(_COLLECTIONS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap  # noqa: E402
-from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg  # noqa: E402
 from ansible_collections.gpu.mig.plugins.modules.capacity_test import ARGUMENT_SPEC, DOCUMENTATION  # noqa: E402
 
 
@@ -235,7 +235,7 @@ def cmd_run(args) -> int:
         base = lg.slug("capacity-" + result["service"]["service"])
         files = lg.write_results(result, args.out, base)
         if not args.no_report:
-            from _capacity_report import render_noisy, render_report
+            from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy, render_report
 
             if "capacity" in result:
                 files.update(render_report(result, args.out, base))
@@ -250,7 +250,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from _capacity_report import render_noisy, render_report
+    from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy, render_report
 
     result = json.loads(Path(args.result).read_text())
     name = Path(args.result).stem
@@ -262,7 +262,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_fleet(args) -> int:
-    from _capacity_report import fleet_table
+    from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import fleet_table
 
     results = [json.loads(Path(p).read_text()) for p in args.results]
     try:
@@ -301,7 +301,7 @@ def cmd_noisy(args) -> int:
         return 2
     _print_noisy(res)
     if args.out:
-        from _capacity_report import render_noisy
+        from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy
 
         for kind, path in sorted(render_noisy(res, args.out).items()):
             print("%-10s %s" % (kind, path))

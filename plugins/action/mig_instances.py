@@ -15,8 +15,9 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
-from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError
 
 
 class ActionModule(ActionBase):

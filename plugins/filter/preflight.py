@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.compat.version import LooseVersion
 
-from ansible_collections.gpu.mig.plugins.module_utils import _select
+from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select
 
 # The gpu.mig.preflight role's defaults (roles/preflight/defaults/main.yml, vars/main.yml): used when the caller
 # passes none, as the audit does for hosts that do not override them. A unit test keeps them equal.

@@ -9,7 +9,8 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _services
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.plugin_utils import services as _services
 
 
 def _profiles(slots: object, facts: object) -> dict:

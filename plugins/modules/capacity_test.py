@@ -559,8 +559,13 @@ files:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import CapacityError
-from ansible_collections.gpu.mig.plugins.module_utils._loadgen import run_capacity_test, run_sync, slug, write_results
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import CapacityError
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.loadgen import (
+    run_capacity_test,
+    run_sync,
+    slug,
+    write_results,
+)
 
 PAYLOAD_MIX_OPTIONS = dict(
     name=dict(type="str"),

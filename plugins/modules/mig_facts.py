@@ -143,8 +143,8 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.gpu.mig.plugins.module_utils import _nvml
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError, describe_gpus, select_gpus
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError, describe_gpus, select_gpus
 
 
 def run(module: AnsibleModule) -> dict:

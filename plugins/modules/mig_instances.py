@@ -199,8 +199,10 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout, _nvml
-from ansible_collections.gpu.mig.plugins.module_utils._select import SelectorError
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError
 
 
 def main() -> None:

@@ -133,9 +133,9 @@ reset_not_supported:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.gpu.mig.plugins.module_utils import _nvml
-from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
-from ansible_collections.gpu.mig.plugins.module_utils._select import (
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig.mode import ModeError, plan_gpu
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     SelectorError,
     matches,
     names_one_gpu,

@@ -4,7 +4,7 @@
 """Start hook of a gpu.mig inference service (``ExecStartPre=+``, as root, before every start of the unit).
 
 Installed by the gpu.mig.inference_service role as ``<lib_dir>/slot_start.py`` next to a copy of the collection's
-``_services.py``, and run with an explicit interpreter:
+``plugin_utils/services.py``, and run with an explicit interpreter:
 
   python3 slot_start.py --unit inference-chat.service --slot chat --stamp /var/lib/gpu-mig/services/chat.mig_uuid
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from ansible_collections.gpu.mig.plugins.module_utils import _services  # pylint: disable=import-outside-toplevel
+    from ansible_collections.gpu.mig.plugins.plugin_utils import services as _services  # pylint: disable=import-outside-toplevel
 
     prog = f"gpu-mig slot_start {args.unit}"
     try:

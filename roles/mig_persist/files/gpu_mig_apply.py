@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, root + config["lib_dir"])
     try:
         # pylint: disable-next=import-outside-toplevel
-        from ansible_collections.gpu.mig.plugins.module_utils import _apply, _layout, _nvml
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
     except ImportError as err:
         log(f"cannot load the gpu.mig core from {config['lib_dir']}: {err}; rerun the gpu.mig.mig_persist role")
         return 2

@@ -10,7 +10,7 @@ from typing import Any
 
 import pynvml
 
-from ansible_collections.gpu.mig.plugins.module_utils._catalog import ComputeProfile, GpuInstanceProfile, GpuModel
+from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import ComputeProfile, GpuInstanceProfile, GpuModel
 from nvmlsim import models
 from nvmlsim.state import Host, fresh_gpu_state
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog
-from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuModel
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import GpuModel
 
 
 def _no_mig(name: str, architecture: str, cc: tuple[int, int], memory_mib: int, pci_id: str) -> GpuModel:

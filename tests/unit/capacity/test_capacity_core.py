@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
 
 # ---------------------------------------------------------------- histogram
 

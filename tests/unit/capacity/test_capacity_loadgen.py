@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
-from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
 
 
 def _run(coro):

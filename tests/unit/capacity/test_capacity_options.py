@@ -23,8 +23,8 @@ from ansible.module_utils.testing import patch_module_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
-from ansible_collections.gpu.mig.plugins.module_utils import _loadgen as lg
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
 from ansible_collections.gpu.mig.plugins.modules import capacity_test
 from ansible_collections.gpu.mig.tools import capacity as cli
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
 from ansible_collections.gpu.mig.plugins.modules.capacity_test import ARGUMENT_SPEC
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "capacity"

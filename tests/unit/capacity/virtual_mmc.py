@@ -15,7 +15,7 @@ import heapq
 import math
 import random
 
-from ansible_collections.gpu.mig.plugins.module_utils import _capacity as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
 
 
 def virtual_step(

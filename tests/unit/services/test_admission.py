@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ansible_collections.gpu.mig.plugins.module_utils import _services
+from ansible_collections.gpu.mig.plugins.plugin_utils import services as _services
 
 SLOTS = {"s0": {"gpu_index": 0, "gpu_uuid": "GPU-0", "profile": "1g.10gb", "memory_mib": 9856}}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils._services import systemd_exec
+from ansible_collections.gpu.mig.plugins.plugin_utils.services import systemd_exec
 
 REPO = Path(__file__).resolve().parents[3]
 SLOTS = {
@@ -104,7 +104,7 @@ def test_role_renders_the_services(deployed):
     )
     hook = root / "usr/local/lib/gpu-mig"
     assert (hook / "slot_start.py").is_file()
-    assert (hook / "ansible_collections/gpu/mig/plugins/module_utils/_services.py").is_file()
+    assert (hook / "ansible_collections/gpu/mig/plugins/plugin_utils/services.py").is_file()
     quadlet = (root / "etc/containers/systemd/inference-ocr.container").read_text()
     assert "AddDevice=${GPU_MIG_CDI_DEVICE}" in quadlet and "--gpu-memory-utilization 0.21" in quadlet
     assert "max_queue_size: 8" in (root / "srv/models/resnet/config.pbtxt").read_text()

@@ -40,7 +40,7 @@ def hook(tmp_path: Path):
     core = lib / "ansible_collections/gpu/mig/plugins/module_utils"
     core.mkdir(parents=True)
     shutil.copy(REPO / "roles/inference_service/files/slot_start.py", lib)
-    shutil.copy(REPO / "plugins/module_utils/_services.py", core)
+    shutil.copy(REPO / "plugins/plugin_utils/services.py", core)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin/systemctl").write_text(STUB)
     (tmp_path / "bin/systemctl").chmod(0o755)

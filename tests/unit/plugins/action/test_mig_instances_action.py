@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 
 from ansible_collections.gpu.mig.plugins.action.mig_instances import ActionModule
-from ansible_collections.gpu.mig.plugins.module_utils import _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.modules import mig_instances
 
 SEED = [{"name": "chat", "profile": "3g.20gb"}, {"name": "ocr", "profile": "1g.5gb"}]

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.filter.services import service_plan
-from ansible_collections.gpu.mig.plugins.module_utils import _services
-from ansible_collections.gpu.mig.plugins.module_utils._services import HAPROXY_RULES, SERVICE_RULES, Rule
+from ansible_collections.gpu.mig.plugins.plugin_utils import services as _services
+from ansible_collections.gpu.mig.plugins.plugin_utils.services import HAPROXY_RULES, SERVICE_RULES, Rule
 
 REPO = Path(__file__).resolve().parents[4]
 SLOTS = {

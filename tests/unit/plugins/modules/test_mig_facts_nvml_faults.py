@@ -14,7 +14,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.modules import mig_facts
 
 NVML_CALLS = sorted(set(re.findall(r"\bpynvml\.(nvml\w+)", Path(_nvml.__file__).read_text(encoding="utf-8"))))

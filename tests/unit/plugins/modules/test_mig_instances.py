@@ -9,7 +9,7 @@ import pynvml
 import pytest
 
 from ansible_collections.gpu.mig.plugins.modules import mig_instances
-from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.slot_prediction import assert_predicted
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils._mig.slot_prediction import assert_predicted
 
 SEED = [
     {"name": "chat", "profile": "3g.20gb"},

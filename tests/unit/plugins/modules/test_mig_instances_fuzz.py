@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nvmlsim
-from ansible_collections.gpu.mig.plugins.module_utils import _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 from ansible_collections.gpu.mig.plugins.modules import mig_instances
 from nvmlsim import models
 from nvmlsim.testing import make_sim_host

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _apply, _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.modules import mig_instances
 
 REPO = Path(__file__).resolve().parents[4]
@@ -85,7 +86,7 @@ KILLER = textwrap.dedent(
     sys.path.insert(0, {simulator!r})
     import pynvml, nvmlsim
     nvmlsim.install(pynvml, {root!r})
-    from ansible_collections.gpu.mig.plugins.module_utils import _apply, _nvml
+    from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply, nvml as _nvml
     create = _nvml.Nvml.create_compute_instance
     calls = []
 

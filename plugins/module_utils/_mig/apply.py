@@ -12,7 +12,11 @@ import os
 import signal
 import time
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog, _layout, _mode, _nvml, _select
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import mode as _mode
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select
 
 
 class ApplyError(Exception):
@@ -131,7 +135,7 @@ def desired_layout(params: dict, host: tuple) -> list:
         return [{"gpus": g["uuid"], "slots": []} for g in selected]
     if params["mig_parted_config"] is not None:
         # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
-        from ansible_collections.gpu.mig.plugins.module_utils import _migparted
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
 
         return _migparted.layout_from_mig_parted(
             params["mig_parted_config"], params["mig_parted_config_name"], states, models

@@ -23,7 +23,7 @@ import string
 import time
 from urllib.parse import urlsplit
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import (
     KNOWN_METRICS,
     NEIGHBOUR_KEYS,
     NEIGHBOUR_RULES,

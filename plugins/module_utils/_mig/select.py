@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.gpu.mig.plugins.module_utils._nvml import ARCHITECTURES
+from ansible_collections.gpu.mig.plugins.module_utils._mig.nvml import ARCHITECTURES
 
 # [domain:]bus:device.function, hex; NVML writes an 8-digit domain, lspci a 4-digit one or none.
 _BUS_ID_RE = re.compile(

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[5]
 GENERATOR = ROOT / "hacking" / "gen_catalog_data.py"
 # The reference lives beside the checkout (../shared); ansible-test runs a copy nested inside the checkout.
 REFERENCE = next(
@@ -254,7 +254,7 @@ def test_driver_at_least(version, minimum, expected):
 
 
 def test_data_module_is_pure():
-    source = (ROOT / "plugins" / "module_utils" / "_catalog_data.py").read_text(encoding="utf-8")
+    source = (ROOT / "plugins" / "module_utils" / "_mig" / "catalog_data.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert [(n.module, [a.name for a in n.names]) for n in imports] == [("__future__", ["annotations"])]
@@ -280,7 +280,7 @@ def test_generator_check_reports_stale_files(generator, tmp_path):
     assert generator.main([*args, "--check"]) == 1
     assert generator.main(args) == 0
     assert generator.main([*args, "--check"]) == 0
-    assert stale.read_text(encoding="utf-8") == (ROOT / "plugins/module_utils/_catalog_data.py").read_text()
+    assert stale.read_text(encoding="utf-8") == (ROOT / "plugins/module_utils/_mig/catalog_data.py").read_text()
 
 
 def test_generator_refuses_undocumented_geometry(generator, reference):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.gpu.mig.plugins.module_utils._select import (
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     SelectorError,
     kind,
     matches,

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.gpu.mig.plugins.module_utils import _layout as L
-from ansible_collections.gpu.mig.plugins.module_utils import _migparted
-from ansible_collections.gpu.mig.plugins.module_utils._catalog import find_model
-from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.plan_replay import apply_plan_to_state
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as L
+from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
+from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import find_model
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils._mig.plan_replay import apply_plan_to_state
 
 A100 = find_model("NVIDIA A100-SXM4-40GB")
 H100 = find_model("NVIDIA H100 80GB HBM3")

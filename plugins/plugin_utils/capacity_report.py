@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import (
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import (
     STEP_COLUMNS,
     TABLE_COLUMNS,
     rows_to_csv,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils import _apply, _catalog, _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 
 
 def facts(gpu: int = 0) -> dict:

@@ -23,8 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nvmlsim
-from ansible_collections.gpu.mig.plugins.module_utils import _apply, _catalog, _layout, _nvml
-from ansible_collections.gpu.mig.tests.unit.plugins.module_utils.slot_prediction import assert_predicted
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.tests.unit.plugins.module_utils._mig.slot_prediction import assert_predicted
 from nvmlsim import models
 from nvmlsim.testing import make_sim_host
 

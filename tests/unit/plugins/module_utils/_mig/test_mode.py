@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.gpu.mig.plugins.module_utils._mode import ModeError, plan_gpu
+from ansible_collections.gpu.mig.plugins.module_utils._mig.mode import ModeError, plan_gpu
 
 
 def gpu(arch="ampere", current=False, pending=None, pids=(), instances=()):

@@ -13,7 +13,7 @@ import functools
 import json
 from typing import NamedTuple
 
-from ansible_collections.gpu.mig.plugins.module_utils._catalog_data import MODELS_JSON
+from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog_data import MODELS_JSON
 
 
 class ComputeProfile(NamedTuple):

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.gpu.mig.plugins.module_utils import _services
-from ansible_collections.gpu.mig.plugins.module_utils._services import ServiceError, validate
+from ansible_collections.gpu.mig.plugins.plugin_utils import services as _services
+from ansible_collections.gpu.mig.plugins.plugin_utils.services import ServiceError, validate
 
 SLOTS = {
     "chat": {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ansible_collections.gpu.mig.plugins.module_utils._layout import (
+from ansible_collections.gpu.mig.plugins.module_utils._mig.layout import (
     GpuState,
     Rule,
     _boolean,
@@ -23,7 +23,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._layout import (
 )
 
 if TYPE_CHECKING:
-    from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuModel
+    from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import GpuModel
 
 _MP_CI_RE = re.compile(r"^(\d+)c\.(\d+g\..+)$")
 

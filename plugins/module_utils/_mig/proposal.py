@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from ansible_collections.gpu.mig.plugins.module_utils import _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 
 if TYPE_CHECKING:
-    from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuInstanceProfile, GpuModel
-    from ansible_collections.gpu.mig.plugins.module_utils._layout import _SlotWant, _Target
+    from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import GpuInstanceProfile, GpuModel
+    from ansible_collections.gpu.mig.plugins.module_utils._mig.layout import _SlotWant, _Target
 
 
 def _smaller(model: GpuModel, profile: GpuInstanceProfile) -> GpuInstanceProfile | None:

@@ -13,10 +13,10 @@ import itertools
 import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from ansible_collections.gpu.mig.plugins.module_utils import _select as _select_mod
+from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select_mod
 
 if TYPE_CHECKING:
-    from ansible_collections.gpu.mig.plugins.module_utils._catalog import GpuInstanceProfile, GpuModel
+    from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import GpuInstanceProfile, GpuModel
 
 SLOT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_CI = "default"
@@ -706,7 +706,7 @@ def _target_problems(target: _Target) -> list[str]:
             )
     if not problems and not feasible(target.model, target.slots):
         # Imported here: only an infeasible layout needs the explanation, and each run compiles what it imports.
-        from ansible_collections.gpu.mig.plugins.module_utils import _proposal
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import proposal as _proposal
 
         problems.append(_proposal.infeasible_message(target))
     return problems

@@ -9,7 +9,7 @@ import itertools
 import operator
 from typing import Iterable, Sequence
 
-from ansible_collections.gpu.mig.plugins.module_utils import _layout as L
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as L
 
 
 def _next_id(used: Iterable[int], first: int) -> int:
