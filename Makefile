@@ -58,7 +58,7 @@ sanity: $(TESTCOPY)
 # Everything under tests/unit except the capacity tests, which measure latency and run on their own, serially.
 ansible-units: $(TESTCOPY) quadlet
 	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test units --python 3.11 --local --color no \
-		tests/unit/plugins/ tests/unit/simulator/ tests/unit/services/
+		tests/unit/plugins/ tests/unit/simulator/ tests/unit/services/ tests/unit/test_architecture.py
 
 capacity-tests: collection
 	$(BIN)/pytest -q -p no:xdist tests/unit/capacity
