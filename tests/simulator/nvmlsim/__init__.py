@@ -12,15 +12,17 @@ from types import ModuleType
 from typing import Any
 
 ORIGINALS: dict[str, Any] = {}  # pynvml's own functions, saved before the first install
-_MODULE_UTILS = str(Path(__file__).resolve().parents[3] / "plugins" / "module_utils")
+_MODULE_UTILS = Path(__file__).resolve().parents[3] / "plugins" / "module_utils"
+_PACKAGE = "ansible_collections.gpu.mig.plugins.module_utils"
 
 
 def _expose_collection_catalog() -> None:
     """Under AnsiballZ the collection package holds only the module's own module_utils: let the simulator
-    find the catalog (its GPU tables) in the checkout as well."""
-    package = sys.modules.get("ansible_collections.gpu.mig.plugins.module_utils")
-    if package is not None and _MODULE_UTILS not in package.__path__:
-        package.__path__.append(_MODULE_UTILS)
+    find the catalog (its GPU tables, in ``_mig``) in the checkout as well."""
+    for name, folder in ((_PACKAGE, _MODULE_UTILS), (f"{_PACKAGE}._mig", _MODULE_UTILS / "_mig")):
+        package = sys.modules.get(name)
+        if package is not None and str(folder) not in package.__path__:
+            package.__path__.append(str(folder))
 
 
 _expose_collection_catalog()
