@@ -37,10 +37,11 @@ exit 0
 def hook(tmp_path: Path):
     """Install the hook as the role does; return a runner: (args, shown DeviceAllow, env) -> (result, systemctl calls)."""
     lib = tmp_path / "lib"
-    core = lib / "ansible_collections/gpu/mig/plugins/module_utils"
+    core = lib / "ansible_collections/gpu/mig/plugins/plugin_utils"
     core.mkdir(parents=True)
     shutil.copy(REPO / "roles/inference_service/files/slot_start.py", lib)
-    shutil.copy(REPO / "plugins/plugin_utils/services.py", core)
+    for name in ("__init__.py", "services.py"):
+        shutil.copy(REPO / "plugins/plugin_utils" / name, core)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin/systemctl").write_text(STUB)
     (tmp_path / "bin/systemctl").chmod(0o755)
