@@ -55,7 +55,7 @@ def recap(run: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
 
 def live(host: Path) -> tuple[list, dict]:
     """(per GPU: MIG mode and GPU-instance profiles, the slot map) read through the host's own NVML, as modules do."""
-    code = "import json; from ansible_collections.gpu.mig.plugins.module_utils import _nvml; print(json.dumps(_nvml.gather()))"
+    code = "import json; from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml; print(json.dumps(_nvml.gather()))"
     facts = json.loads(subprocess.run([host / "python", "-c", code], capture_output=True, check=True).stdout)
     gpus = [(g["mig"]["current"], sorted(gi["profile"] for gi in g["gpu_instances"])) for g in facts["gpus"]]
     slot_map = host / "etc/gpu-mig/slots.json"
