@@ -30,7 +30,6 @@ SHIPPED = {
     "README.md": "the collection's front page",
     "CHANGELOG.rst": "the changelog",
     ".ansible-lint": "the lint profile galaxy-importer applies to the artifact",
-    "tools/": "the capacity CLI that the capacity role runs on the controller",
     "tests/simulator/": "the simulated NVML and migsim: the demo's simulated fleet runs from the installed collection",
     "tests/servers/": "the synthetic inference servers behind the services documentation's examples",
     "tests/capacity_server/": "the deterministic service the capacity documentation tests against",
@@ -72,7 +71,7 @@ def checkout_files() -> set[str]:
 def artifact_files(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(out / "tmp"), "ANSIBLE_NOCOLOR": "1"}
-    argv = [sys.executable, "-m", "ansible", "galaxy", "collection", "build", "--output-path", str(out), str(ROOT)]
+    argv = [Path(sys.executable).parent / "ansible-galaxy", "collection", "build", "--output-path", out, ROOT]
     built = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert built.returncode == 0, built.stdout + built.stderr
     (tarball,) = out.glob("gpu-mig-*.tar.gz")
