@@ -172,10 +172,12 @@ HAPROXY_RULES: Mapping[str, Rule] = {
 
 
 def _shown(value: object) -> str:
-    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it."""
+    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it (the builtin type:
+    Ansible 2.19 hands the controller tagged subclasses such as _AnsibleTaggedDict)."""
     text = repr(value)
     text = text if len(text) <= 60 else text[:57] + "..."
-    return text if isinstance(value, (str, int, float)) else f"{type(value).__name__} {text}"
+    kind = next(t for t in type(value).__mro__ if t.__module__ == "builtins").__name__
+    return text if isinstance(value, (str, int, float)) else f"{kind} {text}"
 
 
 def _duration_text(millis: int) -> str:
