@@ -59,7 +59,7 @@ def play(host: Path, role: str, **extra) -> subprocess.CompletedProcess:
         "gpu_mig_manage_systemd": False,
         "mig_persist_layout": LAYOUT,
         "inference_service_manage_users": False,
-        "inference_service_services": SERVICES,
+        "inference_service_specs": SERVICES,
         **extra,
     }
     playbook.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "vars": variables, "roles": [role]}]))

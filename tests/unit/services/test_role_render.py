@@ -54,7 +54,7 @@ def run_role(root: Path, services: list) -> subprocess.CompletedProcess:
             "inference_service_root": str(root),
             "inference_service_manage_systemd": False,
             "inference_service_manage_users": False,
-            "inference_service_services": services,
+            "inference_service_specs": services,
             "ansible_python_interpreter": sys.executable,
         },
         "roles": ["gpu.mig.inference_service"],

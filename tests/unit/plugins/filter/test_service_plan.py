@@ -164,12 +164,12 @@ def test_haproxy_settings_are_checked_with_the_services():
 def test_the_role_argument_spec_declares_the_types_the_rules_check():
     spec = yaml.safe_load((REPO / "roles/inference_service/meta/argument_specs.yml").read_text())
     options = spec["argument_specs"]["main"]["options"]
-    names = [*HAPROXY_RULES, "inference_service_services"]
+    names = [*HAPROXY_RULES, "inference_service_specs"]
     declared = {name: (options[name]["type"], options[name].get("elements")) for name in names}
     argspec_type = {"str": ("str", None), "strings": ("list", "str")}
     assert declared == {
         **{name: argspec_type[rule.kind] for name, rule in HAPROXY_RULES.items()},
-        "inference_service_services": ("list", "dict"),  # each mapping checked by SERVICE_RULES
+        "inference_service_specs": ("list", "dict"),  # each mapping checked by SERVICE_RULES
     }
 
 
