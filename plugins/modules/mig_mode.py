@@ -22,7 +22,7 @@ description:
   - A product name or architecture that matches no GPU on the host selects nothing (RV(unmatched)), so that one
     layout serves a mixed fleet; an index, UUID or PCI bus id that matches no GPU is an error. A malformed selector
     (such as the PCI bus id C(07:00.9)) is refused with the valid form.
-  - A GPU that NVML cannot read (lost, erroring) is reported in RV(skipped) with a warning and left alone; the other
+  - A GPU that NVML cannot read (lost, erroring) is reported in RV(skipped_gpus) with a warning and left alone; the other
     GPUs proceed. Only a selector naming that GPU (its index, UUID or PCI bus id) makes the module fail.
 author:
   - gpu.mig maintainers (@gpu-mig)
@@ -106,7 +106,7 @@ pending_reset:
   returned: always
   type: bool
   sample: false
-skipped:
+skipped_gpus:
   description:
     - GPUs left alone, with the reason - selected GPUs without MIG support, and every GPU that could not be read
       (its NVML error, which names the GPU and the fix; its name may be null).
@@ -260,7 +260,7 @@ def main() -> None:
         changed=changed,
         gpus=results,
         pending_reset=any(r["pending_reset"] for r in results),
-        skipped=skipped,
+        skipped_gpus=skipped,
         unmatched=unmatched(gpus, module.params["gpus"]),
         diff=diff,
     )

@@ -73,7 +73,7 @@ def test_busy_ampere_stays_pending_with_pids_then_reset_applies_it(sim_host, run
 def test_non_mig_gpu_is_skipped_under_all_and_an_error_by_index(sim_host, run_module):
     sim_host("H100-80GB", "L4", init=False)
     result, failed = run_module(mig_mode, {"state": "enabled"})
-    assert not failed and result["skipped"] == [{"index": 1, "name": "NVIDIA L4", "reason": "does not support MIG"}]
+    assert not failed and result["skipped_gpus"] == [{"index": 1, "name": "NVIDIA L4", "reason": "does not support MIG"}]
     result, failed = run_module(mig_mode, {"gpus": ["1"], "state": "enabled"})
     assert failed and "does not support MIG" in result["msg"]
 
@@ -101,7 +101,7 @@ def test_host_without_mig_and_without_a_matching_selector_is_left_alone(sim_host
     before = snapshot(host)
     result, failed = run_module(mig_mode, {"gpus": MIXED_FLEET, "state": "enabled"})
     assert not failed and not result["changed"]
-    assert result["gpus"] == [] and result["skipped"] == [] and result["unmatched"] == MIXED_FLEET
+    assert result["gpus"] == [] and result["skipped_gpus"] == [] and result["unmatched"] == MIXED_FLEET
     assert snapshot(host) == before
 
 
@@ -137,7 +137,7 @@ def test_lost_gpu_does_not_block_the_healthy_ones(lost_gpu1, run_module, warning
     result, failed = run_module(mig_mode, {"gpus": selectors, "state": "enabled"})
     assert not failed, result.get("msg")
     assert modes(result) == [(0, True, True), (2, True, True)]
-    [skipped] = result["skipped"]
+    [skipped] = result["skipped_gpus"]
     assert skipped["index"] == 1 and "GPU 1" in skipped["reason"] and "lost" in skipped["reason"]
     assert f"{skipped['reason']}; its MIG mode was left as it is" in warning_texts(result)
 
