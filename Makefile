@@ -35,7 +35,7 @@ demo: collection
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/audit.yml -e gpu_mig_report_dir=$(CURDIR)/.build/demo-report
 
 # `make test` is what CI runs.
-test: lint sanity ansible-units integration capacity-tests playbook-tests molecule
+test: lint sanity ansible-units integration capacity-tests playbook-tests installed-collection molecule
 
 # podman's Quadlet generator (Debian 13's, checked against the archive key): the services tests run it on the
 # rendered .container files.
@@ -58,7 +58,7 @@ sanity: $(TESTCOPY)
 # Everything under tests/unit except the capacity tests, which measure latency and run on their own, serially.
 ansible-units: $(TESTCOPY) quadlet
 	cd $(TESTCOPY) && $(CURDIR)/$(BIN)/ansible-test units --python 3.11 --local --color no \
-		tests/unit/plugins/ tests/unit/simulator/ tests/unit/services/ tests/unit/test_architecture.py tests/unit/test_artifact.py
+		tests/unit/plugins/ tests/unit/simulator/ tests/unit/services/ tests/unit/test_architecture.py tests/unit/test_artifact.py tests/unit/roles/
 
 # ansible-test integration targets (tests/integration/targets/<module>): each module against simulated hosts.
 .PHONY: integration
@@ -71,6 +71,12 @@ capacity-tests: collection
 # Real ansible-playbook runs over simulated fleets (site.yml on a mixed fleet, the audit, the mig_mode role in a VM).
 playbook-tests: collection
 	$(BIN)/pytest -q -p no:xdist tests/unit/playbooks
+
+# The collection as users get it: built, installed with ansible-galaxy into a temporary path and run from there
+# (demo playbooks on a simulated fleet, the capacity role and CLI, ansible-doc) with nothing of the checkout on a path.
+.PHONY: installed-collection
+installed-collection: venv
+	hacking/installed-collection.sh
 
 lint: collection
 	$(BIN)/ruff check .

@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 
 @pytest.fixture
-def run_module(capsys):
-    """``run_module(module, args)`` -> (result dict, failed) for a module's main()."""
+def run_module(capsys, monkeypatch):
+    """``run_module(module, args)`` -> (result dict, failed) for a module's main().
+
+    Each run starts with no warnings or deprecations left by an earlier one, as a module process on a host does.
+    """
 
     def runner(module, args: dict, check_mode: bool = False, diff: bool = False) -> tuple[dict, bool]:
+        monkeypatch.setattr(warnings, "_global_warnings", {})
+        monkeypatch.setattr(warnings, "_global_deprecations", {})
         args = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)
         with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
             module.main()
