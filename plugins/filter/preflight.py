@@ -15,17 +15,12 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.compat.version import LooseVersion
 
+from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
 from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select
 
 # The gpu.mig.preflight role's defaults (roles/preflight/defaults/main.yml, vars/main.yml): used when the caller
-# passes none, as the audit does for hosts that do not override them. A unit test keeps them equal.
-MIN_DRIVER = (
-    {"match": "B200", "version": "570.133.20"},
-    {"match": "H200", "version": "550.90.07"},
-    {"match": "H100", "version": "525.85.12"},
-    {"match": "A30", "version": "460.73.01"},
-    {"match": "A100", "version": "450.80.02"},
-)
+# passes none, as the audit does for hosts that do not override them. A unit test keeps them equal. Minimum drivers
+# come from the MIG catalog (_catalog.min_driver_table); the caller's entries are checked before it.
 MIN_TOOLKIT_CDI = "1.12.0"
 RESET_BLOCKER_UNITS = (
     "nvidia-persistenced.service",
@@ -37,6 +32,7 @@ RESET_BLOCKER_UNITS = (
 CONTAINER_TYPES = ("podman", "docker", "container", "containerd", "lxc", "systemd-nspawn", "openvz", "wsl")
 
 NO_FACTS = {"loaded": False, "error": "no NVML facts"}
+SELECTOR_FIX = f"correct the layout entry's gpus: {_select.SELECTOR_FORMS} (a product name or arch: fits a mixed fleet)"
 FAILED_GPU_FIX = "follow the remedy in the message, then gather facts again; the host's other GPUs are read as usual"
 _CTK_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 
@@ -67,25 +63,30 @@ def _entry_selectors(entry: Mapping) -> list:
     return list(selectors) if isinstance(selectors, (list, tuple)) else [selectors]
 
 
-def _picks(gpu: Mapping, selector) -> bool:
-    """The selector matches the GPU; ``all`` passes over GPUs without MIG (as gpu.mig.mig_instances does)."""
-    if not gpu["mig"]["supported"] and str(selector).strip().lower() == "all":
-        return False
-    return _select.matches(gpu, selector)
-
-
 def _owner(gpu: Mapping, layout: list) -> Mapping | None:
-    """The first layout entry whose selectors pick the GPU."""
-    for entry in layout:
-        if any(_picks(gpu, s) for s in _entry_selectors(entry)):
-            return entry
-    return None
+    """The first layout entry whose selectors pick the GPU (gpu.mig.mig_instances' rule: _select.entry_picks)."""
+    return next((e for e in layout if _select.entry_picks(gpu, _entry_selectors(e))), None)
 
 
 def _per_gpu_names(entry: Mapping, gpus: list) -> bool:
     """Slot names get ``-gpu<index>`` when the entry picks several MIG GPUs of the host (gpu.mig.mig_instances'
     naming, so that drift names the slots the slot map holds)."""
-    return sum(1 for g in gpus if g["mig"]["supported"] and any(_picks(g, s) for s in _entry_selectors(entry))) > 1
+    return sum(1 for g in gpus if g["mig"]["supported"] and _select.entry_picks(g, _entry_selectors(entry))) > 1
+
+
+def _selector_reasons(layout: list, gpus: list) -> list[dict]:
+    """Each entry's malformed selectors, and those naming one GPU that is not here: gpu.mig.mig_instances fails."""
+    reasons = []
+    for position, entry in enumerate(layout, 1):
+        selectors = _entry_selectors(entry)
+        whys = ["gpus is empty; name at least one GPU"] if not selectors else []
+        whys += [why for why in map(_select.selector_problem, selectors) if why] + [
+            f"selector {s!r} names no GPU of this host (present: {_select.describe_gpus(gpus)})"
+            for s in _select.missing(gpus, selectors)
+            if _select.selector_problem(s) is None
+        ]
+        reasons += [_reason("fail", f"layout entry {position}", why, SELECTOR_FIX) for why in whys]
+    return reasons
 
 
 def _min_driver(gpu: Mapping, table) -> str | None:
@@ -266,7 +267,7 @@ def preflight_report(
     layout = [] if layout is None else layout
     if not isinstance(layout, (list, tuple)) or not all(isinstance(e, Mapping) for e in layout):
         raise AnsibleFilterError(f"preflight_report: layout must be a list of entries (mappings), not {layout!r}")
-    min_driver = MIN_DRIVER if min_driver is None else min_driver
+    min_driver = [*(min_driver or ()), *_catalog.min_driver_table()]
     min_cdi = MIN_TOOLKIT_CDI if min_toolkit_cdi is None else min_toolkit_cdi
     units = RESET_BLOCKER_UNITS if reset_blocker_units is None else reset_blocker_units
     container_types = CONTAINER_TYPES if container_types is None else container_types
@@ -277,12 +278,14 @@ def preflight_report(
     gpus = list(nvidia_mig.get("gpus") or [])
     resets = _reset_files(reset_files)
     rows = [_gpu_row(g, layout, gpus, driver, resets, min_driver) for g in gpus]
+    selector_reasons = _selector_reasons(layout, gpus) if driver.get("loaded") else []
 
     # The layout concerns this host when it selects one of its GPUs, names one GPU (an index, UUID or bus id: it must
     # be here), or a GPU or the driver could not be read (a selector may mean it); a mixed fleet's product names and
     # arch: that match nothing here leave the host alone (gpu.mig._select's rule).
     managed = bool(layout) and (
         not driver.get("loaded")
+        or bool(selector_reasons)
         or any(r["managed"] or r["error"] for r in rows)
         or any(_select.names_one_gpu(s) for e in layout for s in _entry_selectors(e))
     )
@@ -316,6 +319,8 @@ def preflight_report(
                 "remove gpu_mig_layout for this host or move it to a group of A100/A30/H100/H200/B200 hosts",
             )
         )
+    else:
+        reasons.extend(selector_reasons)
     for row in rows:
         reasons.extend(_gpu_reasons(row, managed, driver, blockers, kind))
     if probed and managed and not toolkit_cdi:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import NamedTuple
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog_data import MODELS_JSON
@@ -128,10 +129,31 @@ def find_model(product_name: str) -> GpuModel | None:
     return None
 
 
+def _driver_parts(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
 def driver_at_least(version: str, minimum: str) -> bool:
     """Compare dotted driver versions numerically ("535.104.05" >= "525.85.12")."""
+    return _driver_parts(version) >= _driver_parts(minimum)
 
-    def parts(text: str) -> tuple[int, ...]:
-        return tuple(int(p) for p in text.split(".") if p.isdigit())
 
-    return parts(version) >= parts(minimum)
+def _family(product_name: str) -> str:
+    """The model family a product name starts with: "NVIDIA A100-SXM4-40GB" -> "A100", "NVIDIA H100 NVL" -> "H100"."""
+    words = product_name[len("NVIDIA ") :] if product_name.startswith("NVIDIA ") else product_name
+    return re.split(r"[\s-]", words.strip())[0]
+
+
+def min_driver_table() -> list[dict[str, str]]:
+    """The minimum driver for MIG as ``{"match", "version"}`` entries; the first whose match is in a product name wins.
+
+    Every shipped model's name and aliases, and each family (A100, H100, ...: the highest minimum of its models) for
+    the products of a family the catalog lacks. Longer matches come first, so "GH200" is tried before "H200". The
+    one source of minimum drivers: the gpu.mig.preflight_report filter checks its caller's entries, then these.
+    """
+    minimum: dict[str, str] = {}
+    for name, data in _raw_models().items():
+        family = _family(name)
+        minimum[family] = max(minimum.get(family, "0"), data["min_driver"], key=_driver_parts)
+        minimum.update(dict.fromkeys((name, *data.get("aliases", ())), data["min_driver"]))
+    return [{"match": match, "version": minimum[match]} for match in sorted(minimum, key=lambda m: (-len(m), m))]

@@ -165,6 +165,7 @@ def _facts_view(gpu: GpuState) -> dict[str, Any]:
         "pci_bus_id": gpu.pci_bus_id,
         "name": gpu.name,
         "architecture": gpu.architecture,
+        "mig": {"supported": gpu.mig_supported},
     }
 
 
@@ -493,16 +494,12 @@ def _resolve_slot(
 
 
 def _select(entry: EntrySpec, gpus: Sequence[GpuState], problems: list[str]) -> list[GpuState]:
-    """GPUs an entry picks; a single-GPU selector matching nothing is a problem, ``all`` skips non-MIG GPUs."""
+    """GPUs an entry picks (``_select.entry_picks``); a single-GPU selector matching nothing is a problem."""
     views = [(g, _facts_view(g)) for g in gpus]
-    for sel in entry.gpus:
-        if _select_mod.names_one_gpu(sel) and not any(_select_mod.matches(v, sel) for _unused, v in views):
-            have = ", ".join("%d (%s, %s)" % (g.index, g.uuid, g.pci_bus_id) for g in gpus) or "none"
-            problems.append("%s: no GPU on this host matches selector %r; GPUs: %s" % (entry.label, sel, have))
-    picked = [g for g, v in views if any(_select_mod.matches(v, sel) for sel in entry.gpus)]
-    if any(str(sel).strip().casefold() == "all" for sel in entry.gpus):
-        picked = [g for g in picked if g.mig_supported]
-    return picked
+    for sel in _select_mod.missing([v for _unused, v in views], entry.gpus):
+        have = ", ".join("%d (%s, %s)" % (g.index, g.uuid, g.pci_bus_id) for g in gpus) or "none"
+        problems.append("%s: no GPU on this host matches selector %r; GPUs: %s" % (entry.label, sel, have))
+    return [g for g, v in views if _select_mod.entry_picks(v, entry.gpus)]
 
 
 def _resolve(

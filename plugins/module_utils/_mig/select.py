@@ -113,6 +113,20 @@ def unmatched(gpus: list[dict], selectors) -> list:
     return [s for s in _as_list(selectors) if not any(matches(g, s) for g in gpus)]
 
 
+def missing(gpus: list[dict], selectors) -> list:
+    """Selectors that name one GPU (index, UUID, bus id) and match none of ``gpus``: an error for every caller."""
+    return [s for s in unmatched(gpus, selectors) if names_one_gpu(s)]
+
+
+def entry_picks(gpu: dict, selectors) -> bool:
+    """Does a layout entry with these selectors pick the GPU? One selector matches it; ``all`` there means every GPU
+    with MIG (an entry passes over the others), while a GPU without MIG that another selector matches is picked.
+
+    The one rule of gpu.mig.mig_instances (``_layout``) and the preflight_report filter.
+    """
+    return any(gpu["mig"]["supported"] if kind(s) == "all" else matches(gpu, s) for s in _as_list(selectors))
+
+
 def describe_gpus(gpus: list[dict]) -> str:
     """The GPUs of a host for a message: index, name, UUID, bus id; the error of a GPU that could not be read."""
     return (
@@ -136,10 +150,10 @@ def select_gpus(gpus: list[dict], selectors) -> list[dict]:
         return list(gpus)
     selectors = _as_list(selectors)
     problems = [why for why in map(selector_problem, selectors) if why]
-    missing = [s for s in unmatched(gpus, selectors) if names_one_gpu(s)]
-    if missing:
+    absent = missing(gpus, selectors)
+    if absent:
         problems.append(
-            f"GPU selector(s) {', '.join(repr(s) for s in missing)} match no GPU on this host "
+            f"GPU selector(s) {', '.join(repr(s) for s in absent)} match no GPU on this host "
             f"(present: {describe_gpus(gpus)}); use {SELECTOR_FORMS}"
         )
     if problems:

@@ -5,9 +5,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.filter.preflight import preflight_report
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig.select import selector_problem
 
 DRIVER = {"loaded": True, "error": None, "driver_version": "550.90.07", "cuda_driver_version": "12.4"}
 L4 = {
@@ -42,3 +48,125 @@ def test_layout_naming_a_gpu_here_still_blocks(selector):
     found = report([*MIXED_FLEET, {"gpus": selector, "slots": []}])
     assert found["verdict"] == "blocked"
     assert "a MIG layout is set but no GPU supports MIG (NVIDIA L4)" in [r["msg"] for r in found["reasons"]]
+
+
+# --- one rule: preflight_report picks what gpu.mig.mig_instances (_layout) picks ----------------------------------
+
+MODELS = [
+    ("NVIDIA A100-SXM4-40GB", "ampere", True),
+    ("NVIDIA H100 80GB HBM3", "hopper", True),
+    ("NVIDIA L4", "ada", False),
+]
+SELECTORS = [
+    "all", "ALL", 0, 1, 2, 5, "1", "GPU-0001", "gpu-0009", "07:00.0", "0000:0F:00.0", "00000000:17:00.0", "99:00.0",
+    "NVIDIA L4", "nvidia a100-sxm4-40gb", "H100 80GB HBM3", "NVIDIA A30", "arch:hopper", "arch:ada", "arch:AMPERE",
+]  # fmt: skip
+MALFORMED = ["arch:hoper", "MIG-0001", "-1", "07:00.9", ""]
+
+
+def fact_gpu(index: int, model: tuple | None) -> dict:
+    """A mig_facts GPU of a model of MODELS, or (None) one that could not be read."""
+    if model is None:
+        return {
+            **fact_gpu(index, MODELS[2]),
+            "uuid": None,
+            "name": None,
+            "pci_bus_id": None,
+            "error": f"GPU {index}: lost",
+        }
+    name, arch, mig = model
+    return {
+        "index": index,
+        "name": name,
+        "uuid": f"GPU-{index:04d}",
+        "pci_bus_id": f"00000000:{7 + 8 * index:02X}:00.0",
+        "architecture": arch,
+        "mig": {"supported": mig, "current": mig or None, "pending": mig or None},
+        "gpu_instances": [],
+        "processes": [],
+    }
+
+
+host_gpus = st.lists(st.sampled_from([*MODELS, None]), min_size=1, max_size=4).map(
+    lambda models: [fact_gpu(i, m) for i, m in enumerate(models)]
+)
+entry_selectors = st.one_of(st.sampled_from(SELECTORS), st.lists(st.sampled_from(SELECTORS), min_size=1, max_size=3))
+layouts = st.lists(
+    st.builds(lambda gpus, on: {"gpus": gpus, "mig_enabled": on, "slots": []}, entry_selectors, st.booleans()),
+    min_size=1,
+    max_size=3,
+)
+
+
+def layout_picks(layout: list, gpus: list) -> tuple[set, list]:
+    """(indices the layout's entries pick, per entry: how many selector problems) as gpu.mig.mig_instances sees it."""
+    states = [_layout.gpu_state_from_facts(g) for g in gpus]
+    picked, problems = set(), []
+    for entry in _layout.parse_layout(layout).entries:
+        found: list = []
+        picked.update(g.index for g in _layout._select(entry, states, found))
+        problems.append(len(found))
+    return picked, problems
+
+
+@settings(max_examples=300, deadline=None)
+@given(gpus=host_gpus, layout=layouts)
+def test_preflight_picks_the_gpus_the_layout_module_picks(gpus, layout):
+    picked, problems = layout_picks(layout, gpus)
+    found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
+    assert {r["index"] for r in found["gpus"] if r["managed"]} == picked
+    if any(g["mig"]["supported"] or g.get("error") for g in gpus):  # else one host reason: no GPU supports MIG
+        per_entry = [
+            sum(r["where"] == f"layout entry {n}" for r in found["reasons"]) for n in range(1, len(layout) + 1)
+        ]
+        assert per_entry == problems
+    if any(problems):
+        assert found["verdict"] == "blocked"
+
+
+@settings(max_examples=100, deadline=None)
+@given(gpus=host_gpus, layout=layouts, bad=st.sampled_from(MALFORMED))
+def test_a_selector_the_layout_module_refuses_blocks_the_host(gpus, layout, bad):
+    layout = [*layout, {"gpus": [bad], "slots": []}]
+    with pytest.raises(_layout.LayoutError, match=re.escape(repr(bad))):
+        _layout.parse_layout(layout)
+    found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
+    assert found["verdict"] == "blocked"
+    if any(g["mig"]["supported"] or g.get("error") for g in gpus):
+        assert (f"layout entry {len(layout)}", selector_problem(bad)) in [
+            (r["where"], r["msg"]) for r in found["reasons"]
+        ]
+
+
+def test_all_beside_a_selector_naming_a_gpu_without_mig_picks_it():
+    """[0, all] with an L4 at 0: the index names the L4 (mig_instances refuses it), all adds the MIG GPUs."""
+    gpus = [fact_gpu(0, MODELS[2]), fact_gpu(1, MODELS[1])]
+    layout = [{"gpus": [0, "all"], "slots": []}]
+    assert layout_picks(layout, gpus) == ({0, 1}, [0])
+    with pytest.raises(_layout.LayoutError, match=r"selects GPU 0 .*which does not support MIG"):
+        _layout.plan_layout(layout, [_layout.gpu_state_from_facts(g) for g in gpus], {1: None})
+    found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
+    assert [r["managed"] for r in found["gpus"]] == [True, True]
+    assert "the layout selects this GPU but it does not support MIG" in [r["msg"] for r in found["reasons"]]
+
+
+def test_a_selector_naming_a_gpu_that_is_not_here_blocks_a_mig_host():
+    found = preflight_report(
+        {"nvidia_mig": {"driver": DRIVER, "gpus": [fact_gpu(0, MODELS[1])]}},
+        "h",
+        layout=[{"gpus": [0, 3], "slots": []}],
+    )
+    assert found["verdict"] == "blocked"
+    (reason,) = [r for r in found["reasons"] if r["where"] == "layout entry 1"]
+    assert reason["msg"].startswith("selector 3 names no GPU of this host (present: 0: NVIDIA H100 80GB HBM3 GPU-0000")
+    assert "arch:<generation>" in reason["fix"]
+
+
+def test_an_entry_without_selectors_blocks_the_host():
+    found = preflight_report(
+        {"nvidia_mig": {"driver": DRIVER, "gpus": [fact_gpu(0, MODELS[1])]}}, "h", layout=[{"gpus": [], "slots": []}]
+    )
+    assert found["verdict"] == "blocked"
+    assert ("layout entry 1", "gpus is empty; name at least one GPU") in [
+        (r["where"], r["msg"]) for r in found["reasons"]
+    ]

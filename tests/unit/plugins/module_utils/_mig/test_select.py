@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     SelectorError,
+    entry_picks,
     kind,
     matches,
+    missing,
     names_one_gpu,
     select_gpus,
     selector_problem,
@@ -188,3 +190,31 @@ def test_bool_is_not_an_index():
 )
 def test_names_one_gpu(selector, named):
     assert names_one_gpu(selector) is named
+
+
+def with_mig(gpu: dict, supported: bool) -> dict:
+    return {**gpu, "mig": {"supported": supported}}
+
+
+@pytest.mark.parametrize(
+    ("selectors", "picked"),
+    [
+        ("all", [1, 2]),
+        (["ALL"], [1, 2]),
+        ([0], [0]),
+        ([0, "all"], [0, 1, 2]),  # the index names the GPU without MIG; all adds the MIG GPUs
+        (["NVIDIA A100-SXM4-40GB", "all"], [0, 1, 2]),
+        (["arch:hopper"], [1, 2]),
+        (["GPU-cccc", "arch:ampere"], [0, 2]),
+        (["NVIDIA A30"], []),
+    ],
+)
+def test_entry_picks_all_means_every_gpu_with_mig(selectors, picked):
+    gpus = [with_mig(GPUS[0], False), with_mig(GPUS[1], True), with_mig(GPUS[2], True)]
+    assert [g["index"] for g in gpus if entry_picks(g, selectors)] == picked
+
+
+def test_missing_lists_only_single_gpu_selectors_that_match_nothing():
+    selectors = [0, 7, "GPU-nope", "GPU-aaaa", "99:00.0", "NVIDIA A30", "arch:ada", "all"]
+    assert missing(GPUS, selectors) == [7, "GPU-nope", "99:00.0"]
+    assert missing([], [0, "all"]) == [0]
