@@ -20,35 +20,12 @@ import sys
 import tempfile
 
 PROG = "gpu-mig-apply"
-ENV_HEADER = "# gpu.mig slot {name}: written by the mig_layout role and at boot by gpu-mig-apply; do not edit\n"
 
 
 def log(message: str) -> None:
     """One journal line per message (stderr goes to the journal under systemd)."""
     for line in str(message).splitlines() or [""]:
         print(f"{PROG}: {line}", file=sys.stderr, flush=True)
-
-
-def env_text(name: str, slot: dict) -> str:
-    """Environment file of one slot, byte for byte as the mig_layout role's slot.env.j2 writes it."""
-    uuid = slot["mig_uuid"]
-    lines = [
-        ("GPU_MIG_SLOT", name),
-        ("GPU_MIG_GPU_INDEX", slot["gpu_index"]),
-        ("GPU_MIG_GPU_UUID", slot["gpu_uuid"]),
-        ("GPU_MIG_PROFILE", slot["profile"]),
-        ("GPU_MIG_PLACEMENT", slot["placement"]["start"]),
-        ("GPU_MIG_UUID", uuid),
-        ("CUDA_VISIBLE_DEVICES", uuid),
-        ("NVIDIA_VISIBLE_DEVICES", uuid),
-        ("GPU_MIG_CDI_DEVICE", f"nvidia.com/gpu={uuid}"),
-    ]
-    return ENV_HEADER.format(name=name) + "".join(f"{key}={value}\n" for key, value in lines)
-
-
-def slot_map_text(slots: dict) -> str:
-    """Slot map, formatted as the mig_layout role's to_nice_json(indent=4) writes it."""
-    return json.dumps(slots, indent=4, sort_keys=True, separators=(",", ": "), ensure_ascii=False) + "\n"
 
 
 def write_if_changed(path: str, text: str, mode: int = 0o644) -> bool:
@@ -69,14 +46,17 @@ def write_if_changed(path: str, text: str, mode: int = 0o644) -> bool:
     return True
 
 
-def write_slots(slots: dict, config: dict, root: str) -> None:
-    """Slot map, one env file per slot, and no env file for slots that are gone."""
-    write_if_changed(root + config["slot_map"], slot_map_text(slots))
+def write_slots(slots: dict, config: dict, root: str, slot_files) -> None:
+    """Slot map, one env file per slot, and no env file for slots that are gone.
+
+    ``slot_files``: the collection's ``_mig.slot_files`` (their text, which the mig_layout role writes too).
+    """
+    write_if_changed(root + config["slot_map"], slot_files.slot_map_text(slots))
     env_dir = root + config["env_dir"]
     for name, slot in sorted(slots.items()):
         if not slot.get("mig_uuid"):
             raise RuntimeError(f"slot {name} (GPU {slot['gpu_index']} {slot['gpu_uuid']}): no MIG device after apply")
-        write_if_changed(os.path.join(env_dir, f"{name}.env"), env_text(name, slot))
+        write_if_changed(os.path.join(env_dir, f"{name}.env"), slot_files.env_text(name, slot))
     for entry in os.listdir(env_dir):
         if entry.endswith(".env") and entry[:-4] not in slots:
             os.unlink(os.path.join(env_dir, entry))
@@ -118,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
         from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
         from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+        from ansible_collections.gpu.mig.plugins.module_utils._mig import slot_files as _slot_files
     except ImportError as err:
         log(f"cannot load the gpu.mig core from {config['lib_dir']}: {err}; rerun the gpu.mig.mig_persist role")
         return 2
@@ -129,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _nvml.Nvml() as nvml:
             result = _apply.apply_layout(nvml, layout, False, False)
-        write_slots(result["slots"], config, root)
+        write_slots(result["slots"], config, root, _slot_files)
         refresh_cdi(config, root)
     except _layout.LayoutError as err:
         for problem in err.problems:
