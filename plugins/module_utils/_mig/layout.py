@@ -52,10 +52,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it."""
+    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it (the builtin type:
+    Ansible 2.19 hands the controller tagged subclasses such as _AnsibleTaggedDict)."""
     text = repr(value)
     text = text if len(text) <= 60 else text[:57] + "..."
-    return "%s %s" % (type(value).__name__, text) if not isinstance(value, (str, int, float)) else text
+    kind = next(t for t in type(value).__mro__ if t.__module__ == "builtins").__name__
+    return "%s %s" % (kind, text) if not isinstance(value, (str, int, float)) else text
 
 
 class Rule(NamedTuple):
