@@ -566,98 +566,10 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.loadgen import (
     slug,
     write_results,
 )
-
-PAYLOAD_MIX_OPTIONS = dict(
-    name=dict(type="str"),
-    weight=dict(type="float"),
-    payload=dict(type="raw"),
-    payload_file=dict(type="path"),
-    template=dict(type="str"),
-    template_file=dict(type="path"),
-    headers=dict(type="dict", no_log=True),
-    variants=dict(type="int"),
-)
-
-ARGUMENT_SPEC = dict(
-    url=dict(type="str", required=True),
-    protocol=dict(type="str", default="generic", choices=["generic", "v2", "openai", "openai_chat"]),
-    model=dict(type="str"),
-    model_version=dict(type="str"),
-    method=dict(type="str"),
-    headers=dict(type="dict", default={}, no_log=True),
-    payload=dict(type="raw"),
-    payload_file=dict(type="path"),
-    template=dict(type="str"),
-    template_file=dict(type="path"),
-    variants=dict(type="int", default=64),
-    payload_mix=dict(type="list", elements="dict", options=PAYLOAD_MIX_OPTIONS),
-    prompt=dict(type="str"),
-    max_tokens=dict(type="int", default=16, no_log=False),
-    batch=dict(type="int"),
-    arrival=dict(type="str", default="poisson", choices=["constant", "poisson"]),
-    seed=dict(type="int", default=1),
-    plan=dict(type="str", default="linear", choices=["linear", "adaptive", "none"]),
-    start_rps=dict(type="float"),
-    step_pct=dict(type="float", default=15.0),
-    max_rps=dict(type="float"),
-    max_steps=dict(type="int", default=20),
-    steps_after_knee=dict(type="int", default=1),
-    growth=dict(type="float", default=2.0),
-    resolution=dict(type="float", default=0.03),
-    warmup=dict(type="float", default=5.0),
-    hold=dict(type="float", default=30.0),
-    knee_hold=dict(type="float"),
-    confirm=dict(type="bool", default=True),
-    confirm_hold=dict(type="float"),
-    max_confirmations=dict(type="int", default=3),
-    early_stop=dict(type="bool", default=True),
-    initial_warmup=dict(type="float", default=10.0),
-    baseline_rps=dict(type="float"),
-    cooldown=dict(type="float", default=0.0),
-    time_limit=dict(type="float", default=1800),
-    request_timeout=dict(type="float", default=30),
-    sla=dict(type="raw", required=True),
-    concurrency=dict(type="int"),
-    metrics_urls=dict(type="list", elements="str", default=[]),
-    metrics_interval=dict(type="float", default=1.0),
-    metrics_labels=dict(type="dict", default={}),
-    max_connections=dict(type="int", default=4096),
-    record_requests=dict(type="bool", default=False),
-    validate_certs=dict(type="bool", default=True),
-    service=dict(type="str"),
-    profile=dict(type="str"),
-    gpu=dict(type="str"),
-    limits=dict(type="dict", default={}),
-    target_rps=dict(type="float"),
-    host=dict(type="str"),
-    output_dir=dict(type="path"),
-    noisy_neighbour=dict(
-        type="dict",
-        options=dict(
-            url=dict(type="str", required=True),
-            rps=dict(type="float", required=True),
-            multipliers=dict(type="list", elements="float", default=[1.0, 2.0, 3.0]),
-            a_rps=dict(type="float"),
-            hold=dict(type="float"),
-            warmup=dict(type="float"),
-            protocol=dict(type="str", choices=["generic", "v2", "openai", "openai_chat"]),
-            model=dict(type="str"),
-            model_version=dict(type="str"),
-            method=dict(type="str"),
-            headers=dict(type="dict", no_log=True),
-            payload=dict(type="raw"),
-            payload_file=dict(type="path"),
-            template=dict(type="str"),
-            template_file=dict(type="path"),
-            variants=dict(type="int"),
-            payload_mix=dict(type="list", elements="dict", options=PAYLOAD_MIX_OPTIONS),
-            prompt=dict(type="str"),
-            max_tokens=dict(type="int", no_log=False),
-            batch=dict(type="int"),
-            service=dict(type="str"),
-            seed=dict(type="int"),
-        ),
-    ),
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import (
+    ARGUMENT_SPEC,
+    MUTUALLY_EXCLUSIVE,
+    REQUIRED_IF,
 )
 
 
@@ -676,11 +588,7 @@ def _numbers_unconverted(spec: dict) -> dict:
 
 
 def main():
-    checks = dict(
-        mutually_exclusive=[("payload", "payload_file", "template", "template_file", "payload_mix")],
-        required_if=[("plan", "linear", ("start_rps",)), ("plan", "adaptive", ("start_rps",))],
-        supports_check_mode=True,
-    )
+    checks = dict(mutually_exclusive=MUTUALLY_EXCLUSIVE, required_if=REQUIRED_IF, supports_check_mode=True)
     try:
         module = AnsibleModule(argument_spec=ARGUMENT_SPEC, **checks)
     except OverflowError:

@@ -19,6 +19,8 @@ from statistics import NormalDist
 from typing import Callable
 from urllib.parse import urlsplit
 
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import NEIGHBOUR_KEYS
+
 SCHEMA = "gpu.mig/capacity/v1"
 
 
@@ -611,26 +613,7 @@ OPTION_RULES = {
     "output_dir": _FILE,
 }
 
-# what a neighbour (service B of a noisy-neighbour run) may set; the rest comes from service A's options
-NEIGHBOUR_KEYS = (
-    "url",
-    "protocol",
-    "model",
-    "model_version",
-    "method",
-    "headers",
-    "payload",
-    "payload_file",
-    "template",
-    "template_file",
-    "variants",
-    "payload_mix",
-    "prompt",
-    "max_tokens",
-    "batch",
-    "service",
-    "seed",
-)
+# a neighbour's own rules: the options it may set (NEIGHBOUR_KEYS, as service A's), then its rate and phases
 NEIGHBOUR_RULES = {
     **{key: OPTION_RULES[key] for key in NEIGHBOUR_KEYS},
     "rps": _RATE,

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import (
     KNOWN_METRICS,
-    NEIGHBOUR_KEYS,
     NEIGHBOUR_RULES,
     SCHEMA,
     STEP_COLUMNS,
@@ -54,6 +53,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import 
     summarize_server_metrics,
     table_row,
 )
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import DEFAULTS, NEIGHBOUR_KEYS
 
 # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts)
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
@@ -600,11 +600,11 @@ def _load_payload_entry(p: dict, base_dir: str | None, seed: int) -> dict:
         except OSError as exc:
             raise CapacityError("cannot read payload file %s: %s" % (path, exc.strerror)) from None
         if p.get("template_file"):
-            out["bodies"] = render_template(data.decode("utf-8"), int(p.get("variants", 64)), seed)
+            out["bodies"] = render_template(data.decode("utf-8"), int(p.get("variants", DEFAULTS["variants"])), seed)
         else:
             out["body"] = data
     elif p.get("template") is not None:
-        out["bodies"] = render_template(p["template"], int(p.get("variants", 64)), seed)
+        out["bodies"] = render_template(p["template"], int(p.get("variants", DEFAULTS["variants"])), seed)
     else:
         out["body"] = _encode(p.get("payload"))
     return out
@@ -633,7 +633,11 @@ def build_target(cfg: dict) -> Target:
         if not cfg.get("model"):
             raise CapacityError("protocol %s needs the model name (option model)" % protocol)
         prompt = cfg.get("prompt") or "Say hello."
-        body = {"model": cfg["model"], "max_tokens": int(cfg.get("max_tokens") or 16), "stream": False}
+        body = {
+            "model": cfg["model"],
+            "max_tokens": int(cfg.get("max_tokens") or DEFAULTS["max_tokens"]),
+            "stream": False,
+        }
         if protocol == "openai_chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -1160,43 +1164,6 @@ def _ms(v):
 # ---------------------------------------------------------------------------------------------------------------------
 # The capacity test
 # ---------------------------------------------------------------------------------------------------------------------
-
-DEFAULTS = {
-    "protocol": "generic",
-    "method": None,
-    "arrival": "poisson",
-    "seed": 1,
-    "plan": "linear",
-    "start_rps": 10.0,
-    "step_pct": 15.0,
-    "max_rps": None,
-    "max_steps": 20,
-    "steps_after_knee": 1,
-    "growth": 2.0,
-    "resolution": 0.03,
-    "warmup": 5.0,
-    "hold": 30.0,
-    "knee_hold": None,
-    "confirm": True,
-    "confirm_hold": None,
-    "max_confirmations": 3,
-    "early_stop": True,
-    "initial_warmup": 10.0,
-    "baseline_rps": None,
-    "time_limit": 1800.0,
-    "request_timeout": 30.0,
-    "concurrency": None,
-    "metrics_urls": [],
-    "metrics_interval": 1.0,
-    "metrics_labels": {},
-    "max_connections": 4096,
-    "sample_interval": 0.05,
-    "record_requests": False,
-    "validate_certs": True,
-    "target_rps": None,
-    "cooldown": 0.0,
-    "noisy_neighbour": None,
-}
 
 
 def _given(options: dict) -> dict:

@@ -1,14 +1,15 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""tools/capacity.py: run with plots and report, report/fleet from saved results, noisy neighbour, predict."""
+"""The capacity CLI (plugin_utils/capacity_cli.py): run with plots and report, report/fleet from saved results, noisy
+neighbour, predict."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ansible_collections.gpu.mig.tools import capacity as cli
+from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_cli as cli
 
 
 def _run_args(server, out, *extra):
@@ -177,3 +178,9 @@ def test_run_plan_none_prints_noisy_neighbour(capacity_server, tmp_path, capsys)
     assert "SLA BROKEN" in out and "capacity-A.json" in out
     assert _is_png(tmp_path / "capacity-A-noisy.png") and (tmp_path / "capacity-A-noisy.md").exists()
     assert not (tmp_path / "capacity-A-throughput.png").exists()
+
+    # the report again from the saved result, as the role renders it: the noisy-neighbour report only
+    again = tmp_path / "again"
+    assert cli.main(["report", str(tmp_path / "capacity-A.json"), "--out", str(again)]) == 0
+    assert "noisy_png" in capsys.readouterr().out and _is_png(again / "capacity-A-noisy.png")
+    assert not (again / "capacity-A-throughput.png").exists()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
 from ansible_collections.gpu.mig.plugins.modules import capacity_test
-from ansible_collections.gpu.mig.tools import capacity as cli
+from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_cli as cli
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "capacity.md"
 _FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

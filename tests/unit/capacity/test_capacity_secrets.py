@@ -17,7 +17,7 @@ import yaml
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.gpu.mig.plugins.modules import capacity_test
-from ansible_collections.gpu.mig.tools import capacity as cli
+from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_cli as cli
 
 REPO = Path(__file__).resolve().parents[3]
 

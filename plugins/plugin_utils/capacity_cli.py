@@ -3,44 +3,57 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Capacity tests for humans: the gpu.mig.capacity_test options as a CLI, with progress, plots and reports.
 
-tools/capacity.py run --url http://127.0.0.1:8000/infer --payload '{"x": 1}' --start-rps 20 --sla 'p95<300ms' --out res/
-tools/capacity.py report res/capacity-chat.json --out res/     # plots + Markdown from a result (module or CLI)
-tools/capacity.py fleet host1/*.json host2/*.json --out fleet/  # one capacity table
-tools/capacity.py noisy --url-a ... --rps-a 100 --url-b ... --rps-b 50 --sla 'p95<300ms'
-tools/capacity.py predict --c 4 --service-ms 20 --sla-ms 100    # Erlang-C / Allen-Cunneen only
+Run it from the collections directory the collection is installed in (what ansible-galaxy printed), for example:
+  export PYTHONPATH=~/.ansible/collections
+  CLI="python -m ansible_collections.gpu.mig.plugins.plugin_utils.capacity_cli"
+  $CLI run --url http://127.0.0.1:8000/infer --payload '{"x": 1}' --start-rps 20 --sla 'p95<300ms' --out res/
+  $CLI report res/capacity-chat.json --out res/      # plots + Markdown from a result (module or CLI)
+  $CLI fleet host1/*.json host2/*.json --out fleet/   # one capacity table
+  $CLI noisy --url-a ... --rps-a 100 --url-b ... --rps-b 50 --sla 'p95<300ms'
+  $CLI predict --c 4 --service-ms 20 --sla-ms 100     # Erlang-C / Allen-Cunneen only
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-_COLLECTIONS = REPO / ".build" / "collections"
-if _COLLECTIONS.is_dir() and str(_COLLECTIONS) not in sys.path:
-    sys.path.insert(0, str(_COLLECTIONS))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap  # noqa: E402
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg  # noqa: E402
-from ansible_collections.gpu.mig.plugins.modules.capacity_test import ARGUMENT_SPEC, DOCUMENTATION  # noqa: E402
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import ARGUMENT_SPEC, REQUIRED_IF
+from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_report
+
+PROG = "python -m ansible_collections.gpu.mig.plugins.plugin_utils.capacity_cli"
+# The module's documentation is read from its source, never imported (modules are not libraries).
+MODULE_SOURCE = Path(__file__).parent.parent / "modules" / "capacity_test.py"
+_MARKUP = re.compile(r"\b(?:RV|[BCIOVR])\(([^)]*)\)")
 
 
-def _option_help() -> dict:
+def module_documentation() -> dict:
+    """The capacity_test module's DOCUMENTATION, parsed."""
+    tree = ast.parse(MODULE_SOURCE.read_text(encoding="utf-8"))
+    text = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["DOCUMENTATION"]
+    )
+    return yaml.safe_load(text)
+
+
+def option_help() -> dict:
     """First sentence of each option's description in the module documentation, markup removed."""
-    try:
-        import yaml
-    except ImportError:  # the CLI works without PyYAML, only with terser help
-        return {}
     out = {}
-    for name, doc in (yaml.safe_load(DOCUMENTATION).get("options") or {}).items():
+    for name, doc in module_documentation()["options"].items():
         desc = doc.get("description") or ""
-        text = " ".join(desc) if isinstance(desc, list) else str(desc)
-        text = re.sub(r"\b[COVIR]V?\(([^)]*)\)", r"\1", text)
+        text = _MARKUP.sub(r"\1", " ".join(desc) if isinstance(desc, list) else str(desc))
         out[name] = text.split(". ")[0].rstrip(".")
     return out
 
@@ -49,7 +62,7 @@ def _json_or_text(value: str):
     """A JSON value, ``@file`` (JSON or text), or the text itself."""
     if value.startswith("@"):
         try:
-            text = Path(value[1:]).read_text()
+            text = Path(value[1:]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise argparse.ArgumentTypeError("cannot read %s: %s" % (value[1:], exc)) from None
         try:
@@ -92,13 +105,16 @@ def _header(value: str):
     return (k.strip(), v.strip())
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def add_module_options(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per gpu.mig.capacity_test option, same names with dashes."""
-    helps = _option_help()
+    """One flag per gpu.mig.capacity_test option, same names with dashes; help from the module documentation."""
+    helps = option_help()
     for name, spec in ARGUMENT_SPEC.items():
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
         kw = {"dest": name, "default": None}
         t = spec["type"]
         if name == "headers":
@@ -111,29 +127,32 @@ def add_module_options(parser: argparse.ArgumentParser, skip=()) -> None:
             )
             continue
         if t == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=helps.get(name), **kw)
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, help=helps[name], **kw)
             continue
+        hint = None
         if t == "list":
             kw["action"] = "append"
             kw["type"] = _mapping if spec.get("elements") == "dict" else str
-            kw["help"] = "repeatable"
+            hint = "repeatable"
         elif t == "dict":
             kw["type"] = _mapping
-            kw["help"] = "JSON, @file or key=value,..."
+            hint = "JSON, @file or key=value,..."
         elif t == "raw":
             kw["type"] = _json_or_text
-            kw["help"] = "JSON, @file or text"
+            hint = "JSON, @file or text"
         else:
             kw["type"] = {"int": int, "float": float, "str": str, "path": str}[t]
         if spec.get("choices"):
             kw["choices"] = spec["choices"]
-        kw["help"] = "; ".join(x for x in (helps.get(name), kw.get("help")) if x)
+        text = "; ".join(x for x in (helps[name], hint) if x)
         if spec.get("default") not in (None, [], {}):
-            kw["help"] += " (default %s)" % spec["default"]
-        parser.add_argument(flag, required=bool(spec.get("required")), **kw)
+            text += " (default %s)" % spec["default"]
+        # argparse expands %-formats in help texts: a literal % in the documentation must be doubled
+        parser.add_argument(_flag(name), required=bool(spec.get("required")), help=text.replace("%", "%%"), **kw)
 
 
 def module_options(args: argparse.Namespace, skip=()) -> dict:
+    """The parsed flags as module options, with the module's defaults."""
     opts = {}
     for name, spec in ARGUMENT_SPEC.items():
         if name in skip:
@@ -145,6 +164,17 @@ def module_options(args: argparse.Namespace, skip=()) -> dict:
             v = spec.get("default")
         opts[name] = v
     return opts
+
+
+def missing_required(opts: dict) -> list:
+    """The module's required_if rules (a search plan needs start_rps), as flags."""
+    return [
+        "%s is required with %s %s" % (_flag(need), _flag(key), value)
+        for key, value, needed in REQUIRED_IF
+        if opts.get(key) == value
+        for need in needed
+        if opts.get(need) is None
+    ]
 
 
 class Progress:
@@ -200,6 +230,54 @@ class Progress:
         self.stream.flush()
 
 
+def _error(message: str) -> int:
+    print("error: %s" % message, file=sys.stderr)
+    return 2
+
+
+def _plotted(render, *args) -> dict:
+    """The files a capacity_report renderer wrote; CapacityError when this Python has no matplotlib."""
+    try:
+        return render(*args)
+    except ImportError as exc:
+        raise cap.CapacityError(
+            "plots need matplotlib on %s (%s); install it, or pass --no-report to run" % (sys.executable, exc)
+        ) from None
+
+
+def _load_result(path: str) -> dict:
+    """A result JSON file (module or CLI); CapacityError names the file and what is wrong with it."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise cap.CapacityError("cannot read %s: %s" % (path, exc)) from None
+    if not isinstance(result, dict):
+        raise cap.CapacityError("%s is not a gpu.mig capacity result (a JSON object)" % path)
+    return result
+
+
+def render(result: dict, out: str, name: str) -> dict:
+    """Plots and Markdown of a result: its capacity report and its noisy-neighbour report, whichever it holds."""
+    if "phases" in result:  # a result of the noisy command
+        return _plotted(capacity_report.render_noisy, result, out, name)
+    files = {}
+    if "capacity" in result:  # plan none runs no capacity search
+        files.update(_plotted(capacity_report.render_report, result, out, name))
+    if result.get("noisy_neighbour"):
+        plotted = _plotted(capacity_report.render_noisy, result["noisy_neighbour"], out, name + "-noisy")
+        files.update(("noisy_" + k, v) for k, v in plotted.items())
+    if not files:
+        raise cap.CapacityError(
+            "the result holds no steps and no noisy-neighbour run (a check-mode run?): nothing to report"
+        )
+    return files
+
+
+def _print_files(files: dict) -> None:
+    for kind, path in sorted(files.items()):
+        print("%-10s %s" % (kind, path))
+
+
 def _print_noisy(res: dict) -> None:
     """The noisy-neighbour sentence, then service A's p95/p99 and SLA verdict in each phase (before, during, after)."""
     print(res["sentence"])
@@ -212,12 +290,14 @@ def _print_noisy(res: dict) -> None:
 
 def cmd_run(args) -> int:
     opts = module_options(args)
+    missing = missing_required(opts)
+    if missing:
+        return _error("; ".join(missing))
     progress = None if args.quiet else Progress()
     try:
         result = lg.run_sync(lg.run_capacity_test(opts, progress=progress, check_only=args.check))
     except cap.CapacityError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
+        return _error(str(exc))
     if args.check:
         print(
             "ok: options valid, worst case %.0f s, probe HTTP %d in %s ms"
@@ -234,15 +314,12 @@ def cmd_run(args) -> int:
     if args.out:
         base = lg.slug("capacity-" + result["service"]["service"])
         files = lg.write_results(result, args.out, base)
-        if not args.no_report:
-            from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy, render_report
-
-            if "capacity" in result:
-                files.update(render_report(result, args.out, base))
-            if noisy:
-                files.update(("noisy_" + k, v) for k, v in render_noisy(noisy, args.out, base + "-noisy").items())
-        for kind, path in sorted(files.items()):
-            print("%-10s %s" % (kind, path))
+        try:
+            files.update({} if args.no_report else render(result, args.out, base))
+        except cap.CapacityError as exc:  # the results are written: say where, then why there are no plots
+            _print_files(files)
+            return _error(str(exc))
+        _print_files(files)
     else:
         keys = ("capacity", "prediction", "table_row", "noisy_neighbour")
         print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))
@@ -250,27 +327,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy, render_report
-
-    result = json.loads(Path(args.result).read_text())
-    name = Path(args.result).stem
-    out = args.out or str(Path(args.result).parent)
-    files = render_noisy(result, out, name) if "phases" in result else render_report(result, out, name)
-    for kind, path in sorted(files.items()):
-        print("%-10s %s" % (kind, path))
+    try:
+        result = _load_result(args.result)
+        files = render(result, args.out or str(Path(args.result).parent), Path(args.result).stem)
+    except (cap.CapacityError, OSError, ValueError) as exc:
+        return _error(str(exc))
+    except (KeyError, TypeError) as exc:
+        return _error("%s is not a complete gpu.mig capacity result (%s: %s)" % (args.result, type(exc).__name__, exc))
+    _print_files(files)
     return 0
 
 
 def cmd_fleet(args) -> int:
-    from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import fleet_table
-
-    results = [json.loads(Path(p).read_text()) for p in args.results]
     try:
-        files = fleet_table(results, args.out, args.name)
-    except ValueError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
-    print(Path(files["markdown"]).read_text())
+        results = [_load_result(p) for p in args.results]
+        files = capacity_report.fleet_table(results, args.out, args.name)
+    except (cap.CapacityError, OSError, ValueError) as exc:
+        return _error(str(exc))
+    print(Path(files["markdown"]).read_text(encoding="utf-8"))
     return 0
 
 
@@ -297,14 +371,13 @@ def cmd_noisy(args) -> int:
             )
         )
     except cap.CapacityError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
+        return _error(str(exc))
     _print_noisy(res)
     if args.out:
-        from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import render_noisy
-
-        for kind, path in sorted(render_noisy(res, args.out).items()):
-            print("%-10s %s" % (kind, path))
+        try:
+            _print_files(_plotted(capacity_report.render_noisy, res, args.out))
+        except cap.CapacityError as exc:
+            return _error(str(exc))
     return 0 if res["within_sla"] else 1
 
 
@@ -314,8 +387,7 @@ def cmd_predict(args) -> int:
             args.c, args.service_ms / 1000.0, args.sla_ms, args.percentile / 100.0, args.cs2, args.ca2
         )
     except cap.CapacityError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 2
+        return _error(str(exc))
     print(
         "%s: c=%d, service %g ms (cv^2 %g), arrivals cv^2 %g: p%g stays under %g ms up to %s RPS (%.0f%% of the %g RPS saturation)"
         % (
@@ -336,12 +408,12 @@ def cmd_predict(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="capacity.py",
+        prog=PROG,
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[1:]),
     )
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, help="what to do; COMMAND --help says how")
     run = sub.add_parser("run", help="run a stepwise capacity test (same options as gpu.mig.capacity_test)")
     add_module_options(run, skip=("output_dir",))
     run.add_argument("--out", help="directory for JSON, CSV, PNG plots and the Markdown report")
@@ -351,42 +423,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="plots and Markdown from a result JSON (module or CLI)")
-    rep.add_argument("result")
-    rep.add_argument("--out")
+    rep.add_argument("result", help="a capacity-<service>.json (or a noisy-neighbour JSON)")
+    rep.add_argument("--out", help="directory for the plots and the report (default: the result's directory)")
     rep.set_defaults(func=cmd_report)
 
     fl = sub.add_parser("fleet", help="one capacity table from many result JSON files")
-    fl.add_argument("results", nargs="+")
-    fl.add_argument("--out", required=True)
-    fl.add_argument("--name", default="fleet-capacity")
+    fl.add_argument("results", nargs="+", help="capacity-<service>.json files")
+    fl.add_argument("--out", required=True, help="directory for the table (JSON, CSV, Markdown)")
+    fl.add_argument("--name", default="fleet-capacity", help="base name of the table files (default fleet-capacity)")
     fl.set_defaults(func=cmd_fleet)
 
     nz = sub.add_parser("noisy", help="hold A at its SLA rate while B steps to 3x its rate")
-    nz.add_argument("--url-a", required=True)
-    nz.add_argument("--url-b", required=True)
-    nz.add_argument("--payload-a", type=_json_or_text)
-    nz.add_argument("--payload-b", type=_json_or_text)
-    nz.add_argument("--service-a", default="A")
-    nz.add_argument("--service-b", default="B")
-    nz.add_argument("--rps-a", type=float, required=True)
-    nz.add_argument("--rps-b", type=float, required=True)
+    nz.add_argument("--url-a", required=True, help="service A's endpoint")
+    nz.add_argument("--url-b", required=True, help="the neighbour's endpoint")
+    nz.add_argument("--payload-a", type=_json_or_text, help="A's request body: JSON, @file or text")
+    nz.add_argument("--payload-b", type=_json_or_text, help="B's request body: JSON, @file or text")
+    nz.add_argument("--service-a", default="A", help="A's name in the sentence")
+    nz.add_argument("--service-b", default="B", help="B's name in the sentence")
+    nz.add_argument("--rps-a", type=float, required=True, help="rate to hold A at (its capacity)")
+    nz.add_argument("--rps-b", type=float, required=True, help="the neighbour's base rate")
     nz.add_argument(
         "--multipliers", type=_numbers, default=[1.0, 2.0, 3.0], help="neighbour rates as multiples of --rps-b"
     )
-    nz.add_argument("--sla", required=True, type=_json_or_text)
-    nz.add_argument("--arrival", default="poisson", choices=["constant", "poisson"])
-    nz.add_argument("--hold", type=float, default=30.0)
-    nz.add_argument("--warmup", type=float, default=5.0)
-    nz.add_argument("--request-timeout", type=float, default=30.0)
-    nz.add_argument("--out")
-    nz.add_argument("--quiet", action="store_true")
+    nz.add_argument("--sla", required=True, type=_json_or_text, help="A's SLA, as gpu.mig.capacity_test's sla")
+    nz.add_argument("--arrival", default="poisson", choices=["constant", "poisson"], help="arrival process")
+    nz.add_argument("--hold", type=float, default=30.0, help="seconds measured per phase")
+    nz.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up per phase")
+    nz.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request times out")
+    nz.add_argument("--out", help="directory for the plot and the report")
+    nz.add_argument("--quiet", action="store_true", help="no progress display")
     nz.set_defaults(func=cmd_noisy)
 
     pr = sub.add_parser("predict", help="Erlang-C / Allen-Cunneen: the rate at which a percentile crosses the SLA")
     pr.add_argument("--c", type=int, required=True, help="concurrency limit (parallel slots)")
-    pr.add_argument("--service-ms", type=float, required=True)
-    pr.add_argument("--sla-ms", type=float, required=True)
-    pr.add_argument("--percentile", type=float, default=95.0)
+    pr.add_argument("--service-ms", type=float, required=True, help="mean service time")
+    pr.add_argument("--sla-ms", type=float, required=True, help="latency limit of the percentile")
+    pr.add_argument("--percentile", type=float, default=95.0, help="the SLA percentile (default 95)")
     pr.add_argument("--cs2", type=float, default=1.0, help="service-time squared coefficient of variation")
     pr.add_argument(
         "--ca2", type=float, default=1.0, help="inter-arrival squared coefficient of variation (1 = Poisson)"
@@ -396,8 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except BrokenPipeError:  # the reader left early (| head): stop quietly, like other command-line tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
