@@ -1134,163 +1134,236 @@ def _fmt_ms(v) -> str:
     return "%.2f ms" % v
 
 
-def evaluate_step(step: dict, sla: Sla, baseline: dict | None = None) -> dict:
-    """Judge one measured step; every check says in words what it saw and why it passed or failed.
+@dataclass
+class StepCheck:
+    """One named check of a step: what it saw, against which limit, in words; and what it means for the verdict."""
 
-    ``step`` holds ``offered_rps``, ``achieved_rps``, ``latency_ms`` (p50/p95/p99...), ``schedule_lag_ms`` (p99),
-    ``errors`` ({kind: n}), ``measured`` (request count), ``queue`` (a :func:`queue_trend` result plus ``source``).
-    ``baseline`` is the low-load step (for the k x baseline p95 check).
-    Returns ``{passed, void, hard_break, checks: [...], summary}``.
-    """
-    checks = []
-    void = False
-    hard = False
+    name: str
+    passed: bool
+    value: object
+    limit: object
+    message: str
+    hard: bool = False  # the step is far past the knee: stepping up stops (whether or not the check passed)
+    void: bool = False  # the measurement is at fault, not the service: the step counts for nothing
+    final: bool = False  # nothing after this check can be judged
 
-    def add(name, passed, value, limit, message, hard_fail=False):
-        checks.append({"name": name, "passed": bool(passed), "value": value, "limit": limit, "message": message})
-        return hard_fail
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "passed": bool(self.passed),
+            "value": self.value,
+            "limit": self.limit,
+            "message": self.message,
+        }
 
-    offered = float(step.get("offered_rps") or 0.0)
-    lat = step.get("latency_ms") or {}
-    measured = int(step.get("measured") or 0)
 
-    # 1. the generator kept its schedule
+def _check_schedule_lag(step: dict, sla: Sla, _baseline) -> list:
+    """The generator kept its schedule; otherwise the step measured the generator, not the service (void)."""
     lag = (step.get("schedule_lag_ms") or {}).get("p99")
-    if lag is not None and lag > sla.max_schedule_lag_ms:
-        void = True
-        add(
-            "schedule_lag",
-            False,
-            lag,
-            sla.max_schedule_lag_ms,
-            "VOID: the generator fell behind its own schedule (p99 send lag %s > %s), so this step measured the "
-            "generator, not the service; give it a core of its own or lower the rate"
-            % (_fmt_ms(lag), _fmt_ms(sla.max_schedule_lag_ms)),
-        )
-    else:
-        add(
+    limit = sla.max_schedule_lag_ms
+    if lag is not None and lag > limit:
+        return [
+            StepCheck(
+                "schedule_lag",
+                False,
+                lag,
+                limit,
+                "VOID: the generator fell behind its own schedule (p99 send lag %s > %s), so this step measured the "
+                "generator, not the service; give it a core of its own or lower the rate"
+                % (_fmt_ms(lag), _fmt_ms(limit)),
+                void=True,
+            )
+        ]
+    return [
+        StepCheck(
             "schedule_lag",
             True,
             lag,
-            sla.max_schedule_lag_ms,
-            "generator on schedule (p99 send lag %s <= %s)" % (_fmt_ms(lag), _fmt_ms(sla.max_schedule_lag_ms)),
+            limit,
+            "generator on schedule (p99 send lag %s <= %s)" % (_fmt_ms(lag), _fmt_ms(limit)),
         )
+    ]
 
-    if measured == 0:
-        add("requests", False, 0, None, "no request was measured in the hold window")
-        return _verdict(checks, void=True, hard=False)
 
+def _check_requests(step: dict, _sla: Sla, _baseline) -> list:
+    """Some request was measured in the hold window; otherwise the step is void and nothing else is judged."""
+    if int(step.get("measured") or 0):
+        return []
+    return [StepCheck("requests", False, 0, None, "no request was measured in the hold window", void=True, final=True)]
+
+
+def _check_early_stop(step: dict, _sla: Sla, _baseline) -> list:
+    """The runner's early-stop rule ended the hold: a hard break."""
     stopped = step.get("stopped_early")
-    if stopped:
-        hard = True
-        add(
-            "early_stop", False, stopped.get("at_s"), step.get("hold_planned_s"), stopped.get("reason", "stopped early")
+    if not stopped:
+        return []
+    return [
+        StepCheck(
+            "early_stop",
+            False,
+            stopped.get("at_s"),
+            step.get("hold_planned_s"),
+            stopped.get("reason", "stopped early"),
+            hard=True,
         )
+    ]
 
-    # 2. errors
+
+def _check_errors(step: dict, sla: Sla, _baseline) -> list:
+    """The error rate stays within the SLA's; above ``hard_error_rate`` it is a hard break."""
     errors = step.get("errors") or {}
     n_err = sum(errors.values())
+    if n_err == 0:
+        return [StepCheck("errors", True, 0.0, sla.max_error_rate, "no errors")]
+    measured = int(step.get("measured") or 0)
     rate = n_err / float(measured)
     kinds = ", ".join("%d %s" % (n, k) for k, n in sorted(errors.items()) if n)
-    if n_err == 0:
-        add("errors", True, 0.0, sla.max_error_rate, "no errors")
-    else:
-        ok = rate <= sla.max_error_rate
-        hard = hard or rate > sla.hard_error_rate
-        add(
+    ok = rate <= sla.max_error_rate
+    return [
+        StepCheck(
             "errors",
             ok,
             rate,
             sla.max_error_rate,
             "%d errors in %d requests (%.2f%%: %s) %s allowed %.2f%%"
             % (n_err, measured, rate * 100, kinds, "<=" if ok else ">", sla.max_error_rate * 100),
+            hard=rate > sla.hard_error_rate,
         )
+    ]
 
-    # 3. throughput
+
+_HARD_THROUGHPUT_RATIO = 0.8  # achieved below this share of the offered rate: far past the knee
+
+
+def _check_throughput(step: dict, sla: Sla, _baseline) -> list:
+    """The service answers (nearly) what was offered; below 80 % it is a hard break."""
     achieved = float(step.get("achieved_rps") or 0.0)
     # Poisson arrivals: compare with what was actually scheduled in the window, not the nominal rate
-    actual = float(step.get("offered_actual_rps") or offered)
+    actual = float(step.get("offered_actual_rps") or float(step.get("offered_rps") or 0.0))
     ratio = achieved / actual if actual else 0.0
     ok = ratio >= sla.min_throughput_ratio
-    if ratio < 0.8:
-        hard = True
-    add(
-        "throughput",
-        ok,
-        round(ratio, 4),
-        sla.min_throughput_ratio,
-        "achieved %.1f of %.1f offered RPS (%.2f %s %.2f)%s"
-        % (
-            achieved,
-            actual,
-            ratio,
-            ">=" if ok else "<",
+    return [
+        StepCheck(
+            "throughput",
+            ok,
+            round(ratio, 4),
             sla.min_throughput_ratio,
-            "" if ok else ": the service cannot keep up",
-        ),
-    )
+            "achieved %.1f of %.1f offered RPS (%.2f %s %.2f)%s"
+            % (
+                achieved,
+                actual,
+                ratio,
+                ">=" if ok else "<",
+                sla.min_throughput_ratio,
+                "" if ok else ": the service cannot keep up",
+            ),
+            hard=ratio < _HARD_THROUGHPUT_RATIO,
+        )
+    ]
 
-    # 4. queue growth
+
+def _check_queue_growth(step: dict, sla: Sla, _baseline) -> list:
+    """The queue (server's when scraped, else the client's in-flight count) does not keep growing over the hold."""
     q = step.get("queue")
     if not q:
-        add("queue_growth", True, None, None, "queue not observed (too few samples); growth not judged")
+        return [StepCheck("queue_growth", True, None, None, "queue not observed (too few samples); growth not judged")]
+    min_growth = max(sla.queue_growth_min, 0.1 * max(q.get("start_level", 0.0), 0.0))
+    min_slope = sla.queue_growth_share * float(step.get("offered_rps") or 0.0)
+    lower = q.get("slope_lower99", q["slope_lower"])
+    growing = lower > 0 and q["growth"] >= min_growth and q["slope"] >= min_slope
+    src = q.get("source", "client in-flight")
+    if growing:
+        msg = (
+            "%s grows %+.2f/s over the %.1f s hold (99%% lower bound %+.2f/s), from %.1f to %.1f: "
+            "the queue does not return to baseline"
+            % (src, q["slope"], q["span_s"], lower, q["start_level"], q["end_level"])
+        )
     else:
-        min_growth = max(sla.queue_growth_min, 0.1 * max(q.get("start_level", 0.0), 0.0))
-        min_slope = sla.queue_growth_share * offered
-        lower = q.get("slope_lower99", q["slope_lower"])
-        growing = lower > 0 and q["growth"] >= min_growth and q["slope"] >= min_slope
-        src = q.get("source", "client in-flight")
-        if growing:
-            msg = (
-                "%s grows %+.2f/s over the %.1f s hold (99%% lower bound %+.2f/s), from %.1f to %.1f: "
-                "the queue does not return to baseline"
-                % (src, q["slope"], q["span_s"], lower, q["start_level"], q["end_level"])
-            )
-        else:
-            msg = "%s stable: slope %+.2f/s (95%% CI %+.2f..%+.2f), mean %.1f, max %.0f" % (
-                src,
-                q["slope"],
-                q["slope_lower"],
-                q["slope_upper"],
-                q["mean_level"],
-                q["max"],
-            )
-        add("queue_growth", not growing, round(q["slope"], 4), round(min_growth, 3), msg)
+        msg = "%s stable: slope %+.2f/s (95%% CI %+.2f..%+.2f), mean %.1f, max %.0f" % (
+            src,
+            q["slope"],
+            q["slope_lower"],
+            q["slope_upper"],
+            q["mean_level"],
+            q["max"],
+        )
+    return [StepCheck("queue_growth", not growing, round(q["slope"], 4), round(min_growth, 3), msg)]
 
-    # 5. latency against the SLA
+
+def _check_latency_sla(step: dict, sla: Sla, _baseline) -> list:
+    """Each SLA percentile within its limit; above ``hard_factor`` x the limit it is a hard break."""
+    lat = step.get("latency_ms") or {}
+    found = []
     for p, limit in sorted(sla.percentiles.items()):
         name = pct_name(p)
         v = lat.get(name)
         if v is None:
-            add("latency_" + name, False, None, limit, "%s not measured" % name)
+            found.append(StepCheck("latency_" + name, False, None, limit, "%s not measured" % name))
             continue
         ok = v <= limit
-        if v > sla.hard_factor * limit:
-            hard = True
-        add(
-            "latency_" + name,
-            ok,
-            v,
-            limit,
-            "%s %s %s SLA %s" % (name, _fmt_ms(v), "<=" if ok else ">", _fmt_ms(limit)),
-        )
-
-    # 6. latency against the low-load baseline
-    if baseline and sla.baseline_factor and baseline is not step:
-        b95 = (baseline.get("latency_ms") or {}).get("p95")
-        v95 = lat.get("p95")
-        if b95 and v95 is not None:
-            lim = sla.baseline_factor * b95
-            ok = v95 <= lim
-            add(
-                "latency_vs_baseline",
+        found.append(
+            StepCheck(
+                "latency_" + name,
                 ok,
-                v95,
-                round(lim, 3),
-                "p95 %s %s %g x low-load p95 %s (= %s)"
-                % (_fmt_ms(v95), "<=" if ok else ">", sla.baseline_factor, _fmt_ms(b95), _fmt_ms(lim)),
+                v,
+                limit,
+                "%s %s %s SLA %s" % (name, _fmt_ms(v), "<=" if ok else ">", _fmt_ms(limit)),
+                hard=v > sla.hard_factor * limit,
             )
-    return _verdict(checks, void=void, hard=hard)
+        )
+    return found
+
+
+def _check_latency_vs_baseline(step: dict, sla: Sla, baseline: dict | None) -> list:
+    """p95 within ``baseline_factor`` x the low-load step's p95 (when there is a baseline and the factor is set)."""
+    if not (baseline and sla.baseline_factor and baseline is not step):
+        return []
+    b95 = (baseline.get("latency_ms") or {}).get("p95")
+    v95 = (step.get("latency_ms") or {}).get("p95")
+    if not b95 or v95 is None:
+        return []
+    lim = sla.baseline_factor * b95
+    ok = v95 <= lim
+    return [
+        StepCheck(
+            "latency_vs_baseline",
+            ok,
+            v95,
+            round(lim, 3),
+            "p95 %s %s %g x low-load p95 %s (= %s)"
+            % (_fmt_ms(v95), "<=" if ok else ">", sla.baseline_factor, _fmt_ms(b95), _fmt_ms(lim)),
+        )
+    ]
+
+
+# the checks of a step, in the order the verdict lists them: ``(step, sla, baseline) -> [StepCheck, ...]``
+STEP_CHECKS = (
+    _check_schedule_lag,
+    _check_requests,
+    _check_early_stop,
+    _check_errors,
+    _check_throughput,
+    _check_queue_growth,
+    _check_latency_sla,
+    _check_latency_vs_baseline,
+)
+
+
+def evaluate_step(step: dict, sla: Sla, baseline: dict | None = None) -> dict:
+    """Judge one measured step by :data:`STEP_CHECKS`; each check says in words what it saw and why it passed.
+
+    ``step`` holds ``offered_rps``, ``achieved_rps``, ``latency_ms`` (p50/p95/p99...), ``schedule_lag_ms`` (p99),
+    ``errors`` ({kind: n}), ``measured`` (request count), ``queue`` (a :func:`queue_trend` result plus ``source``).
+    ``baseline`` is the low-load step (for the k x baseline p95 check).
+    Returns ``{passed, void, hard_break, checks: [...], summary}``.
+    """
+    found: list = []
+    for check in STEP_CHECKS:
+        results = check(step, sla, baseline)
+        found += results
+        if any(r.final for r in results):
+            break
+    return _verdict([c.to_dict() for c in found], void=any(c.void for c in found), hard=any(c.hard for c in found))
 
 
 def _verdict(checks: list, void: bool, hard: bool) -> dict:

@@ -826,286 +826,8 @@ class Runner:
         among the measured requests sent at least ``limit_s`` ago, more than ``fraction`` took longer than ``limit_s``
         (or failed): the step is then a clear failure and holding it longer only deepens the backlog.
         """
-        loop = asyncio.get_running_loop()
-        pool = self.pool
-        pool.loop = loop
-        offsets = schedule_offsets(rate, warmup + hold, self.arrival, self.rng)
-        timeout = self.target.timeout
-        t0 = loop.time() + 0.01
-        hold_start = t0 + warmup
-        win = {"end": hold_start + hold}
-        st = {"inflight": 0, "sent": 0, "done": 0, "ok_in_window": 0, "measured": 0, "ok": 0}
-        errors = dict.fromkeys(ERROR_KINDS, 0)
-        hist = LatencyHistogram()
-        lags: list = []
-        waits: list = []
-        samples: list = []
-        svc: list = []
-        by_payload: dict = {}
-        record = self.record_requests
-        reqs = self.requests
-        names = self.target.names
-        keep = self.keep_samples
-        multi = len(names) > 1
-        drained = asyncio.Event()
-        sending = {"on": True}
-        order: collections.deque = collections.deque()  # sent, in intended-time order: the timeout sweep
-        watched: list = []  # measured requests, in order: the early-stop rule
-        stopped: dict = {}
-
-        def done(ex: Exchange) -> None:
-            end = ex.end
-            lat = end - ex.intended
-            kind_ = ex.kind
-            st["inflight"] -= 1
-            st["done"] += 1
-            if kind_ is None and hold_start <= end < win["end"]:
-                st["ok_in_window"] += 1
-            if ex.measured:
-                st["measured"] += 1
-                lags.append(ex.sent - ex.intended)
-                waits.append((ex.start if ex.start is not None else end) - ex.sent)
-                if kind_ is None:
-                    st["ok"] += 1
-                    hist.record(lat)
-                    if len(svc) < keep:
-                        svc.append(lat)
-                    if multi:
-                        ph = by_payload.get(ex.pidx)
-                        if ph is None:
-                            ph = by_payload[ex.pidx] = LatencyHistogram()
-                        ph.record(lat)
-                else:
-                    errors[kind_] += 1
-                    if kind_ == "timeout":
-                        hist.record(lat)  # the user waited at least this long: keep it in the percentiles
-            if record:
-                reqs.append(
-                    (
-                        index,
-                        round(ex.intended - t0, 6),
-                        round(ex.sent - ex.intended, 6),
-                        ex.status,
-                        round(lat, 6),
-                        kind_ or "",
-                        names[ex.pidx],
-                        ex.measured,
-                    )
-                )
-            if not sending["on"] and st["inflight"] == 0:
-                drained.set()
-
-        stop = asyncio.Event()
-        rule = dict(stop_rule or {})
-        check = {"next": 0, "n": 0, "bad": 0}
-
-        def early_stop(now: float) -> None:
-            # every measured request older than the limit is either done (latency known) or still waiting (over it)
-            limit = rule["limit_s"]
-            i = check["next"]
-            while i < len(watched) and watched[i].intended <= now - limit:
-                ex = watched[i]
-                check["n"] += 1
-                if not ex.done or ex.kind is not None or ex.end - ex.intended > limit:
-                    check["bad"] += 1
-                i += 1
-            check["next"] = i
-            n, bad = check["n"], check["bad"]
-            if (
-                now - hold_start >= rule.get("min_hold_s", 1.0)
-                and n >= rule.get("min_requests", 100)
-                and bad > rule["fraction"] * n
-            ):
-                stopped.update(
-                    at_s=round(now - hold_start, 3),
-                    reason="stopped %.1f s into the %g s hold: %d of %d requests (%.1f%%) took over %s or failed (%s)"
-                    % (now - hold_start, hold, bad, n, 100.0 * bad / n, _fmt_s(limit), rule.get("reason", "")),
-                )
-
-        async def housekeeping() -> None:
-            # timeouts in send order, in-flight samples, the early-stop rule
-            tick = max(0.005, min(self.sample_interval, timeout / 20.0))
-            next_sample = loop.time()
-            n = 0
-            limit = int((warmup + hold + timeout + 10) / tick) + 10
-            while n < limit:
-                n += 1
-                now = loop.time()
-                while order and (order[0].done or order[0].intended + timeout <= now):
-                    ex = order.popleft()
-                    if not ex.done:
-                        pool.expire(ex)
-                if stop.is_set() and not order:
-                    return
-                if now >= next_sample and not stop.is_set():
-                    samples.append((now - hold_start, st["inflight"]))
-                    next_sample += self.sample_interval
-                if rule and not stopped and sending["on"] and now >= hold_start:
-                    early_stop(now)
-                await asyncio.sleep(tick)
-
-        async def ticker() -> None:
-            n = 0
-            while not stop.is_set() and n < 100000:
-                n += 1
-                if self.progress:
-                    self.progress(
-                        {
-                            "event": "tick",
-                            "index": index,
-                            "kind": kind,
-                            "rate": rate,
-                            "elapsed": loop.time() - t0,
-                            "duration": warmup + hold,
-                            "sent": st["sent"],
-                            "done": st["done"],
-                            "inflight": st["inflight"],
-                            "errors": sum(errors.values()),
-                            "p95_ms": None if hist.count == 0 else round(hist.percentile(95) * 1000, 2),
-                        }
-                    )
-                with contextlib.suppress(_TIMEOUTS):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-
-        helpers = [asyncio.ensure_future(housekeeping())]
-        if self.progress:
-            helpers.append(asyncio.ensure_future(ticker()))
-        if self.scraper and self.scraper.urls:
-            self.scraper.samples = []
-            helpers.append(asyncio.ensure_future(self.scraper.run(hold_start, stop)))
-
-        pick = self.target.pick
-        prng = self.payload_rng
-        submit = pool.submit
-        clock = loop.time
-        nap = self.nap
-        n = len(offsets)
-        i = 0
-        deadline = t0 + warmup + hold + 5.0
-        hold_end = win["end"]
-        while i < n:  # bounded: every pass either sends, sleeps towards a send time, or hits the deadline
-            now = loop.time()
-            if now > deadline or stopped:
-                break
-            due = t0 + offsets[i]
-            if due > now + 0.00005:
-                # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield to the
-                # loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms. In that last
-                # stretch a 0.1 ms nap between yields keeps the wait from spinning a core.
-                if due - now > 0.0015:
-                    await asyncio.sleep(due - now - 0.0012)
-                else:
-                    await asyncio.sleep(0)
-                    if nap and due - clock() > 3 * nap:
-                        time.sleep(nap)
-                continue
-            limit_t = now + 0.00005
-            while i < n:
-                intended = t0 + offsets[i]
-                if intended > limit_t:
-                    break
-                pidx, req = pick(prng, self.seq)
-                self.seq += 1
-                ex = Exchange(intended, pidx, hold_start <= intended < hold_end, done)
-                ex.sent = clock()
-                st["inflight"] += 1
-                st["sent"] += 1
-                order.append(ex)
-                if ex.measured and rule:
-                    watched.append(ex)
-                submit(ex, req)
-                i += 1
-        unsent = n - i
-        if stopped:
-            unsent = 0
-            win["end"] = loop.time()
-        sending["on"] = False
-        # let the hold window end, then drain the outstanding requests (bounded by the request timeout)
-        if not stopped and loop.time() < win["end"]:
-            await asyncio.sleep(win["end"] - loop.time())
-        if st["inflight"] > 0:
-            with contextlib.suppress(*_TIMEOUTS):
-                await asyncio.wait_for(drained.wait(), timeout + 2.0)
-        stop.set()
-        for h in helpers:
-            try:
-                await asyncio.wait_for(h, 10.0)
-            except (*_TIMEOUTS, asyncio.CancelledError):
-                pass
-        for ex in list(order):  # anything left after the drain timed out
-            pool.expire(ex)
-
-        hold_s = max(win["end"] - hold_start, 1e-9) if stopped else hold
-        lags.sort()
-        waits.sort()
-        measured = st["measured"]
-        shift = min(hist.mean() or 0.0, warmup)
-        step = {
-            "index": index,
-            "kind": kind,
-            "arrival": self.arrival,
-            "offered_rps": rate,
-            # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
-            # Poisson bursts around the window edges do not read as lost throughput
-            "offered_actual_rps": round(
-                sum(1 for o in offsets if warmup - shift <= o < warmup + hold_s - shift) / hold_s, 3
-            )
-            if hold_s
-            else 0.0,
-            "warmup_s": warmup,
-            "hold_s": round(hold_s, 3),
-            "hold_planned_s": hold,
-            "scheduled": n,
-            "unsent": unsent,
-            "measured": measured,
-            "ok": st["ok"],
-            "achieved_rps": round(st["ok_in_window"] / hold_s, 3) if hold_s else 0.0,
-            "errors": {k: v for k, v in errors.items() if v},
-            "latency_ms": hist.summary_ms(),
-            "histogram": hist.to_dict(),
-            "schedule_lag_ms": {
-                "p50": _ms(percentile_sorted(lags, 50)),
-                "p99": _ms(percentile_sorted(lags, 99)),
-                "max": _ms(lags[-1] if lags else None),
-            },
-            # waiting for a free or newly opened connection: part of the latency the user sees, not generator lag
-            "connection_wait_ms": {"p50": _ms(percentile_sorted(waits, 50)), "p99": _ms(percentile_sorted(waits, 99))},
-            "by_payload": (
-                {names[k]: h.summary_ms() for k, h in sorted(by_payload.items())}
-                if multi
-                else {names[0]: hist.summary_ms()}
-            ),
-            "inflight_samples": [[round(t, 3), q] for t, q in samples],
-            "connections_peak": pool.peak,
-        }
-        if stopped:
-            step["stopped_early"] = stopped
-        if unsent:
-            step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
-        if kind == "baseline" or index == 0:
-            step["service_samples_ms"] = [round(x * 1000, 4) for x in svc]
-        hold_samples = [(t, q) for t, q in samples if 0.0 <= t <= hold_s]
-        trend = queue_trend(hold_samples, hold_s)
-        if trend:
-            trend["source"] = "client in-flight"
-        if self.scraper and self.scraper.urls:
-            in_hold = [(t, s) for t, s in self.scraper.samples if -self.scraper.interval <= t <= hold_s]
-            server = summarize_server_metrics(in_hold)
-            if self.scraper.errors:
-                server["errors"] = list(self.scraper.errors)
-                self.scraper.errors = []
-            step["server"] = server
-            sq = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
-            strend = queue_trend(sq, hold_s, blocks=6)
-            if strend:
-                qnames = [
-                    n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
-                ]
-                strend["source"] = "server queue (%s)" % ", ".join(qnames)
-                step["client_queue"] = trend
-                trend = strend
-        step["queue"] = trend
-        return step
+        self.pool.loop = asyncio.get_running_loop()
+        return await _Phase(self, rate, warmup, hold, index, kind, stop_rule).run()
 
     async def run_closed(self, concurrency: int, duration: float, max_requests: int = 1_000_000) -> dict:
         """Closed-loop comparison: ``concurrency`` users send back-to-back and time from the *actual* send.
@@ -1146,6 +868,384 @@ class Runner:
 
     def close(self) -> None:
         self.pool.close()
+
+
+class _Phase:
+    """One step of the open-loop schedule, from the first send to the drain; :meth:`Runner.run_phase` runs it.
+
+    The pool calls :meth:`on_response` for every request that ends; a housekeeping task sweeps timeouts in send
+    order, samples the in-flight count and applies the early-stop rule; :meth:`step` reads the counters back.
+    """
+
+    __slots__ = (
+        "by_payload",
+        "drained",
+        "errors",
+        "finished",
+        "hist",
+        "hold",
+        "hold_end",
+        "hold_start",
+        "index",
+        "inflight",
+        "inflight_samples",
+        "judge_next",
+        "judged",
+        "judged_bad",
+        "keep",
+        "kind",
+        "lags",
+        "loop",
+        "measured",
+        "multi",
+        "names",
+        "offsets",
+        "ok",
+        "ok_in_window",
+        "rate",
+        "record",
+        "requests",
+        "runner",
+        "send_order",
+        "sending",
+        "sent",
+        "service_samples",
+        "stop_helpers",
+        "stop_rule",
+        "stopped",
+        "t0",
+        "timeout",
+        "waits",
+        "warmup",
+        "watched",
+    )
+
+    def __init__(
+        self, runner: Runner, rate: float, warmup: float, hold: float, index: int, kind: str, stop_rule: dict | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.runner = runner
+        self.loop = loop
+        self.rate = rate
+        self.warmup = warmup
+        self.hold = hold
+        self.index = index
+        self.kind = kind
+        self.stop_rule = dict(stop_rule or {})
+        self.offsets = schedule_offsets(rate, warmup + hold, runner.arrival, runner.rng)
+        self.timeout = runner.target.timeout
+        self.t0 = loop.time() + 0.01
+        self.hold_start = self.t0 + warmup
+        self.hold_end = self.hold_start + hold  # moves to the stop time when the early-stop rule ends the hold
+        self.record = runner.record_requests
+        self.requests = runner.requests
+        self.names = runner.target.names
+        self.multi = len(self.names) > 1
+        self.keep = runner.keep_samples
+        # counters the responses update
+        self.inflight = 0
+        self.sent = 0
+        self.finished = 0
+        self.ok_in_window = 0  # successes that ended inside the hold window: the achieved rate
+        self.measured = 0  # requests sent inside the hold window, ended
+        self.ok = 0
+        self.errors = dict.fromkeys(ERROR_KINDS, 0)
+        self.hist = LatencyHistogram()
+        self.by_payload: dict = {}  # payload index -> LatencyHistogram, for a mix of payloads
+        self.lags: list = []  # send lag of the measured requests
+        self.waits: list = []  # connection wait of the measured requests
+        self.service_samples: list = []  # the first ``keep`` successful latencies: the baseline's service times
+        self.inflight_samples: list = []  # (seconds since the hold started, requests in flight)
+        # the housekeeping task's queues and the early-stop rule's progress through them
+        self.send_order: collections.deque = collections.deque()  # sent, in intended-time order: the timeout sweep
+        self.watched: list = []  # measured requests in send order, when there is an early-stop rule
+        self.judge_next = 0  # the first watched request not judged yet
+        self.judged = 0
+        self.judged_bad = 0  # judged requests that took over the limit or failed
+        self.stopped: dict = {}  # at_s and reason, once the early-stop rule ended the hold
+        self.sending = True
+        self.drained = asyncio.Event()  # set by the last response after the schedule ended
+        self.stop_helpers = asyncio.Event()  # set after the drain
+
+    async def run(self) -> dict:
+        helpers = [asyncio.ensure_future(self._housekeeping())]
+        runner = self.runner
+        if runner.progress:
+            helpers.append(asyncio.ensure_future(self._report_progress()))
+        if runner.scraper and runner.scraper.urls:
+            runner.scraper.samples = []
+            helpers.append(asyncio.ensure_future(runner.scraper.run(self.hold_start, self.stop_helpers)))
+        unsent = await self._send()
+        if self.stopped:
+            unsent = 0
+            self.hold_end = self.loop.time()
+        self.sending = False
+        await self._drain(helpers)
+        return self.step(unsent)
+
+    def on_response(self, ex: Exchange) -> None:
+        """Count one request that ended: answered, failed or timed out (the pool's callback)."""
+        end = ex.end
+        latency = end - ex.intended
+        failure = ex.kind
+        self.inflight -= 1
+        self.finished += 1
+        if failure is None and self.hold_start <= end < self.hold_end:
+            self.ok_in_window += 1
+        if ex.measured:
+            self.measured += 1
+            self.lags.append(ex.sent - ex.intended)
+            self.waits.append((ex.start if ex.start is not None else end) - ex.sent)
+            if failure is None:
+                self.ok += 1
+                self.hist.record(latency)
+                if len(self.service_samples) < self.keep:
+                    self.service_samples.append(latency)
+                if self.multi:
+                    payload_hist = self.by_payload.get(ex.pidx)
+                    if payload_hist is None:
+                        payload_hist = self.by_payload[ex.pidx] = LatencyHistogram()
+                    payload_hist.record(latency)
+            else:
+                self.errors[failure] += 1
+                if failure == "timeout":
+                    self.hist.record(latency)  # the user waited at least this long: keep it in the percentiles
+        if self.record:
+            self.requests.append(
+                (
+                    self.index,
+                    round(ex.intended - self.t0, 6),
+                    round(ex.sent - ex.intended, 6),
+                    ex.status,
+                    round(latency, 6),
+                    failure or "",
+                    self.names[ex.pidx],
+                    ex.measured,
+                )
+            )
+        if not self.sending and self.inflight == 0:
+            self.drained.set()
+
+    async def _send(self) -> int:
+        """Send the schedule (until it ends, its deadline passes or the early-stop rule fires); returns the unsent."""
+        runner = self.runner
+        loop = self.loop
+        clock = loop.time
+        offsets = self.offsets
+        pick = runner.target.pick
+        prng = runner.payload_rng
+        submit = runner.pool.submit
+        on_response = self.on_response
+        send_order = self.send_order
+        watched = self.watched
+        watch = bool(self.stop_rule)
+        nap = runner.nap
+        t0 = self.t0
+        hold_start = self.hold_start
+        hold_end = self.hold_end
+        n = len(offsets)
+        i = 0
+        deadline = t0 + self.warmup + self.hold + 5.0
+        while i < n:  # bounded: every pass either sends, sleeps towards a send time, or hits the deadline
+            now = loop.time()
+            if now > deadline or self.stopped:
+                break
+            due = t0 + offsets[i]
+            if due > now + 0.00005:
+                # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield to the
+                # loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms. In that last
+                # stretch a 0.1 ms nap between yields keeps the wait from spinning a core.
+                if due - now > 0.0015:
+                    await asyncio.sleep(due - now - 0.0012)
+                else:
+                    await asyncio.sleep(0)
+                    if nap and due - clock() > 3 * nap:
+                        time.sleep(nap)
+                continue
+            limit_t = now + 0.00005
+            while i < n:
+                intended = t0 + offsets[i]
+                if intended > limit_t:
+                    break
+                pidx, req = pick(prng, runner.seq)
+                runner.seq += 1
+                ex = Exchange(intended, pidx, hold_start <= intended < hold_end, on_response)
+                ex.sent = clock()
+                self.inflight += 1
+                self.sent += 1
+                send_order.append(ex)
+                if ex.measured and watch:
+                    watched.append(ex)
+                submit(ex, req)
+                i += 1
+        return n - i
+
+    async def _housekeeping(self) -> None:
+        """Sweep timeouts in send order, sample the in-flight count, apply the early-stop rule; ends after the drain."""
+        loop = self.loop
+        send_order = self.send_order
+        expire = self.runner.pool.expire
+        interval = self.runner.sample_interval
+        tick = max(0.005, min(interval, self.timeout / 20.0))
+        next_sample = loop.time()
+        for _tick in range(int((self.warmup + self.hold + self.timeout + 10) / tick) + 10):
+            now = loop.time()
+            while send_order and (send_order[0].done or send_order[0].intended + self.timeout <= now):
+                ex = send_order.popleft()
+                if not ex.done:
+                    expire(ex)
+            if self.stop_helpers.is_set() and not send_order:
+                return
+            if now >= next_sample and not self.stop_helpers.is_set():
+                self.inflight_samples.append((now - self.hold_start, self.inflight))
+                next_sample += interval
+            if self.stop_rule and not self.stopped and self.sending and now >= self.hold_start:
+                self._apply_stop_rule(now)
+            await asyncio.sleep(tick)
+
+    def _apply_stop_rule(self, now: float) -> None:
+        """Judge the watched requests now older than the limit; end the hold when too many of them are bad."""
+        # every measured request older than the limit is either done (latency known) or still waiting (over it)
+        rule = self.stop_rule
+        limit = rule["limit_s"]
+        watched = self.watched
+        i = self.judge_next
+        while i < len(watched) and watched[i].intended <= now - limit:
+            ex = watched[i]
+            self.judged += 1
+            if not ex.done or ex.kind is not None or ex.end - ex.intended > limit:
+                self.judged_bad += 1
+            i += 1
+        self.judge_next = i
+        n, bad = self.judged, self.judged_bad
+        held = now - self.hold_start
+        if held >= rule.get("min_hold_s", 1.0) and n >= rule.get("min_requests", 100) and bad > rule["fraction"] * n:
+            self.stopped.update(
+                at_s=round(held, 3),
+                reason="stopped %.1f s into the %g s hold: %d of %d requests (%.1f%%) took over %s or failed (%s)"
+                % (held, self.hold, bad, n, 100.0 * bad / n, _fmt_s(limit), rule.get("reason", "")),
+            )
+
+    async def _report_progress(self) -> None:
+        """Hand the runner's progress callback a tick every half second."""
+        loop = self.loop
+        progress = self.runner.progress
+        for _tick in range(100000):
+            if self.stop_helpers.is_set():
+                return
+            progress(
+                {
+                    "event": "tick",
+                    "index": self.index,
+                    "kind": self.kind,
+                    "rate": self.rate,
+                    "elapsed": loop.time() - self.t0,
+                    "duration": self.warmup + self.hold,
+                    "sent": self.sent,
+                    "done": self.finished,
+                    "inflight": self.inflight,
+                    "errors": sum(self.errors.values()),
+                    "p95_ms": None if self.hist.count == 0 else round(self.hist.percentile(95) * 1000, 2),
+                }
+            )
+            with contextlib.suppress(_TIMEOUTS):
+                await asyncio.wait_for(self.stop_helpers.wait(), 0.5)
+
+    async def _drain(self, helpers: list) -> None:
+        """Let the hold window end, wait for the requests still out (bounded by the timeout), stop the helpers."""
+        loop = self.loop
+        if not self.stopped and loop.time() < self.hold_end:
+            await asyncio.sleep(self.hold_end - loop.time())
+        if self.inflight > 0:
+            with contextlib.suppress(*_TIMEOUTS):
+                await asyncio.wait_for(self.drained.wait(), self.timeout + 2.0)
+        self.stop_helpers.set()
+        for helper in helpers:
+            try:
+                await asyncio.wait_for(helper, 10.0)
+            except (*_TIMEOUTS, asyncio.CancelledError):
+                pass
+        for ex in list(self.send_order):  # anything left after the drain timed out
+            self.runner.pool.expire(ex)
+
+    def step(self, unsent: int) -> dict:
+        """The step dict: rates, latencies, errors, send lag and queue trends of the hold window."""
+        warmup, hold, hist = self.warmup, self.hold, self.hist
+        hold_s = max(self.hold_end - self.hold_start, 1e-9) if self.stopped else hold
+        lags = sorted(self.lags)
+        waits = sorted(self.waits)
+        shift = min(hist.mean() or 0.0, warmup)
+        names = self.names
+        step = {
+            "index": self.index,
+            "kind": self.kind,
+            "arrival": self.runner.arrival,
+            "offered_rps": self.rate,
+            # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
+            # Poisson bursts around the window edges do not read as lost throughput
+            "offered_actual_rps": round(
+                sum(1 for o in self.offsets if warmup - shift <= o < warmup + hold_s - shift) / hold_s, 3
+            )
+            if hold_s
+            else 0.0,
+            "warmup_s": warmup,
+            "hold_s": round(hold_s, 3),
+            "hold_planned_s": hold,
+            "scheduled": len(self.offsets),
+            "unsent": unsent,
+            "measured": self.measured,
+            "ok": self.ok,
+            "achieved_rps": round(self.ok_in_window / hold_s, 3) if hold_s else 0.0,
+            "errors": {k: v for k, v in self.errors.items() if v},
+            "latency_ms": hist.summary_ms(),
+            "histogram": hist.to_dict(),
+            "schedule_lag_ms": {
+                "p50": _ms(percentile_sorted(lags, 50)),
+                "p99": _ms(percentile_sorted(lags, 99)),
+                "max": _ms(lags[-1] if lags else None),
+            },
+            # waiting for a free or newly opened connection: part of the latency the user sees, not generator lag
+            "connection_wait_ms": {"p50": _ms(percentile_sorted(waits, 50)), "p99": _ms(percentile_sorted(waits, 99))},
+            "by_payload": (
+                {names[k]: h.summary_ms() for k, h in sorted(self.by_payload.items())}
+                if self.multi
+                else {names[0]: hist.summary_ms()}
+            ),
+            "inflight_samples": [[round(t, 3), q] for t, q in self.inflight_samples],
+            "connections_peak": self.runner.pool.peak,
+        }
+        if self.stopped:
+            step["stopped_early"] = self.stopped
+        if unsent:
+            step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
+        if self.kind == "baseline" or self.index == 0:
+            step["service_samples_ms"] = [round(x * 1000, 4) for x in self.service_samples]
+        self._add_queue_trends(step, hold_s)
+        return step
+
+    def _add_queue_trends(self, step: dict, hold_s: float) -> None:
+        """``step["queue"]``: the server's queue trend when it is scraped, else the client's in-flight trend."""
+        trend = queue_trend([(t, q) for t, q in self.inflight_samples if 0.0 <= t <= hold_s], hold_s)
+        if trend:
+            trend["source"] = "client in-flight"
+        scraper = self.runner.scraper
+        if scraper and scraper.urls:
+            in_hold = [(t, s) for t, s in scraper.samples if -scraper.interval <= t <= hold_s]
+            server = summarize_server_metrics(in_hold)
+            if scraper.errors:
+                server["errors"] = list(scraper.errors)
+                scraper.errors = []
+            step["server"] = server
+            server_queue = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
+            server_trend = queue_trend(server_queue, hold_s, blocks=6)
+            if server_trend:
+                queues = [
+                    n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
+                ]
+                server_trend["source"] = "server queue (%s)" % ", ".join(queues)
+                step["client_queue"] = trend
+                trend = server_trend
+        step["queue"] = trend
 
 
 def _wake(fut, _ex) -> None:

@@ -327,3 +327,48 @@ def test_idle_connection_closed_by_the_server_is_retried_once():
     step, connections = _run(go())
     assert step["errors"] == {} and step["ok"] == 10
     assert connections >= 10  # every request after the first was dropped once and retried on a new connection
+
+
+def test_early_stop_rule_ends_an_overloaded_hold(capacity_server):
+    """Three times the capacity: once most requests older than the limit took longer, the hold ends, nothing more is
+    sent, the hold and achieved rate count up to the stop, and the verdict is a hard break."""
+    server = capacity_server(workers=1, mean_ms=20)  # 50 RPS
+    rule = {"limit_s": 0.1, "fraction": 0.5, "min_hold_s": 0.5, "min_requests": 20, "reason": "p95 limit 100 ms"}
+
+    async def go():
+        runner = lg.Runner(lg.build_target({"url": server.url(), "payload": {}}), "constant", record_requests=True)
+        try:
+            return await runner.run_phase(150, 0.0, 4.0, stop_rule=rule), runner.requests
+        finally:
+            runner.close()
+
+    step, reqs = _run(go())
+    stopped = step["stopped_early"]
+    assert 0.5 <= stopped["at_s"] < 3.0 and stopped["at_s"] <= step["hold_s"] < stopped["at_s"] + 0.5
+    assert "took over 100 ms or failed (p95 limit 100 ms)" in stopped["reason"]
+    assert step["hold_planned_s"] == 4.0 and step["unsent"] == 0 and step["scheduled"] == 600
+    assert len(reqs) < 600 and all(r[1] <= stopped["at_s"] + 0.05 for r in reqs)  # nothing sent after the stop
+    assert step["achieved_rps"] <= 60  # successes inside the shortened window, over its length
+    verdict = cap.evaluate_step(step, cap.parse_sla("p95<100ms"))
+    assert verdict["hard_break"] and verdict["checks"][1]["name"] == "early_stop"
+
+
+def test_progress_ticks_report_the_running_counts(capacity_server):
+    server = capacity_server(workers=4, mean_ms=5)
+    ticks = []
+
+    async def go():
+        runner = lg.Runner(lg.build_target({"url": server.url(), "payload": {}}), "constant", progress=ticks.append)
+        try:
+            return await runner.run_phase(100, 0.2, 1.0, index=3, kind="knee")
+        finally:
+            runner.close()
+
+    step = _run(go())
+    assert len(ticks) >= 2
+    assert {(t["event"], t["index"], t["kind"], t["rate"], t["duration"]) for t in ticks} == {
+        ("tick", 3, "knee", 100, 1.2)
+    }
+    assert [t["sent"] for t in ticks] == sorted(t["sent"] for t in ticks) and ticks[-1]["sent"] <= step["scheduled"]
+    assert all(t["done"] + t["inflight"] == t["sent"] and t["errors"] == 0 for t in ticks)
+    assert ticks[-1]["p95_ms"] is not None and ticks[0]["elapsed"] < ticks[-1]["elapsed"]
