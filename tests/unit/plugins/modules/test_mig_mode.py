@@ -73,7 +73,9 @@ def test_busy_ampere_stays_pending_with_pids_then_reset_applies_it(sim_host, run
 def test_non_mig_gpu_is_skipped_under_all_and_an_error_by_index(sim_host, run_module):
     sim_host("H100-80GB", "L4", init=False)
     result, failed = run_module(mig_mode, {"state": "enabled"})
-    assert not failed and result["skipped_gpus"] == [{"index": 1, "name": "NVIDIA L4", "reason": "does not support MIG"}]
+    assert not failed and result["skipped_gpus"] == [
+        {"index": 1, "name": "NVIDIA L4", "reason": "does not support MIG"}
+    ]
     result, failed = run_module(mig_mode, {"gpus": ["1"], "state": "enabled"})
     assert failed and "does not support MIG" in result["msg"]
 
