@@ -56,7 +56,9 @@ def random_slot(rng: random.Random) -> dict:
 
 
 def random_slots(rng: random.Random) -> dict:
-    names = {rng.choice(NAME_CHARS[:36]) + "".join(rng.choices(NAME_CHARS, k=rng.randint(0, 20))) for _ in range(6)}
+    names = {
+        rng.choice(NAME_CHARS[:36]) + "".join(rng.choices(NAME_CHARS, k=rng.randint(0, 20))) for _unused in range(6)
+    }
     return {name: random_slot(rng) for name in sorted(names)[: rng.randint(1, 6)]}
 
 

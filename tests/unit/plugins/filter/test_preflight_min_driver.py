@@ -39,7 +39,7 @@ def minimum(product: str, **options) -> str | None:
     return preflight_report(facts, "h", layout=[{"gpus": 0}], **options)["gpus"][0]["min_driver"]
 
 
-@pytest.mark.parametrize(("product", "model"), PRODUCTS, ids=[p for p, _ in PRODUCTS])
+@pytest.mark.parametrize(("product", "model"), PRODUCTS, ids=[p for p, _unused in PRODUCTS])
 def test_every_shipped_model_and_alias_gets_the_catalogs_minimum(product, model):
     assert minimum(product) == _catalog.all_models()[model].min_driver
 

@@ -107,7 +107,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     argv = [sys.executable, "-m", cli.__name__, "predict", "--c", "2", "--service-ms", "10", "--sla-ms", "100"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # before the interpreter has even started
-    _, err = proc.communicate(timeout=60)
+    _unused, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and b"Traceback" not in err, err.decode()
 
 
