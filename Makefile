@@ -46,10 +46,11 @@ quadlet:
 unit: collection quadlet
 	$(BIN)/pytest -q -n 2 tests/unit
 
-# ansible-test needs the tree under ansible_collections/<ns>/<name>: sync a copy of the tracked files.
+# ansible-test needs the tree under ansible_collections/<ns>/<name>: a fresh copy of the tracked files (rsync
+# --files-from deletes nothing, so a file moved since the last copy would linger there).
 $(TESTCOPY): collection
-	@mkdir -p $(TESTCOPY)
-	@git ls-files -co --exclude-standard -z | rsync -a --delete --from0 --files-from=- ./ $(TESTCOPY)/
+	@rm -rf $(TESTCOPY) && mkdir -p $(TESTCOPY)
+	@git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(TESTCOPY)/
 	@rm -rf $(TESTCOPY)/.git && cp -a .git $(TESTCOPY)/.git
 
 sanity: $(TESTCOPY)
