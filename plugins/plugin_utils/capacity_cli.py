@@ -470,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # output to a pipe is buffered: a reader that left shows here, not at interpreter exit
+        return code
     except BrokenPipeError:  # the reader left early (| head): stop quietly, like other command-line tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
