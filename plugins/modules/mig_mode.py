@@ -137,8 +137,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mig.mode import ModeError, plan_gpu
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     SelectorError,
-    matches,
-    names_one_gpu,
+    naming,
     select_gpus,
     unmatched,
 )
@@ -152,7 +151,7 @@ def _skip(gpu: dict, selectors: list, errors: list) -> dict | None:
     reason = gpu.get("error") or (None if gpu["mig"]["supported"] else "does not support MIG")
     if reason is None:
         return None
-    named = next((s for s in selectors if names_one_gpu(s) and matches(gpu, s)), None)
+    named = naming(gpu, selectors)
     if named is not None:
         what = gpu["error"] if gpu.get("error") else f"GPU {gpu['index']} ({gpu['name']}) {reason}"
         errors.append(f"{what}; selector {named!r} names this GPU: remove it from gpus to work on the other GPUs")

@@ -121,7 +121,7 @@ def _selectors(value: Any) -> str | None:
     values = value if isinstance(value, list) else [value]
     if value is None or not values:
         return "must name at least one GPU (all, an index, GPU-<uuid>, a PCI bus id, a product name, arch:<x>)"
-    return "; ".join(why for why in map(_check_selector, values) if why) or None
+    return "; ".join(why for why in map(_select_mod.selector_problem, values) if why) or None
 
 
 def _slot_list(value: Any) -> str | None:
@@ -153,11 +153,6 @@ _CI_RULES = (
 
 # ---------------------------------------------------------------------------------------------------------------------
 # GPU selectors (matching itself is _select.matches, shared with mig_mode)
-
-
-def _check_selector(value: Any) -> str | None:
-    """Why ``value`` is not a GPU selector, or None."""
-    return _select_mod.selector_problem(value)
 
 
 def _facts_view(gpu: GpuState) -> dict[str, Any]:
@@ -522,9 +517,7 @@ def _resolve(
                 continue
             owner[gpu.index] = entry
             if gpu.error:
-                if any(
-                    _select_mod.names_one_gpu(sel) for sel in entry.gpus if _select_mod.matches(_facts_view(gpu), sel)
-                ):
+                if _select_mod.naming(_facts_view(gpu), entry.gpus) is not None:
                     problems.append(
                         "%s names %s, which cannot be read: %s; remove it from the selector to apply the layout to the"
                         " other GPUs" % (entry.label, gpu.label, gpu.error)

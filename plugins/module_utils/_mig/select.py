@@ -118,6 +118,12 @@ def missing(gpus: list[dict], selectors) -> list:
     return [s for s in unmatched(gpus, selectors) if names_one_gpu(s)]
 
 
+def naming(gpu: dict, selectors):
+    """The selector that names this one GPU (its index, UUID or bus id), or None: a GPU that cannot be worked on
+    (lost, no MIG) is an error only when a selector names it, and left alone when a class selector picks it."""
+    return next((s for s in _as_list(selectors) if names_one_gpu(s) and matches(gpu, s)), None)
+
+
 def entry_picks(gpu: dict, selectors) -> bool:
     """Does a layout entry with these selectors pick the GPU? One selector matches it; ``all`` there means every GPU
     with MIG (an entry passes over the others), while a GPU without MIG that another selector matches is picked.
