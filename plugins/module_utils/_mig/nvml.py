@@ -198,21 +198,13 @@ class Nvml:
             pci = self._readable(index, pynvml.nvmlDeviceGetPciInfo)
             uuid = self._readable(index, pynvml.nvmlDeviceGetUUID)
             name = self._readable(index, pynvml.nvmlDeviceGetName)
-            return {
-                "index": index,
-                "uuid": None if uuid is None else _text(uuid),
-                "name": None if name is None else _text(name),
-                "pci_bus_id": None if pci is None else _text(pci.busId),
-                "pci_device_id": None,
-                "architecture": "unknown",
-                "compute_capability": None,
-                "memory": None,
-                "mig": {"supported": False, "current": None, "pending": None},
-                "profiles": [],
-                "gpu_instances": [],
-                "processes": [],
-                "error": err.msg,
-            }
+            return failed_gpu(
+                index,
+                err.msg,
+                uuid=None if uuid is None else _text(uuid),
+                name=None if name is None else _text(name),
+                pci_bus_id=None if pci is None else _text(pci.busId),
+            )
 
     def _architecture(self, index: int, handle) -> str:
         """The generation's name; 'unknown' for a generation this table lacks or a driver that cannot tell."""
@@ -525,6 +517,25 @@ class Nvml:
         return self._call(
             index, f"opening GPU instance {gi_id}", pynvml.nvmlDeviceGetGpuInstanceById, self.handle(index), gi_id
         )
+
+
+def failed_gpu(index: int, error: str, uuid: str | None = None, name: str | None = None, pci_bus_id=None) -> dict:
+    """The facts of a GPU NVML could not read: a healthy GPU's keys, nothing read, and ``error`` (GPU and remedy)."""
+    return {
+        "index": index,
+        "uuid": uuid,
+        "name": name,
+        "pci_bus_id": pci_bus_id,
+        "pci_device_id": None,
+        "architecture": "unknown",
+        "compute_capability": None,
+        "memory": None,
+        "mig": {"supported": False, "current": None, "pending": None},
+        "profiles": [],
+        "gpu_instances": [],
+        "processes": [],
+        "error": error,
+    }
 
 
 def _profile_name(info) -> str:

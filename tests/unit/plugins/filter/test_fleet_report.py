@@ -14,6 +14,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpu.mig.plugins.filter.fleet import FilterModule, fleet_report
 from ansible_collections.gpu.mig.plugins.filter.preflight import preflight_report
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 
 DRIVER = {
     "loaded": True,
@@ -168,21 +169,7 @@ LOST = (
 
 def lost_gpu(index: int) -> dict:
     """A GPU as gpu.mig.mig_facts reports one that NVML could not read (Nvml.gpu_or_failure)."""
-    return {
-        "index": index,
-        "uuid": None,
-        "name": None,
-        "pci_bus_id": None,
-        "pci_device_id": None,
-        "architecture": "unknown",
-        "compute_capability": None,
-        "memory": None,
-        "mig": {"supported": False, "current": None, "pending": None},
-        "profiles": [],
-        "gpu_instances": [],
-        "processes": [],
-        "error": LOST,
-    }
+    return _nvml.failed_gpu(index, LOST)
 
 
 @pytest.fixture
