@@ -120,7 +120,7 @@ def _boolean(value: Any) -> str | None:
 def _selectors(value: Any) -> str | None:
     values = value if isinstance(value, list) else [value]
     if value is None or not values:
-        return "must name at least one GPU (all, an index, GPU-<uuid>, a PCI bus id, a product name, arch:<x>)"
+        return "must name at least one GPU (%s)" % _select_mod.SELECTOR_FORMS
     return "; ".join(why for why in map(_select_mod.selector_problem, values) if why) or None
 
 
