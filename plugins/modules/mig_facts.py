@@ -89,9 +89,11 @@ ansible_facts:
             - C(processes) lists compute processes (C(pid), C(used_memory_mib), C(gpu_instance_id), C(compute_instance_id)).
             - C(error) is present only on a GPU that NVML failed to read; it holds the message naming the GPU and the
               remedy. Such a GPU keeps every other key, C(index), and C(uuid), C(name) and C(pci_bus_id) as far as NVML
-              still reads them (else null); C(pci_device_id), C(compute_capability) and C(memory) are null,
-              C(architecture) is C(unknown), C(mig.supported) is false and the lists are empty. Test it with
+              still reads them (else null); C(pci_device_id), C(pci_subsystem_id), C(compute_capability) and C(memory)
+              are null, C(architecture) is C(unknown), C(mig.supported) is false and the lists are empty. Test it with
               C(item.error is defined).
+            - C(pci_device_id) and C(pci_subsystem_id) are the PCI device and subsystem ids (device or subsystem id,
+              then vendor id) as mig-parted's C(device-filter) writes them, e.g. C(0x20B010DE) and C(0x147E10DE).
           returned: always
           type: list
           elements: dict
@@ -101,6 +103,7 @@ ansible_facts:
               name: NVIDIA A100-SXM4-40GB
               pci_bus_id: "00000000:07:00.0"
               pci_device_id: "0x20B010DE"
+              pci_subsystem_id: "0x145F10DE"
               architecture: ampere
               compute_capability: "8.0"
               memory: {total_mib: 40960, used_mib: 0, free_mib: 40960}
@@ -123,6 +126,7 @@ ansible_facts:
               name: null
               pci_bus_id: null
               pci_device_id: null
+              pci_subsystem_id: null
               architecture: unknown
               compute_capability: null
               memory: null

@@ -124,8 +124,9 @@ unmatched:
   sample: ["arch:hopper"]
 reset_not_supported:
   description:
-    - True when the module failed because the GPU cannot be reset at all (C(nvidia-smi) exit code 3), as in a VM with
-      GPU pass-through, where only a restart of the VM applies the MIG mode.
+    - True when the module failed because the GPU cannot be reset at all (C(nvidia-smi) exit code 3, or NVML's activation
+      status RESET_REQUIRED with O(reset=true)), as in a VM with GPU pass-through, where only a restart of the VM applies
+      the MIG mode. Without O(reset=true) the module warns instead, naming the GPU.
   returned: on failure of a reset that the GPU does not support
   type: bool
   sample: true
@@ -142,8 +143,10 @@ from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     unmatched,
 )
 
-# nvidia-smi(1): exit code 3, "the requested operation is not available on the target device" (no GPU reset here).
+# nvidia-smi(1): exit code 3, "the requested operation is not available on the target device" (no GPU reset here);
+# exit code 4, "the current user does not have permission to access this device or perform this operation".
 NVIDIA_SMI_NOT_SUPPORTED = 3
+NVIDIA_SMI_NO_PERMISSION = 4
 
 
 def _skip(gpu: dict, selectors: list, errors: list) -> dict | None:
@@ -194,6 +197,12 @@ def _reset(module: AnsibleModule, step, bus_id: str, changed: bool) -> None:
     detail = f"nvidia-smi: {(err or out).strip()}"
     if rc == NVIDIA_SMI_NOT_SUPPORTED:
         module.fail_json(msg=step.reset_unsupported_message(detail), changed=changed, reset_not_supported=True)
+    if rc == NVIDIA_SMI_NO_PERMISSION:
+        module.fail_json(
+            msg=f"GPU {step.index} ({step.uuid}): reset failed ({detail}); resetting a GPU needs root: run the task"
+            " with become: true",
+            changed=changed,
+        )
     if rc != 0:
         module.fail_json(
             msg=f"GPU {step.index} ({step.uuid}): reset failed ({detail}); "
@@ -208,15 +217,19 @@ def execute(module: AnsibleModule, nvml: _nvml.Nvml, steps: list, gpus: dict) ->
     enabled = module.params["state"] == "enabled"
     for step in steps:
         try:
-            if step.set_mode:
-                nvml.set_mig_mode(step.index, enabled)
+            status = nvml.set_mig_mode(step.index, enabled) if step.set_mode else None
             mode = nvml.mig_mode(step.index)
         except _nvml.NvmlError as err:
             done = ", ".join(f"GPU {r['index']}" for r in results if r["changed"]) or "none"
             module.fail_json(
                 msg=f"{err.msg} (already changed before this failure: {done})", changed=done != "none", gpus=results
             )
-        if step.reset and mode["current"] != enabled:
+        if status == _nvml.pynvml.NVML_ERROR_RESET_REQUIRED:  # NVML cannot reset this GPU: a VM with pass-through
+            detail = "NVML: the activation status of the new mode is RESET_REQUIRED"
+            if module.params["reset"]:
+                module.fail_json(msg=step.reset_unsupported_message(detail), changed=True, reset_not_supported=True)
+            module.warn(step.reset_unsupported_message(detail))
+        elif step.reset and mode["current"] != enabled:
             _reset(module, step, gpus[step.index]["pci_bus_id"], bool(results) or step.set_mode)
             mode = nvml.mig_mode(step.index)
         after = {"current": mode["current"], "pending": mode["pending"]}

@@ -315,6 +315,7 @@ class GpuState(NamedTuple):
     pci_bus_id: str = ""
     architecture: str = ""
     pci_device_id: str | None = None  # "0x20B010DE", for mig-parted device-filter
+    pci_subsystem_id: str | None = None  # "0x147E10DE", for a device-filter's subsystem part
     error: str | None = None  # why the GPU could not be read (mig_facts' failure record); planned around
     mig_supported: bool = False
     mig_current: bool = False
@@ -375,6 +376,7 @@ def gpu_state_from_facts(d: Mapping) -> GpuState:
             pci_bus_id=str(d.get("pci_bus_id") or ""),
             architecture=str(d.get("architecture") or ""),
             pci_device_id=d.get("pci_device_id"),
+            pci_subsystem_id=d.get("pci_subsystem_id"),
             error=d.get("error"),
             mig_supported=bool(mig.get("supported", False)),
             mig_current=_mode(mig.get("current")),

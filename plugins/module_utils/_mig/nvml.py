@@ -65,6 +65,50 @@ _REMEDIES = {
 }
 
 
+def _capability_remedy(capability: str, minor: int) -> str:
+    return (
+        f"run the task as root (become: true), or grant the user running it the {capability} nvidia-capability"
+        f" (read access to /dev/nvidia-caps/nvidia-cap{minor}; see /proc/driver/nvidia/capabilities/{capability})"
+    )
+
+
+# Remedies that depend on the call too: (pynvml function, code) -> remedy. NO_PERMISSION (4): nvml.h says changing the
+# MIG mode needs root; creating and destroying instances needs the mig/config capability, listing them the
+# mig/monitor one (the MIG user guide; a stock driver grants only mig/monitor to every user). IN_USE (19) when a
+# change was planned with no process on the GPU: a client NVML does not list, such as a profiler, holds it.
+_CALL_REMEDIES = {
+    ("nvmlDeviceSetMigMode", 4): "changing the MIG mode needs root: run the task with become: true",
+    **dict.fromkeys(
+        (
+            ("nvmlDeviceCreateGpuInstanceWithPlacement", 4),
+            ("nvmlGpuInstanceCreateComputeInstance", 4),
+            ("nvmlGpuInstanceDestroy", 4),
+            ("nvmlComputeInstanceDestroy", 4),
+        ),
+        _capability_remedy("mig/config", 1),
+    ),
+    **dict.fromkeys(
+        (
+            ("nvmlDeviceGetGpuInstances", 4),
+            ("nvmlDeviceGetGpuInstanceById", 4),
+            ("nvmlGpuInstanceGetComputeInstances", 4),
+            ("nvmlGpuInstanceGetComputeInstanceById", 4),
+        ),
+        _capability_remedy("mig/monitor", 2),
+    ),
+    **dict.fromkeys(
+        (
+            ("nvmlDeviceSetMigMode", 19),
+            ("nvmlDeviceCreateGpuInstanceWithPlacement", 19),
+            ("nvmlGpuInstanceCreateComputeInstance", 19),
+        ),
+        "stop the GPU's processes (gpu.mig.mig_facts lists them) and any profiling client, which NVML does not list:"
+        " DCGM profiling metrics (dcgm-exporter, nv-hostengine; or pause them with dcgmi profile --pause) and Nsight"
+        " sessions (nsys, ncu); then retry",
+    ),
+}
+
+
 class NvmlError(Exception):
     """An NVML failure, with a message that names the GPU and the fix."""
 
@@ -75,10 +119,12 @@ class NvmlError(Exception):
         self.value = code  # pynvml.NVMLError compares by .value; keep comparisons with it safe
 
 
-def describe(err: Exception, where: str = "", action: str = "") -> NvmlError:
-    """Turn a pynvml exception into an NvmlError naming ``where`` (a GPU) and the remedy."""
+def describe(err: Exception, where: str = "", action: str = "", call: str = "") -> NvmlError:
+    """Turn a pynvml exception into an NvmlError naming ``where`` (a GPU) and the remedy (for the pynvml function
+    ``call`` when it has its own)."""
     code = getattr(err, "value", None)
     problem, remedy = _REMEDIES.get(code, (f"NVML error {code}", _DEFAULT_REMEDY))
+    remedy = _CALL_REMEDIES.get((call, code), remedy)
     prefix = f"{where}: " if where else ""
     doing = f"{action} failed: " if action else ""
     return NvmlError(f"{prefix}{doing}{problem} (NVML: {err}); {remedy}", code)
@@ -153,7 +199,7 @@ class Nvml:
             if absent and _is_error(err, *absent):
                 return None
             where = "" if index is None else self.label(index) if index in self._handles else f"GPU {index}"
-            raise describe(err, where, action) from err
+            raise describe(err, where, action, getattr(func, "__name__", "")) from err
 
     # ------------------------------------------------------------------ reads
     def gpu(self, index: int) -> dict:
@@ -170,6 +216,7 @@ class Nvml:
             "name": _text(self._call(index, "reading the product name", pynvml.nvmlDeviceGetName, handle)),
             "pci_bus_id": _text(pci.busId),
             "pci_device_id": f"0x{pci.pciDeviceId:08X}",
+            "pci_subsystem_id": f"0x{pci.pciSubSystemId:08X}",
             "architecture": self._architecture(index, handle),
             "compute_capability": f"{major}.{minor}",
             "memory": {"total_mib": _mib(memory.total), "used_mib": _mib(memory.used), "free_mib": _mib(memory.free)},
@@ -474,11 +521,13 @@ class Nvml:
         ]
 
     # ---------------------------------------------------------------- changes
-    def set_mig_mode(self, index: int, enabled: bool) -> None:
-        """Request a MIG mode; read mig_mode() to see whether it applied or waits for a reset."""
+    def set_mig_mode(self, index: int, enabled: bool) -> int:
+        """Request a MIG mode; returns NVML's activation status, an NVML return code: SUCCESS, or why an Ampere change
+        waits (IN_USE: clients hold the GPU; RESET_REQUIRED: the GPU cannot be reset here, as in VM pass-through).
+        Read mig_mode() to see what applied."""
         mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
         action = "enabling MIG" if enabled else "disabling MIG"
-        self._call(index, action, pynvml.nvmlDeviceSetMigMode, self.handle(index), mode)
+        return self._call(index, action, pynvml.nvmlDeviceSetMigMode, self.handle(index), mode)
 
     def create_gpu_instance(self, index: int, profile_id: int, start: int, size: int) -> int:
         placement = pynvml.c_nvmlGpuInstancePlacement_t()
@@ -527,6 +576,7 @@ def failed_gpu(index: int, error: str, uuid: str | None = None, name: str | None
         "name": name,
         "pci_bus_id": pci_bus_id,
         "pci_device_id": None,
+        "pci_subsystem_id": None,
         "architecture": "unknown",
         "compute_capability": None,
         "memory": None,

@@ -31,6 +31,33 @@ _init_count = 0
 _call: contextvars.ContextVar[str] = contextvars.ContextVar("nvmlsim_call", default="")
 F = TypeVar("F", bound=Callable[..., Any])
 
+# What each privileged call needs from a caller that is not root (see mig.require_privilege). nvml.h: changing the
+# MIG mode "requires root user"; the MIG user guide: creating and destroying instances needs the mig/config
+# capability, monitoring them (listing GPU and compute instances) the mig/monitor one. Other reads need nothing.
+PRIVILEGES = {
+    "nvmlDeviceSetMigMode": mig.ROOT,
+    **dict.fromkeys(
+        (
+            "nvmlDeviceCreateGpuInstance",
+            "nvmlDeviceCreateGpuInstanceWithPlacement",
+            "nvmlGpuInstanceDestroy",
+            "nvmlGpuInstanceCreateComputeInstance",
+            "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
+            "nvmlComputeInstanceDestroy",
+        ),
+        mig.MIG_CONFIG,
+    ),
+    **dict.fromkeys(
+        (
+            "nvmlDeviceGetGpuInstances",
+            "nvmlDeviceGetGpuInstanceById",
+            "nvmlGpuInstanceGetComputeInstances",
+            "nvmlGpuInstanceGetComputeInstanceById",
+        ),
+        mig.MIG_MONITOR,
+    ),
+}
+
 # Strings of nvmlErrorString for codes that pynvml's own table lacks.
 ERROR_STRINGS = {
     pynvml.NVML_ERROR_IN_USE: b"In use by another client",
@@ -140,12 +167,14 @@ def _system() -> Host:
 
 
 def _read(handle: Any, *kinds: str) -> tuple[Host, Ref]:
-    """The state for a read-only call and the decoded handle, one of ``kinds`` whose target still exists."""
+    """The state for a read-only call and the decoded handle, one of ``kinds`` whose target still exists; NO_PERMISSION
+    when the caller lacks the privilege the call needs."""
     host = state.read(_root)
     ref = _decode(handle)
     if ref.kind not in kinds or ref.gpu >= len(host.gpus):
         raise mig.fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
     _check(host, ref.gpu, ref.kind)
+    mig.require_privilege(host, PRIVILEGES.get(_call.get()))
     try:
         if ref.kind == "gi":
             mig.find_gpu_instance(host, ref.gpu, ref.gi)
@@ -158,10 +187,8 @@ def _read(handle: Any, *kinds: str) -> tuple[Host, Ref]:
 
 @contextlib.contextmanager
 def _write(handle: Any, *kinds: str) -> Iterator[tuple[Host, Ref]]:
-    """A mutating call: root only, under the host lock."""
-    host, ref = _read(handle, *kinds)
-    if host.persistent.get("unprivileged"):
-        raise mig.fail(pynvml.NVML_ERROR_NO_PERMISSION)
+    """A mutating call (privileged: listed in PRIVILEGES), under the host lock."""
+    _host, ref = _read(handle, *kinds)
     with state.transaction(_root) as locked:
         yield locked, ref
 

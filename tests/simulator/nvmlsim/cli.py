@@ -14,7 +14,7 @@ from pathlib import Path
 import pynvml
 import yaml
 
-from nvmlsim import api, hosts, procs, state
+from nvmlsim import api, hosts, mig, procs, state
 
 SIMULATOR = Path(__file__).resolve().parent.parent
 REPO = SIMULATOR.parent.parent
@@ -57,6 +57,7 @@ def _spec(args: argparse.Namespace) -> hosts.HostSpec:
         driver_state=driver_state,
         vm_passthrough=args.vm_passthrough,
         unprivileged=args.unprivileged,
+        user_capabilities=tuple(c for c in args.user_capabilities.split(",") if c),
         instances=args.instance,
         processes=[hosts.Process.parse(p) for p in args.process],
         lifetime=args.lifetime,
@@ -103,6 +104,15 @@ def cmd_process(args: argparse.Namespace) -> None:
             print(hosts.add_process(host, hosts.Process.parse(args.spec), args.lifetime))
         else:
             hosts.remove_process(host, int(args.spec))
+
+
+def cmd_profiler(args: argparse.Namespace) -> None:
+    """Attach a profiling client to a GPU (prints its PID), or kill and detach one."""
+    with state.transaction(args.dir) as host:
+        if args.action == "attach":
+            print(hosts.attach_profiler(host, int(args.target), args.name, args.lifetime))
+        else:
+            hosts.remove_process(host, int(args.target), "profilers")
 
 
 def host_dirs(path: Path) -> list[Path]:
@@ -206,7 +216,17 @@ def _parser() -> argparse.ArgumentParser:
     drivers.add_argument("--driver-not-loaded", action="store_true", help="nvmlInit -> DriverNotLoaded")
     host.add_argument("--cuda", help="CUDA version such as 12.4 (default: the driver branch's)")
     host.add_argument("--vm-passthrough", action="store_true", help="GPU reset not possible (VM pass-through)")
-    host.add_argument("--unprivileged", action="store_true", help="mutating calls fail with NO_PERMISSION")
+    host.add_argument(
+        "--unprivileged",
+        action="store_true",
+        help="NVML callers are not root: MIG mode changes, and calls needing a capability they lack, get NO_PERMISSION",
+    )
+    host.add_argument(
+        "--user-capabilities",
+        default=",".join(mig.STOCK_USER_CAPABILITIES),
+        help=f"comma-separated nvidia-capabilities ({', '.join(mig.CAPABILITIES)}) an --unprivileged caller holds"
+        f" (default: {','.join(mig.STOCK_USER_CAPABILITIES)}, as a stock driver grants; '' for none)",
+    )
     host.add_argument("--instance", action="append", default=[], help="GPU:PROFILE[@START] (GI + default CI)")
     host.add_argument(
         "--process", action="append", default=[], help="GPU[:GI[:CI]]:MIB[:NAME] (spawns a real 'sleep' process)"
@@ -238,6 +258,16 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("spec", help="add: GPU[:GI[:CI]]:MIB[:NAME] (prints the spawned PID); remove: PID (killed)")
     _lifetime_option(process)
     process.set_defaults(func=cmd_process)
+
+    profiler = sub.add_parser(
+        "profiler", help="attach or detach a profiling client (DCGM profiling, Nsight): GPU reconfiguration -> IN_USE"
+    )
+    profiler.add_argument("dir")
+    profiler.add_argument("action", choices=("attach", "detach"))
+    profiler.add_argument("target", help="attach: GPU index (prints the spawned PID); detach: PID (killed)")
+    profiler.add_argument("--name", default="nv-hostengine", help="process name recorded (default nv-hostengine)")
+    _lifetime_option(profiler)
+    profiler.set_defaults(func=cmd_profiler)
 
     stop = sub.add_parser("stop", help="kill the spawned processes of a host or fleet (before deleting it)")
     stop.add_argument("dir", help="a host directory or a fleet directory")

@@ -1,4 +1,4 @@
-"""Build simulated hosts: GPUs, driver, MIG layouts and processes."""
+"""Build simulated hosts: GPUs, driver, privileges, MIG layouts, processes and profilers."""
 
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class HostSpec:
     cuda: int | None = None
     driver_state: str = "loaded"
     vm_passthrough: bool = False
-    unprivileged: bool = False
+    unprivileged: bool = False  # NVML callers are not root
+    user_capabilities: tuple[str, ...] = mig.STOCK_USER_CAPABILITIES  # nvidia-capabilities such a caller holds
     instances: list[str] = field(default_factory=list)  # GPU:PROFILE[@START]
     processes: list[Process] = field(default_factory=list)
     lifetime: int = procs.DEFAULT_LIFETIME  # seconds the spawned processes live at most
@@ -148,18 +149,31 @@ def add_process(host: Host, proc: Process, lifetime: int = procs.DEFAULT_LIFETIM
     return proc.pid
 
 
-def remove_process(host: Host, pid: int) -> None:
-    """Kill a process (SIGKILL) and detach it from every GPU; KeyError if no GPU has it."""
+def attach_profiler(host: Host, gpu: int, name: str = "nv-hostengine", lifetime: int = procs.DEFAULT_LIFETIME) -> int:
+    """Spawn a real process standing for a profiling client (DCGM profiling metrics, Nsight) that holds GPU ``gpu``;
+    returns its PID. NVML does not list it as a process, but creating instances, changing the MIG mode and resetting
+    the GPU answer IN_USE until it exits or is detached."""
+    live = host.live(gpu)  # IndexError for an unknown GPU, before anything is spawned
+    pid, start_time = procs.spawn(lifetime)
+    live["profilers"].append({"pid": pid, "start_time": start_time, "name": name})
+    return pid
+
+
+def remove_process(host: Host, pid: int, key: str = "processes") -> None:
+    """Kill a process (SIGKILL) and detach it from every GPU; KeyError if no GPU has it.
+
+    ``key``: "processes" for compute processes, "profilers" for profiling clients.
+    """
     found = False
     for index in range(len(host.gpus)):
         live = host.live(index)
-        for record in live["processes"]:
+        for record in live[key]:
             if record["pid"] == pid:
                 procs.kill(record)
                 found = True
-        live["processes"] = [p for p in live["processes"] if p["pid"] != pid]
+        live[key] = [p for p in live[key] if p["pid"] != pid]
     if not found:
-        raise KeyError(f"no process {pid}")
+        raise KeyError(f"no {key[:-1]} {pid}")
 
 
 def build(root: Path | str, spec: HostSpec) -> Host:
@@ -168,11 +182,15 @@ def build(root: Path | str, spec: HostSpec) -> Host:
     hostname = spec.hostname or root.name
     if spec.driver_state not in DRIVER_STATES:
         raise ValueError(f"driver state must be one of {DRIVER_STATES}")
+    unknown = sorted(set(spec.user_capabilities) - set(mig.CAPABILITIES))
+    if unknown:
+        raise ValueError(f"unknown nvidia-capabilities {unknown}; known: {', '.join(mig.CAPABILITIES)}")
     persistent = {
         "hostname": hostname,
         "driver": {"state": spec.driver_state, "version": spec.driver, "cuda": spec.cuda or cuda_for(spec.driver)},
         "vm_passthrough": spec.vm_passthrough,
         "unprivileged": spec.unprivileged,
+        "user_capabilities": sorted(spec.user_capabilities),
         "faults": [],
         "gpus": [gpu_record(hostname, i, g) for i, g in enumerate(spec.gpus)],
     }

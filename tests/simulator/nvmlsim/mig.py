@@ -1,4 +1,4 @@
-"""MIG driver behaviour on simulated state: placements, capacity, instance ids, MIG mode and reset.
+"""MIG driver behaviour on simulated state: placements, capacity, instance ids, MIG mode, reset, privileges.
 
 Pure logic over ``state.Host`` dicts; raises ``pynvml.NVMLError`` with the code the driver returns.
 Rules that are inferred rather than documented are listed in tests/simulator/README.md.
@@ -15,6 +15,15 @@ from nvmlsim import models
 from nvmlsim.state import Host, fresh_gpu_state
 
 _UUID_NAMESPACE = "6f0c5f43-56a1-4f61-9a35-7d1f0c0a4d31"
+
+# What a call needs from a caller that is not root: root itself (no capability grants it), or an nvidia-capability
+# (/proc/driver/nvidia/capabilities/mig/...; root and CAP_SYS_ADMIN hold them all).
+ROOT = "root"
+MIG_CONFIG = "mig/config"  # create and destroy GPU/compute instances
+MIG_MONITOR = "mig/monitor"  # list the GPU/compute instances
+CAPABILITIES = (MIG_CONFIG, MIG_MONITOR)
+# A stock driver creates mig/config as 0400 (root only) and mig/monitor as 0444 (everyone): DeviceFileMode 256 and 292.
+STOCK_USER_CAPABILITIES = (MIG_MONITOR,)
 
 
 def stable_uuid(name: str) -> str:
@@ -44,6 +53,29 @@ def mode_record(host: Host, index: int) -> dict[str, int]:
 def mig_enabled(host: Host, index: int) -> bool:
     """Current MIG mode is enabled."""
     return mode_record(host, index)["current"] == pynvml.NVML_DEVICE_MIG_ENABLE
+
+
+def require_privilege(host: Host, needed: str | None) -> None:
+    """NO_PERMISSION when the caller is not root (host flag ``unprivileged``) and lacks what a call needs."""
+    if needed and host.persistent.get("unprivileged") and needed not in user_capabilities(host):
+        raise fail(pynvml.NVML_ERROR_NO_PERMISSION)
+
+
+def user_capabilities(host: Host) -> tuple[str, ...]:
+    """The nvidia-capabilities the unprivileged caller holds (a stock driver's when the host does not say)."""
+    return tuple(host.persistent.get("user_capabilities", STOCK_USER_CAPABILITIES))
+
+
+def profiled(host: Host, index: int) -> bool:
+    """A profiling client (DCGM profiling metrics, Nsight) holds the GPU: NVML does not list it as a process, but
+    the driver refuses to reconfigure or reset the GPU under it."""
+    return bool(host.live(index)["profilers"])
+
+
+def require_unprofiled(host: Host, index: int) -> None:
+    """IN_USE while a profiling client holds the GPU."""
+    if profiled(host, index):
+        raise fail(pynvml.NVML_ERROR_IN_USE)
 
 
 def require_mig(host: Host, index: int, enabled: bool = True) -> GpuModel:
@@ -137,8 +169,9 @@ def gi_id_for(gpu_model: GpuModel, instances: list[dict[str, Any]], start: int, 
 
 
 def create_gpu_instance(host: Host, index: int, profile_id: int, start: int | None = None) -> dict[str, Any]:
-    """Create a GPU instance (explicit or driver-chosen placement) and return its record."""
+    """Create a GPU instance (explicit or driver-chosen placement) and return its record; IN_USE under a profiler."""
     gpu_model = require_mig(host, index)
+    require_unprofiled(host, index)
     prof = gi_profile(gpu_model, profile_id)
     instances = host.live(index)["gpu_instances"]
     if start is None:
@@ -223,8 +256,10 @@ def ci_remaining(gpu_model: GpuModel, gi: dict[str, Any], cprof: ComputeProfile)
 def create_compute_instance(
     host: Host, index: int, gi_id: int, profile_id: int, start: int | None = None
 ) -> dict[str, Any]:
-    """Create a compute instance (lowest free start unless given) with the lowest free CI id."""
+    """Create a compute instance (lowest free start unless given) with the lowest free CI id; IN_USE under a
+    profiler."""
     gpu_model = require_mig(host, index)
+    require_unprofiled(host, index)
     gi = find_gpu_instance(host, index, gi_id)
     cprof = ci_profile(gpu_model, gi, profile_id)
     legal = ci_starts(gpu_model, gi, cprof)
@@ -281,7 +316,7 @@ def set_mig_mode(host: Host, index: int, mode: int) -> int:
     record = mode_record(host, index)
     if mode == pynvml.NVML_DEVICE_MIG_DISABLE and host.live(index)["gpu_instances"]:
         raise fail(pynvml.NVML_ERROR_IN_USE)
-    busy = bool(processes_on(host, index))
+    busy = bool(processes_on(host, index)) or profiled(host, index)
     if not gpu_model.mig_enable_requires_reset:
         if busy and mode != record["current"]:
             raise fail(pynvml.NVML_ERROR_IN_USE)
@@ -299,7 +334,7 @@ def set_mig_mode(host: Host, index: int, mode: int) -> int:
 
 
 def reset_gpu(host: Host, index: int) -> None:
-    """GPU reset: refused in VM pass-through (NOT_SUPPORTED) or while processes hold it (IN_USE).
+    """GPU reset: refused in VM pass-through (NOT_SUPPORTED) or while processes or a profiler hold it (IN_USE).
 
     Applies the pending MIG mode and clears instances (the Hopper mode survives a reset).
     """
@@ -307,6 +342,7 @@ def reset_gpu(host: Host, index: int) -> None:
         raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
     if processes_on(host, index):
         raise fail(pynvml.NVML_ERROR_IN_USE)
+    require_unprofiled(host, index)
     live = host.live(index)
     mig_mode = dict(mode_record(host, index))
     live.update(fresh_gpu_state())

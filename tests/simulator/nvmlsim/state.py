@@ -5,8 +5,9 @@ InfoROM, fault injection) lives in ``ROOT/var/lib/migsim/host.json``; what a reb
 the Hopper MIG mode, processes, lost GPUs) lives in ``ROOT/run/migsim/state.json``. A missing volatile
 file means the host has just booted: the first access applies pending Ampere modes and starts empty.
 
-Processes are real processes (see ``procs``): loading the state drops the records of those that have
-exited (the next write persists that), and a reboot kills the ones still running.
+Processes are real processes (see ``procs``), and so are profiling clients (DCGM profiling, Nsight), which hold a
+GPU without being listed as its processes: loading the state drops the records of those that have exited (the
+next write persists that), and a reboot kills the ones still running.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ PERSISTENT = Path("var/lib/migsim/host.json")
 VOLATILE = Path("run/migsim/state.json")
 LOCK = Path("var/lib/migsim/lock")
 FORMAT = 1
+# Per-GPU volatile lists of records of real processes holding the GPU: compute processes (listed by NVML) and
+# profiling clients (not listed, but they keep the GPU from being reconfigured).
+CLIENTS = ("processes", "profilers")
 
 
 class NoHostError(RuntimeError):
@@ -51,15 +55,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _kill_processes(volatile: dict[str, Any] | None) -> None:
-    """Kill the recorded processes still running (a reboot or a replaced host ends them)."""
+    """Kill the recorded processes and profilers still running (a reboot or a replaced host ends them)."""
     for gpu in (volatile or {}).get("gpus", []):
-        for record in gpu.get("processes", []):
-            procs.kill(record)
+        for key in CLIENTS:
+            for record in gpu.get(key, []):
+                procs.kill(record)
+
+
+def _drop_exited(gpu: dict[str, Any]) -> None:
+    """Forget the processes and profilers of a GPU that have exited: the driver released their contexts."""
+    for key in CLIENTS:
+        gpu[key] = [p for p in gpu.get(key, []) if procs.alive(p)]
 
 
 def fresh_gpu_state() -> dict[str, Any]:
     """Volatile state of one GPU right after boot."""
-    return {"mig": {"current": 0, "pending": 0}, "gpu_instances": [], "processes": [], "lost": False}
+    return {"mig": {"current": 0, "pending": 0}, "gpu_instances": [], "processes": [], "profilers": [], "lost": False}
 
 
 class Host:
@@ -106,7 +117,7 @@ def _load(root: Path) -> tuple[Host, bool]:
         host.boot()
     else:  # a process that exited released its GPU context, as with the real driver
         for gpu in host.volatile.get("gpus", []):
-            gpu["processes"] = [p for p in gpu.get("processes", []) if procs.alive(p)]
+            _drop_exited(gpu)
     return host, volatile is None
 
 
@@ -154,7 +165,7 @@ class _Cached:
         self.path = path  # the volatile state file
         self.signature = signature
         self.host = host
-        self.busy = [gpu for gpu in host.volatile["gpus"] if gpu["processes"]]  # GPUs whose processes may exit
+        self.busy = [gpu for gpu in host.volatile["gpus"] if any(gpu[key] for key in CLIENTS)]  # clients may exit
 
 
 _READ_CACHE: dict[str, _Cached] = {}
@@ -183,8 +194,8 @@ def read(root: Path | str) -> Host:
     path = cached.path if cached else os.path.join(key, VOLATILE)
     sig = _signature(path)
     if cached and sig is not None and cached.signature == sig:
-        for gpu in cached.busy:  # processes may have exited since
-            gpu["processes"] = [p for p in gpu["processes"] if procs.alive(p)]
+        for gpu in cached.busy:  # processes and profilers may have exited since
+            _drop_exited(gpu)
         return cached.host
     host, booted = _load(Path(root))
     if booted:  # first access after boot: persist the boot under the lock
@@ -219,8 +230,9 @@ def reboot(root: Path | str) -> None:
 
 
 def stop_processes(root: Path | str) -> None:
-    """Kill every recorded process of a host that still runs and drop the records."""
+    """Kill every recorded process and profiler of a host that still runs and drop the records."""
     with transaction(root) as host:
         _kill_processes(host.volatile)
         for gpu in host.volatile["gpus"]:
-            gpu["processes"] = []
+            for key in CLIENTS:
+                gpu[key] = []

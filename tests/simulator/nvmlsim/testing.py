@@ -42,6 +42,11 @@ class SimHost:
         with self.edit() as host:
             return hosts.add_process(host, hosts.Process.parse(text), lifetime)
 
+    def attach_profiler(self, gpu: int, name: str = "nv-hostengine") -> int:
+        """Spawn a profiling client holding GPU ``gpu`` (IN_USE for reconfiguration until it exits); returns its PID."""
+        with self.edit() as host:
+            return hosts.attach_profiler(host, gpu, name)
+
     def fault(self, call: str, error: int, times: int = 1, gpu: int | None = None, handle: str | None = None) -> None:
         """Make ``call`` fail with NVML code ``error`` ``times`` times (optionally only on GPU ``gpu``, only on
         handles of kind ``handle``: device, mig, gi or ci)."""

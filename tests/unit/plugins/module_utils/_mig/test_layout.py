@@ -1,7 +1,7 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Layout core: validation, selectors, mig-parted conversion, placement solver, diff planner, simulation."""
+"""Layout core: validation, selectors, placement solver, diff planner, simulation (mig-parted: test_migparted.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as L
-from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
 from ansible_collections.gpu.mig.plugins.module_utils._mig.catalog import find_model
 from ansible_collections.gpu.mig.tests.unit.plugins.module_utils._mig.plan_replay import apply_plan_to_state
 
@@ -505,113 +504,6 @@ def test_simulation_rejects_a_plan_for_another_state():
     p = plan(one(("3g.20gb", 0)), state(facts()))
     with pytest.raises(L.LayoutError, match=r"cannot create 3g\.20gb at 0"):
         apply_plan_to_state(state(facts(gis=[(1, "1g.5gb", 1)])), p)
-
-
-# --------------------------------------------------------------------------------------------------- mig-parted
-
-MP_HOST = (facts(0), facts(1, model=H100), facts(2, model=H100), facts(3, model=None, mig=False, supported=False))
-MP = {
-    "version": "v1",
-    "mig-configs": {
-        "edge": [
-            {
-                "devices": [0, 1],
-                "device-filter": "0x233010DE",
-                "mig-enabled": True,
-                "mig-devices": {"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 2},
-            },
-            {"devices": [2], "mig-enabled": True, "mig-devices": {"1c.3g.40gb": 4, "2c.3g.40gb": 1}},
-            {"devices": [0], "mig-enabled": False},
-        ],
-        "all-disabled": [{"devices": "all", "mig-enabled": False}],
-    },
-}
-
-
-def _mp(config=None, name="edge"):
-    gpus = state(*MP_HOST)
-    return _migparted.layout_from_mig_parted(MP if config is None else config, name, gpus, models_for(gpus)), gpus
-
-
-def test_mig_parted_conversion():
-    layout, gpus = _mp()
-    assert layout == [
-        {
-            "gpus": 1,
-            "mig_enabled": True,
-            "slots": [
-                {"name": "gpu1-3g-40gb-0", "profile": "3g.40gb"},
-                {"name": "gpu1-2g-20gb-0", "profile": "2g.20gb"},
-                {"name": "gpu1-1g-10gb-0", "profile": "1g.10gb"},
-                {"name": "gpu1-1g-10gb-1", "profile": "1g.10gb"},
-            ],
-        },
-        {
-            "gpus": 2,
-            "mig_enabled": True,
-            "slots": [
-                {
-                    "name": "gpu2-3g-40gb-0",
-                    "profile": "3g.40gb",
-                    "compute_instances": [{"profile": "2c.3g.40gb"}, {"profile": "1c.3g.40gb"}],
-                },
-                {"name": "gpu2-3g-40gb-1", "profile": "3g.40gb", "compute_instances": [{"profile": "1c.3g.40gb"}] * 3},
-            ],
-        },
-        {"gpus": 0, "mig_enabled": False, "slots": []},
-    ]
-    p = plan(layout, gpus)
-    assert len([a for a in p.actions if a.op == "create_ci" and a.gpu_index == 2]) == 5
-
-
-def test_mig_parted_all_skips_non_mig_gpus():
-    layout, _unused = _mp(name="all-disabled")
-    assert [e["gpus"] for e in layout] == [0, 1, 2]
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ({**MP, "extra": 1}, "unknown key 'extra'"),
-        ({**MP, "version": "v2"}, "version is 'v2'; it must be 'v1'"),
-        (
-            {"version": "v1", "mig-configs": {"x": [{"devices": "all", "mig-enabled": True, "mig-device": {}}]}},
-            "mig-configs.x[0]: unknown key 'mig-device'",
-        ),
-        (
-            {
-                "version": "v1",
-                "mig-configs": {"x": [{"devices": [0], "mig-enabled": False, "mig-devices": {"1g.5gb": 1}}]},
-            },
-            "mig-enabled is false but mig-devices is not empty",
-        ),
-        (
-            {
-                "version": "v1",
-                "mig-configs": {"x": [{"devices": [0], "mig-enabled": True}, {"devices": "all", "mig-enabled": True}]},
-            },
-            "mig-configs.x[0] and mig-configs.x[1] both select GPU 0",
-        ),
-        ({"version": "v1", "mig-configs": {"x": [{"devices": [9], "mig-enabled": True}]}}, "device 9 does not exist"),
-        ({"version": "v1", "mig-configs": {"x": [{"mig-enabled": True}]}}, "'devices' is required"),
-        (
-            {
-                "version": "v1",
-                "mig-configs": {"x": [{"devices": [0], "mig-enabled": True, "mig-devices": {"5c.3g.20gb": 1}}]},
-            },
-            "'5c.3g.20gb' is not a compute instance profile",
-        ),
-    ],
-)
-def test_mig_parted_errors(config, message):
-    with pytest.raises(L.LayoutError) as info:
-        _mp(config, "x" if "x" in config["mig-configs"] else "edge")
-    assert message in str(info.value)
-
-
-def test_mig_parted_unknown_config_name_lists_available():
-    with pytest.raises(L.LayoutError, match="no config named 'nope'; available: all-disabled, edge"):
-        _mp(name="nope")
 
 
 # --------------------------------------------------------------------------------------------------- properties
