@@ -7,11 +7,15 @@ message names the GPU and the fix, and no traceback reaches the user."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 
+import pynvml
 import pytest
 
+import nvmlsim
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.modules import mig_facts, mig_instances, mig_mode
 from nvmlsim import cli, mig, procs
 
@@ -55,6 +59,16 @@ def nvidia_smi(monkeypatch):
         return host
 
     return use
+
+
+def test_each_call_specific_remedy_names_a_pynvml_function_the_adapter_calls():
+    """The adapter finds a call's own remedy by the pynvml function's name: a misspelt or unused entry would never
+    match."""
+    names = {call for call, _code in _nvml._CALL_REMEDIES}
+    adapter = inspect.getsource(_nvml.Nvml)
+    for name in names:
+        assert nvmlsim.ORIGINALS.get(name, getattr(pynvml, name)).__name__ == name
+        assert f"pynvml.{name}," in adapter
 
 
 # --- a task without root ---------------------------------------------------------------------------
