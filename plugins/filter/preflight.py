@@ -5,17 +5,32 @@
 
 The gpu.mig.preflight role (``tasks/report.yml``) and playbooks/audit.yml both call it: one implementation of the
 verdict. Pure: no I/O, it only reads the facts and registered probe results it is given.
+
+Drift and ``in_sync`` are gpu.mig.mig_instances' own plan, made as its action plugin makes it (``_apply.host_from_facts``
+and ``_apply.apply_layout`` in check mode): a host is in sync exactly when mig_instances would change nothing, and a
+GPU's drift lists what it would change there. What mig_instances refuses becomes a reason (where ``layout``):
+
+- ``fail``, no drift: a layout refused as it stands (malformed, unknown profile or compute profile, bad or overlapping
+  placement, infeasible, a selector naming a GPU that is not here or cannot be read, a GPU without MIG selected, a
+  slot name used twice); no earlier role can fix it.
+- ``fail`` with drift: instances to destroy that processes hold, unless ``force`` (the mig_layout role's
+  ``mig_layout_force``) lets mig_instances terminate them: then ``warn``.
+- ``warn`` with drift: a MIG mode change that mig_instances cannot make itself (it waits for a GPU reset, or for the
+  processes holding the GPU): the gpu.mig.mig_mode role makes it, and site.yml runs it before mig_layout.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.compat.version import LooseVersion
 
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
 from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select
 
 # The gpu.mig.preflight role's defaults (roles/preflight/defaults/main.yml, vars/main.yml): used when the caller
@@ -32,7 +47,13 @@ RESET_BLOCKER_UNITS = (
 CONTAINER_TYPES = ("podman", "docker", "container", "containerd", "lxc", "systemd-nspawn", "openvz", "wsl")
 
 NO_FACTS = {"loaded": False, "error": "no NVML facts"}
-SELECTOR_FIX = f"correct the layout entry's gpus: {_select.SELECTOR_FORMS} (a product name or arch: fits a mixed fleet)"
+LAYOUT_FIX = "correct the layout as the message says: gpu.mig.mig_instances refuses it as it is, and changes nothing"
+BUSY_FIX = (
+    "stop those processes (or the services that own them), or set mig_layout_force: true to let"
+    " gpu.mig.mig_instances terminate them"
+)
+FORCED_FIX = "mig_layout_force is set: gpu.mig.mig_instances terminates these processes (SIGTERM, then SIGKILL)"
+MODE_FIX = "the gpu.mig.mig_mode role makes this change (site.yml runs it before mig_layout); then the layout applies"
 FAILED_GPU_FIX = "follow the remedy in the message, then gather facts again; the host's other GPUs are read as usual"
 _CTK_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 
@@ -58,35 +79,80 @@ def _stat_exists(result) -> bool:
     return bool(_mapping(_mapping(result).get("stat")).get("exists", False))
 
 
-def _entry_selectors(entry: Mapping) -> list:
-    selectors = entry.get("gpus")
-    return list(selectors) if isinstance(selectors, (list, tuple)) else [selectors]
+class _Planned(NamedTuple):
+    """gpu.mig.mig_instances' plan of a host (its check mode), and what it refuses."""
+
+    actions: list  # the plan's actions (Action.to_dict), in the order mig_instances runs them
+    gpus: dict  # GPU index -> the plan's summary of that GPU (GpuPlan.to_dict), for each GPU the layout plans
+    slots: dict  # slot name -> where it lives (apply.slot_map)
+    refused: list  # why mig_instances refuses the layout itself
+    busy: list  # instances to destroy that processes hold
+    waits: list  # MIG mode changes that mig_instances leaves to gpu.mig.mig_mode
 
 
-def _owner(gpu: Mapping, layout: list) -> Mapping | None:
-    """The first layout entry whose selectors pick the GPU (gpu.mig.mig_instances' rule: _select.entry_picks)."""
-    return next((e for e in layout if _select.entry_picks(gpu, _entry_selectors(e))), None)
+NOT_PLANNED = _Planned([], {}, {}, [], [], [])
 
 
-def _per_gpu_names(entry: Mapping, gpus: list) -> bool:
-    """Slot names get ``-gpu<index>`` when the entry picks several MIG GPUs of the host (gpu.mig.mig_instances'
-    naming, so that drift names the slots the slot map holds)."""
-    return sum(1 for g in gpus if g["mig"]["supported"] and _select.entry_picks(g, _entry_selectors(entry))) > 1
+def _planned(layout: list, gpus: list) -> _Planned:
+    """The plan of the gpu.mig.mig_instances action plugin: ``apply_layout`` in check mode on ``host_from_facts``.
+
+    Planned with ``force`` so that busy instances come back as messages rather than a refusal. apply_layout refuses
+    after planning only a MIG mode change that waits for a GPU reset or for processes holding the GPU: then the
+    layout is planned without that check (``plan_layout``, the planner apply_layout calls) to report the drift, and a
+    layout refused before planning is refused again there.
+    """
+    try:
+        host = _apply.host_from_facts(gpus)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # facts not written by gpu.mig.mig_facts
+        return NOT_PLANNED._replace(refused=[f"the NVML facts cannot be planned from ({type(err).__name__}: {err})"])
+    try:
+        done = _apply.apply_layout(None, layout, force=True, check_mode=True, host=host)
+    except _layout.LayoutError as err:
+        waits = list(err.problems)
+    else:
+        plan = done["plan"]
+        return _Planned(plan["actions"], {g["index"]: g for g in plan["gpus"]}, done["slots"], [], done["warnings"], [])
+    facts, states, models = host
+    try:
+        plan = _layout.plan_layout(layout, states, models)
+    except _layout.LayoutError as err:
+        return NOT_PLANNED._replace(refused=list(err.problems))
+    return _Planned(
+        [a.to_dict() for a in plan.actions],
+        {g.index: g.to_dict() for g in plan.gpus},
+        _apply.slot_map(plan, facts),
+        [],
+        list(_layout.check_busy(plan, force=True)),
+        waits,
+    )
 
 
-def _selector_reasons(layout: list, gpus: list) -> list[dict]:
-    """Each entry's malformed selectors, and those naming one GPU that is not here: gpu.mig.mig_instances fails."""
-    reasons = []
-    for position, entry in enumerate(layout, 1):
-        selectors = _entry_selectors(entry)
-        whys = ["gpus is empty; name at least one GPU"] if not selectors else []
-        whys += [why for why in map(_select.selector_problem, selectors) if why] + [
-            f"selector {s!r} names no GPU of this host (present: {_select.describe_gpus(gpus)})"
-            for s in _select.missing(gpus, selectors)
-            if _select.selector_problem(s) is None
-        ]
-        reasons += [_reason("fail", f"layout entry {position}", why, SELECTOR_FIX) for why in whys]
-    return reasons
+def _drift_line(action: Mapping, mig: Mapping, destroyed: set, slots: Mapping) -> str | None:
+    """One action of the plan as the report says it (slot, GPU instance, profile, placement); None for the compute
+    instances of a GPU instance created or destroyed, which that instance's line covers."""
+    op, slot, start = action["op"], action["slot"], (action["placement"] or {}).get("start")
+    if op == _layout.MIG_MODE:
+        pending = "" if mig["pending"] == mig["current"] else f" (pending {_on_off(mig['pending'])})"
+        return f"MIG mode {_on_off(mig['current'])}{pending}, desired {_on_off(action['enable'])}"
+    if op == _layout.DESTROY_GI:
+        instance = f"GPU instance {action['gi_id']} ({action['profile']}@{start})"
+        return f"extra {instance}" if slot is None else f"{instance} is in the way of slot {slot}"
+    if op == _layout.CREATE_GI:
+        return f"slot {slot} ({action['profile']}@{start}) missing"
+    if action["gi_id"] is None or action["gi_id"] in destroyed:
+        return None
+    where = f"slot {slot} ({slots[slot]['profile']}@{start}, GPU instance {action['gi_id']})"
+    if op == _layout.DESTROY_CI:
+        return f"{where}: extra compute instance {action['ci_id']} ({action['profile']})"
+    return f"{where}: compute instance {action['ci_name']} ({action['profile']}) missing"
+
+
+def _drift(gpu: Mapping, planned: _Planned) -> list[str]:
+    """What mig_instances would change on one GPU, in the order it would."""
+    actions = [a for a in planned.actions if a["gpu_index"] == gpu["index"]]
+    destroyed = {a["gi_id"] for a in actions if a["op"] == _layout.DESTROY_GI}
+    lines = (_drift_line(a, gpu["mig"], destroyed, planned.slots) for a in actions)
+    return [line for line in lines if line]
 
 
 def _min_driver(gpu: Mapping, table) -> str | None:
@@ -95,50 +161,10 @@ def _min_driver(gpu: Mapping, table) -> str | None:
     return next((m["version"] for m in table if m["match"] in (gpu["name"] or "")), None)
 
 
-def _drift(gpu: Mapping, entry: Mapping, want_mig: bool, per_gpu: bool) -> tuple[list[str], list[str]]:
-    """(drift lines, desired slot names) of one managed MIG GPU."""
-    drift: list[str] = []
-    names: list[str] = []
-    if want_mig != gpu["mig"]["current"]:
-        drift.append(f"MIG mode {_on_off(gpu['mig']['current'])}, desired {_on_off(want_mig)}")
-    instances = gpu.get("gpu_instances") or []
-    used: list = []
-    for slot in (entry.get("slots") or []) if want_mig else []:
-        name = f"{slot['name']}-gpu{gpu['index']}" if per_gpu else slot["name"]
-        names.append(name)
-        profile, placement = str(slot["profile"]), slot.get("placement")
-        match = next(
-            (
-                gi
-                for gi in instances
-                if gi["id"] not in used
-                and profile in (gi["profile"], str(gi["profile_id"]))
-                and (placement is None or placement == gi["placement"]["start"])
-            ),
-            None,
-        )
-        if match is None:
-            at = "" if placement is None else f"@{placement}"
-            drift.append(f"slot {name} ({slot['profile']}{at}) missing")
-        else:
-            used.append(match["id"])
-    drift.extend(
-        f"extra GPU instance {gi['id']} ({gi['profile']}@{gi['placement']['start']})"
-        for gi in instances
-        if gi["id"] not in used
-    )
-    return drift, names
-
-
-def _gpu_row(gpu: Mapping, layout: list, gpus: list, driver: Mapping, resets: Mapping, min_driver) -> dict:
-    """One GPU of the report: identity, MIG state, driver minimum, desired layout and drift."""
-    entry = _owner(gpu, layout)
+def _gpu_row(gpu: Mapping, layout: list, planned: _Planned, driver: Mapping, resets: Mapping, min_driver) -> dict:
+    """One GPU of the report: identity, MIG state, driver minimum, desired layout and drift (from the plan)."""
     minimum = _min_driver(gpu, min_driver)
-    want_mig = entry is not None and entry.get("mig_enabled", True)
-    drift: list[str] = []
-    names: list[str] = []
-    if entry is not None and gpu["mig"]["supported"]:
-        drift, names = _drift(gpu, entry, want_mig, _per_gpu_names(entry, gpus))
+    summary = planned.gpus.get(gpu["index"])
     instances = gpu.get("gpu_instances") or []
     return {
         "index": gpu["index"],
@@ -152,13 +178,13 @@ def _gpu_row(gpu: Mapping, layout: list, gpus: list, driver: Mapping, resets: Ma
         "min_driver": minimum,
         "driver_ok": minimum is None or _version_ge(driver.get("driver_version") or "0", minimum),
         "reset_available": resets.get(str(gpu["index"])),
-        "managed": entry is not None,
-        "desired_mig": want_mig if entry is not None else None,
-        "desired_slots": names,
+        "managed": any(_select.entry_picks(gpu, entry.get("gpus")) for entry in layout),
+        "desired_mig": summary["mig_enabled"]["after"] if summary else None,
+        "desired_slots": [name for name, slot in planned.slots.items() if slot["gpu_index"] == gpu["index"]],
         "layout": "+".join(f"{gi['profile']}@{gi['placement']['start']}" for gi in instances),
         "gpu_instances": len(instances),
         "processes": gpu.get("processes") or [],
-        "drift": drift,
+        "drift": _drift(gpu, planned),
         "error": gpu.get("error"),
     }
 
@@ -199,15 +225,6 @@ def _gpu_reasons(row: Mapping, managed: bool, driver: Mapping, blockers: list, k
         return [_reason("fail" if row["managed"] else "warn", f"GPU {row['index']}", row["error"], FAILED_GPU_FIX)]
     mig = row["mig"]
     reasons = []
-    if row["managed"] and not mig["supported"]:
-        reasons.append(
-            _reason(
-                "fail",
-                where,
-                "the layout selects this GPU but it does not support MIG",
-                "narrow the layout entry selector to the MIG-capable GPUs (index, UUID, product name or arch:)",
-            )
-        )
     if mig["supported"] and not row["driver_ok"]:
         reasons.append(
             _reason(
@@ -260,9 +277,13 @@ def preflight_report(
     min_toolkit_cdi=None,
     reset_blocker_units=None,
     container_types=None,
+    force=False,
 ) -> dict:
     """The fact ``preflight_report`` of one host from its ``ansible_facts`` (``nvidia_mig`` from gpu.mig.mig_facts;
-    distribution, virtualization, kernel and services when the host was probed) and the registered probe results."""
+    distribution, virtualization, kernel and services when the host was probed) and the registered probe results.
+
+    ``force``: mig_instances will run with force (the mig_layout role's ``mig_layout_force``), so busy instances in
+    its way only warn."""
     facts = _mapping(ansible_facts)
     layout = [] if layout is None else layout
     if not isinstance(layout, (list, tuple)) or not all(isinstance(e, Mapping) for e in layout):
@@ -277,17 +298,14 @@ def preflight_report(
     driver = _mapping(nvidia_mig.get("driver"))
     gpus = list(nvidia_mig.get("gpus") or [])
     resets = _reset_files(reset_files)
-    rows = [_gpu_row(g, layout, gpus, driver, resets, min_driver) for g in gpus]
-    selector_reasons = _selector_reasons(layout, gpus) if driver.get("loaded") else []
+    planned = _planned(list(layout), gpus) if driver.get("loaded") else NOT_PLANNED
+    rows = [_gpu_row(g, layout, planned, driver, resets, min_driver) for g in gpus]
 
-    # The layout concerns this host when it selects one of its GPUs, names one GPU (an index, UUID or bus id: it must
-    # be here), or a GPU or the driver could not be read (a selector may mean it); a mixed fleet's product names and
-    # arch: that match nothing here leave the host alone (gpu.mig._select's rule).
+    # The layout concerns this host when it selects one of its GPUs, when mig_instances refuses it here (a selector
+    # naming one GPU that is not here, say), or when a GPU or the driver could not be read (a selector may mean it);
+    # a mixed fleet's product names and arch: that match nothing here leave the host alone (gpu.mig._select's rule).
     managed = bool(layout) and (
-        not driver.get("loaded")
-        or bool(selector_reasons)
-        or any(r["managed"] or r["error"] for r in rows)
-        or any(_select.names_one_gpu(s) for e in layout for s in _entry_selectors(e))
+        not driver.get("loaded") or bool(planned.refused) or any(r["managed"] or r["error"] for r in rows)
     )
     probed = "distribution" in facts
     services = _mapping(facts.get("services"))
@@ -309,7 +327,7 @@ def preflight_report(
                 "install and load the NVIDIA driver, and nvidia-ml-py for the Python that runs the modules",
             )
         )
-    elif managed and not any(r["mig"]["supported"] or r["error"] for r in rows):
+    elif planned.refused and not any(r["mig"]["supported"] or r["error"] for r in rows):
         models = ", ".join(dict.fromkeys(r["name"] for r in rows)) or "no GPUs"
         reasons.append(
             _reason(
@@ -320,7 +338,11 @@ def preflight_report(
             )
         )
     else:
-        reasons.extend(selector_reasons)
+        reasons.extend(_reason("fail", "layout", why, LAYOUT_FIX) for why in planned.refused)
+    reasons.extend(
+        _reason("warn" if force else "fail", "layout", why, FORCED_FIX if force else BUSY_FIX) for why in planned.busy
+    )
+    reasons.extend(_reason("warn", "layout", why, MODE_FIX) for why in planned.waits)
     for row in rows:
         reasons.extend(_gpu_reasons(row, managed, driver, blockers, kind))
     if probed and managed and not toolkit_cdi:
@@ -354,7 +376,8 @@ def preflight_report(
         "toolkit": {"version": toolkit, "cdi": toolkit_cdi},
         "reset_blockers": blockers,
         "gpus": rows,
-        "in_sync": not any(r["drift"] for r in rows),
+        # mig_instances would change nothing: no layout, or one it plans here without a single action.
+        "in_sync": not layout or (bool(driver.get("loaded")) and not planned.refused and not planned.actions),
     }
 
 

@@ -17,19 +17,35 @@ import yaml
 from nvmlsim import cli
 
 REPO = Path(__file__).resolve().parents[3]
+# The a100 host's GPU 0 holds 4g.20gb@0 (GPU instance 1, a tritonserver process in its compute instance 0) and
+# 2g.10gb@4: the layout splits 4g.20gb into two compute instances, which destroys the busy one (with force: a warning).
+A100_VARS = {
+    "mig_layout_force": True,
+    "preflight_layout": [
+        {
+            "gpus": 0,
+            "slots": [
+                {"name": "a", "profile": "4g.20gb", "compute_instances": ["1c.4g.20gb", "1c.4g.20gb"]},
+                {"name": "b", "profile": "2g.10gb"},
+            ],
+        },
+        {"gpus": 1, "slots": []},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     base = tmp_path_factory.mktemp("audit")
     fleet = base / "fleet"
-    assert cli.main(["fleet", "--dir", str(fleet), "--hosts", "3", "--mix", "h100,l4,a30", "--lifetime", "120"]) == 0
+    mix = ["--hosts", "4", "--mix", "h100,l4,a30,a100", "--lifetime", "120"]
+    assert cli.main(["fleet", "--dir", str(fleet), *mix]) == 0
     try:
         assert cli.main(["fault", str(fleet / "sim00-h100"), "--lost", "--gpu", "1"]) == 0
         assert cli.main(["fault", str(fleet / "sim01-l4"), "--call", "nvmlDeviceGetCount"]) == 0
         # Nothing listens on port 1: Ansible cannot reach this host.
         gone = {"gone": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}}
-        (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": gone}}))
+        (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": {**gone, "sim03-a100": A100_VARS}}}))
         env = {
             **os.environ,
             "ANSIBLE_COLLECTIONS_PATH": os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build/collections")),
@@ -40,7 +56,12 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
         argv = [
             str(Path(sys.executable).parent / "ansible-playbook"),
             *("-i", str(fleet / "inventory.yml"), "-i", str(base / "gone.yml")),
-            *("-e", json.dumps({"gpu_mig_report_dir": str(base / "report"), "gpu_mig_layout": [{"gpus": "all"}]})),
+            *(
+                "-e",
+                json.dumps(
+                    {"gpu_mig_report_dir": str(base / "report"), "gpu_mig_layout": [{"gpus": "all", "slots": []}]}
+                ),
+            ),
             str(REPO / "playbooks/audit.yml"),
         ]
         result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
@@ -69,3 +90,27 @@ def test_failed_facts_unreachable_and_a_lost_gpu_each_say_why(audit):
     assert "| sim01-l4 | failed: counting the GPUs failed: NVML reported an unknown error" in md
     assert "| gone | unreachable |" in md and "| sim01-l4 | unreachable |" not in md
     assert "| sim00-h100 | warn | 550.90.07 / 12.4 | 1 | - | failed: GPU 1: opening the GPU failed" in md
+
+
+def test_drift_is_the_plan_mig_instances_would_make(audit):
+    """A compute-instance split is drift (the old matcher compared GPU instances only and said 'in sync'), and busy
+    instances in the plan's way only warn on a host with mig_layout_force."""
+    a100 = next(
+        h for h in json.loads((audit[1] / "fleet-report.json").read_text())["hosts"] if h["host"] == "sim03-a100"
+    )
+    assert (a100["verdict"], a100["in_sync"]) == ("warn", False)
+    where = "slot a (4g.20gb@0, GPU instance 1)"
+    assert [g["drift"] for g in a100["gpus"]] == [
+        [
+            f"{where}: extra compute instance 0 (4g.20gb)",
+            f"{where}: compute instance ci0 (1c.4g.20gb) missing",
+            f"{where}: compute instance ci1 (1c.4g.20gb) missing",
+        ],
+        [],
+    ]
+    assert [g["desired_slots"] for g in a100["gpus"]] == [["a", "b"], []]
+    (busy,) = [r for r in a100["reasons"] if r["where"] == "layout"]
+    assert (
+        busy["level"] == "warn"
+        and "compute instance 0 in GPU instance 1 (4g.20gb) has running processes" in busy["msg"]
+    )

@@ -15,6 +15,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.gpu.mig.plugins.filter.fleet import FilterModule, fleet_report
 from ansible_collections.gpu.mig.plugins.filter.preflight import preflight_report
 from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.tests.unit.plugins.filter import mig_gpu_facts
 
 DRIVER = {
     "loaded": True,
@@ -27,19 +28,9 @@ NO_DRIVER = {"loaded": False, "error": "NVML Shared Library Not Found"}
 
 
 def gpu(index: int, name: str, arch: str, mig, instances=(), processes=()) -> dict:
-    return {
-        "index": index,
-        "name": name,
-        "uuid": f"GPU-{index}",
-        "pci_bus_id": f"00000000:{7 + index:02X}:00.0",
-        "architecture": arch,
-        "memory": {"total_mib": 40960},
-        "mig": {"supported": mig is not None, "current": mig and mig[0], "pending": mig and mig[1]},
-        "gpu_instances": [
-            {"id": i, "profile": p, "profile_id": 0, "placement": {"start": s}} for i, (p, s) in enumerate(instances, 1)
-        ],
-        "processes": [{"pid": pid} for pid in processes],
-    }
+    gpu_instances = [mig_gpu_facts.gpu_instance(name, i, p, s) for i, (p, s) in enumerate(instances, 1)]
+    facts = mig_gpu_facts.gpu(index, name, mig, gpu_instances, processes)
+    return {**facts, "uuid": f"GPU-{index}", "pci_bus_id": f"00000000:{7 + index:02X}:00.0", "architecture": arch}
 
 
 def report(host: str, driver: dict, gpus: list, layout=None, **facts) -> dict:
@@ -52,8 +43,8 @@ def fleet() -> dict:
     reports = [
         # in sync, with a process
         report("a100", DRIVER, [gpu(0, "NVIDIA A100-SXM4-40GB", "ampere", (True, True), [("4g.20gb", 0)], [42])], chat),
-        # MIG pending on, slot missing: warn and drifted
-        report("h100", DRIVER, [gpu(0, 'NVIDIA "H100" <80GB>', "hopper", (False, True))], chat),
+        # MIG pending on: warn and drifted (a model the catalog lacks: no profiles, no slots)
+        report("h100", DRIVER, [gpu(0, 'NVIDIA "H100" <80GB>', "hopper", (False, True))], [{"gpus": 0, "slots": []}]),
         # no driver, no layout: skip
         report("nodriver", NO_DRIVER, []),
     ]
@@ -89,7 +80,7 @@ def test_csv_rows_quote_everything(fleet):
     assert by_host["a100"][1:6] == ["ready", "550.90.07", "12.4", "12.550", "0"]
     assert by_host["a100"][9:17] == ["True", "True", "450.80.02", "True", "4g.20gb@0", "chat", "", "42"]
     assert by_host["h100"][6] == 'NVIDIA "H100" <80GB>'
-    assert by_host["h100"][15] == "MIG mode off, desired on; slot chat (4g.20gb@0) missing"
+    assert by_host["h100"][15] == "MIG mode off (pending on), desired on"
     assert by_host["h100"][17] == "MIG mode change pending (on)"
     assert by_host["nodriver"][1:7] == ["skip", "", "", "", "", ""]
     assert by_host["gone"] == ["gone", "unreachable"] + [""] * 17
@@ -105,7 +96,7 @@ def test_markdown(fleet):
     assert "| a100 | ready | 550.90.07 / 12.4 | 0 | NVIDIA A100-SXM4-40GB | on | 4g.20gb@0 | in sync | 42 |" in lines
     assert (
         '| h100 | warn | 550.90.07 / 12.4 | 0 | NVIDIA "H100" <80GB> | off (pending on) | - |'
-        " MIG mode off, desired on; slot chat (4g.20gb@0) missing | - |"
+        " MIG mode off (pending on), desired on | - |"
     ) in lines
     assert "| nodriver | skip | no driver | - | - | - | - | - | - |" in lines
     assert "| gone | unreachable | - | - | - | - | - | - | - |" in lines
@@ -127,12 +118,12 @@ def test_html_escapes_and_marks_verdicts(fleet):
     assert '<tr class="blocked"><td>gone</td><td>unreachable</td><td colspan="8"></td></tr>' in html
     # the MIG column shows the current mode only
     assert "<td>off</td>" in html
-    assert "pending on)" not in html
+    assert "<td>off (pending on)</td>" not in html
 
 
 def test_reasons_only_on_the_first_gpu_row_in_html():
     gpus = [gpu(i, "NVIDIA H100", "hopper", (False, True)) for i in (0, 1)]
-    html = fleet_report([report("h", DRIVER, gpus, [{"gpus": "all"}])], ["h"])["html"]
+    html = fleet_report([report("h", DRIVER, gpus, [{"gpus": "all", "slots": []}])], ["h"])["html"]
     rows = [line for line in html.splitlines() if line.startswith('<tr class="warn">')]
     assert len(rows) == 2
     assert rows[0].endswith("<td>MIG mode change pending (on); MIG mode change pending (on)</td></tr>")
@@ -176,8 +167,8 @@ def lost_gpu(index: int) -> dict:
 def partial() -> dict:
     gpus = [gpu(0, "NVIDIA H100 80GB HBM3", "hopper", (True, True)), lost_gpu(1)]
     reports = [
-        report("h100", DRIVER, gpus, [{"gpus": "all"}]),  # the layout does not name GPU 1: a warning
-        report("pinned", DRIVER, gpus, [{"gpus": 1}]),  # the layout needs GPU 1: blocked
+        report("h100", DRIVER, gpus, [{"gpus": "all", "slots": []}]),  # the layout does not name GPU 1: a warning
+        report("pinned", DRIVER, gpus, [{"gpus": 1, "slots": []}]),  # the layout needs GPU 1: blocked
     ]
     return fleet_report(reports, ["h100", "pinned", "broken", "gone"], failed={"broken": COUNT_FAILED})
 
@@ -206,7 +197,15 @@ def test_a_failed_gpu_shows_its_error_and_the_verdict_says_so(partial):
     h100, pinned = (next(h for h in document["hosts"] if h["host"] == name) for name in ("h100", "pinned"))
     assert (h100["verdict"], pinned["verdict"]) == ("warn", "blocked")
     assert [g["error"] for g in h100["gpus"]] == [None, LOST]
-    assert [(r["level"], r["where"], r["msg"]) for r in pinned["reasons"]] == [("fail", "GPU 1", LOST)]
+    assert [(r["level"], r["where"], r["msg"]) for r in pinned["reasons"]] == [
+        (
+            "fail",
+            "layout",
+            f"entry 1 (gpus: 1) names GPU 1 (unreadable), which cannot be read: {LOST}; remove it from the selector to"
+            " apply the layout to the other GPUs",
+        ),
+        ("fail", "GPU 1", LOST),
+    ]
     assert document["summary"]["failed_gpus"] == 2
     md = partial["md"].splitlines()
     assert f"| h100 | warn | 550.90.07 / 12.4 | 1 | - | failed: {LOST} | - | - | - |" in md
@@ -217,7 +216,7 @@ def test_a_failed_gpu_shows_its_error_and_the_verdict_says_so(partial):
 
 
 def test_a_host_of_failed_gpus_only_is_not_said_to_lack_mig():
-    result = report("lost", DRIVER, [lost_gpu(0)], [{"gpus": "all"}])
+    result = report("lost", DRIVER, [lost_gpu(0)], [{"gpus": "all", "slots": []}])
     assert [(r["where"], r["msg"]) for r in result["reasons"]] == [("GPU 0", LOST)]
     assert result["verdict"] == "warn"
 

@@ -13,6 +13,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpu.mig.plugins.filter import preflight
 from ansible_collections.gpu.mig.plugins.filter.preflight import FilterModule, preflight_report
+from ansible_collections.gpu.mig.tests.unit.plugins.filter import mig_gpu_facts
 
 ROLE = Path(__file__).resolve().parents[4] / "roles/preflight"
 DRIVER = {"loaded": True, "error": None, "driver_version": "550.90.07", "cuda_driver_version": "12.4"}
@@ -20,28 +21,13 @@ A100 = "NVIDIA A100-SXM4-40GB"
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-def gi(gi_id: int, profile: str, profile_id: int, start: int) -> dict:
-    return {"id": gi_id, "profile": profile, "profile_id": profile_id, "placement": {"start": start, "size": 1}}
+def gi(gi_id: int, profile: str, start: int, cis=None, name: str = H100, processes=()) -> dict:
+    return mig_gpu_facts.gpu_instance(name, gi_id, profile, start, cis, processes)
 
 
 def gpu(index: int = 0, name: str = H100, mig=(True, True), instances=(), processes=(), **extra) -> dict:
     """A mig_facts GPU; ``mig``: (current, pending), or None for a GPU without MIG."""
-    arch = {"A100": "ampere", "A30": "ampere", "H100": "hopper", "H200": "hopper", "L4": "ada"}
-    return {
-        "index": index,
-        "name": name,
-        "uuid": f"GPU-{index:04d}-{name[-4:].lower().replace(' ', '')}",
-        "pci_bus_id": f"00000000:{7 + 8 * index:02X}:00.0",
-        "architecture": next((a for key, a in arch.items() if key in name), "unknown"),
-        "compute_capability": "9.0",
-        "memory": {"total_mib": 81559, "used_mib": 0, "free_mib": 81559},
-        "mig": {"supported": True, "current": mig[0], "pending": mig[1]}
-        if mig
-        else {"supported": False, "current": None, "pending": None},
-        "gpu_instances": list(instances),
-        "processes": [{"pid": pid, "used_memory_mib": 100} for pid in processes],
-        **extra,
-    }
+    return mig_gpu_facts.gpu(index, name, mig, instances, processes, **extra)
 
 
 def facts(*gpus: dict, driver: dict | None = None, **host) -> dict:
@@ -74,7 +60,7 @@ def test_no_layout_is_skip_and_lists_the_gpus():
 
 
 def test_layout_in_place_is_ready_and_in_sync():
-    have = gpu(0, instances=[gi(1, "3g.40gb", 9, 4), gi(2, "1g.10gb", 19, 0)])
+    have = gpu(0, instances=[gi(2, "3g.40gb", 4), gi(7, "1g.10gb", 0)])
     want = layout(0, {"name": "chat", "profile": "3g.40gb", "placement": 4}, {"name": "ocr", "profile": 19})
     report = preflight_report(facts(have), "h1", layout=want)
     assert report["verdict"] == "ready"
@@ -140,10 +126,7 @@ def test_non_mig_gpu_selected_blocks():
     l4 = gpu(0, name="NVIDIA L4", mig=None)
     report = preflight_report(facts(l4), "h1", layout=layout(0, {"name": "chat", "profile": "1g.5gb"}))
     assert report["verdict"] == "blocked"
-    assert msgs(report, "fail") == [
-        "a MIG layout is set but no GPU supports MIG (NVIDIA L4)",
-        "the layout selects this GPU but it does not support MIG",
-    ]
+    assert msgs(report, "fail") == ["a MIG layout is set but no GPU supports MIG (NVIDIA L4)"]
     assert report["gpus"][0]["drift"] == []
     assert report["gpus"][0]["desired_slots"] == []
 
@@ -163,36 +146,47 @@ def test_no_gpu_at_all_with_a_layout():
 # --- drift ---------------------------------------------------------------------------------------------------------
 
 
-def test_drift_lines():
-    have = gpu(0, mig=(False, False), instances=[gi(1, "3g.40gb", 9, 0), gi(5, "2g.20gb", 14, 4)])
+def test_drift_is_the_plan_of_mig_instances():
+    """Each line names the slot, the GPU instance, the profile and the placement of one change mig_instances makes."""
+    have = gpu(0, instances=[gi(2, "3g.40gb", 4), gi(3, "2g.20gb", 0), gi(9, "1g.10gb", 2), gi(10, "1g.10gb", 3)])
     want = layout(
         0,
-        {"name": "chat", "profile": "3g.40gb", "placement": 0},
-        {"name": "ocr", "profile": "1g.10gb", "placement": 6},
-        {"name": "batch", "profile": "2g.20gb", "placement": 2},
+        {"name": "chat", "profile": "3g.40gb", "placement": 4, "compute_instances": ["1c.3g.40gb", "2c.3g.40gb"]},
+        {"name": "ocr", "profile": "1g.10gb", "placement": 0},
+        {"name": "batch", "profile": "1g.10gb", "placement": 2},
     )
     report = preflight_report(facts(have), "h1", layout=want)
     assert report["gpus"][0]["drift"] == [
-        "MIG mode off, desired on",
-        "slot ocr (1g.10gb@6) missing",
-        "slot batch (2g.20gb@2) missing",
-        "extra GPU instance 5 (2g.20gb@4)",
+        "slot chat (3g.40gb@4, GPU instance 2): extra compute instance 0 (3g.40gb)",
+        "GPU instance 3 (2g.20gb@0) is in the way of slot ocr",
+        "extra GPU instance 10 (1g.10gb@3)",
+        "slot ocr (1g.10gb@0) missing",
+        "slot chat (3g.40gb@4, GPU instance 2): compute instance ci1 (2c.3g.40gb) missing",
+        "slot chat (3g.40gb@4, GPU instance 2): compute instance ci0 (1c.3g.40gb) missing",
     ]
+    assert report["gpus"][0]["desired_slots"] == ["chat", "ocr", "batch"]
     assert report["in_sync"] is False
     assert report["verdict"] == "ready"  # drift is what the layout role fixes, not a reason to stop
 
 
+def test_mig_mode_drift_and_the_placement_the_planner_picks():
+    report = preflight_report(
+        facts(gpu(0, mig=(False, True))), "h1", layout=layout(0, {"name": "a", "profile": "7g.80gb"})
+    )
+    assert report["gpus"][0]["drift"] == ["MIG mode off (pending on), desired on", "slot a (7g.80gb@0) missing"]
+
+
 def test_each_instance_matches_one_slot():
-    have = gpu(0, instances=[gi(3, "1g.10gb", 19, 0)])
+    have = gpu(0, instances=[gi(3, "1g.10gb", 0)])
     want = layout(0, {"name": "a", "profile": "1g.10gb"}, {"name": "b", "profile": "1g.10gb"})
-    assert preflight_report(facts(have), "h1", layout=want)["gpus"][0]["drift"] == ["slot b (1g.10gb) missing"]
+    assert preflight_report(facts(have), "h1", layout=want)["gpus"][0]["drift"] == ["slot b (1g.10gb@1) missing"]
 
 
 def test_mig_disabled_entry_wants_mig_off_and_no_instances():
-    have = gpu(0, instances=[gi(1, "7g.80gb", 0, 0)])
+    have = gpu(0, instances=[gi(1, "7g.80gb", 0)])
     row = preflight_report(facts(have), "h1", layout=[{"gpus": 0, "mig_enabled": False}])["gpus"][0]
     assert row["desired_mig"] is False
-    assert row["drift"] == ["MIG mode on, desired off", "extra GPU instance 1 (7g.80gb@0)"]
+    assert row["drift"] == ["extra GPU instance 1 (7g.80gb@0)", "MIG mode on, desired off"]
 
 
 def test_slot_names_follow_mig_instances():
@@ -209,14 +203,18 @@ def test_slot_names_follow_mig_instances():
     assert [g["desired_slots"] for g in picked] == [[], ["chat"]]
 
 
-def test_first_matching_entry_owns_the_gpu_and_selectors_are_shared():
+def test_a_gpu_two_entries_select_blocks_as_mig_instances_refuses_it():
     host = facts(gpu(0), gpu(1))
     want = [
         {"gpus": "0000:0F:00.0", "slots": [{"name": "first", "profile": "7g.80gb"}]},  # lspci form, GPU 1
         {"gpus": "all", "slots": [{"name": "second", "profile": "7g.80gb"}]},
     ]
-    rows = preflight_report(host, "h", layout=want)["gpus"]
-    assert [g["desired_slots"] for g in rows] == [["second-gpu0"], ["first"]]
+    report = preflight_report(host, "h", layout=want)
+    assert report["verdict"] == "blocked" and report["in_sync"] is False
+    (reason,) = report["reasons"]
+    assert (reason["level"], reason["where"]) == ("fail", "layout")
+    assert reason["msg"].startswith("GPU 1 (GPU-0001-hbm3, NVIDIA H100 80GB HBM3) is selected by both entry 1")
+    assert [(g["managed"], g["drift"], g["desired_slots"]) for g in report["gpus"]] == [(True, [], []), (True, [], [])]
 
 
 # --- Ampere reset, runtime, toolkit ----------------------------------------------------------------------------------
@@ -245,9 +243,13 @@ def test_ampere_reset_blockers():
     )
     assert report["verdict"] == "warn"
     assert msgs(report) == [
+        "GPU 0 (GPU-0000-40gb): turning MIG on waits for a GPU reset; processes [4242] hold the GPU: stop them (or"
+        " the services that own them), then run gpu.mig.mig_mode with reset: true, or reboot",
         "enabling MIG on Ampere needs a GPU reset: blocked by pid 4242, nvidia-persistenced.service,"
-        " nvidia_drm kernel module, no GPU reset in this VM (pass-through)"
+        " nvidia_drm kernel module, no GPU reset in this VM (pass-through)",
     ]
+    assert report["reasons"][0]["where"] == "layout"
+    assert report["gpus"][0]["drift"] == ["MIG mode off, desired on"]  # mig_mode makes it, before mig_layout
     assert report["reset_blockers"] == ["nvidia-persistenced.service", "nvidia_drm kernel module"]
     assert report["runtime"] == {"kind": "vm", "virtualization_type": "kvm", "gpu_reset": False, "kubernetes": True}
 
@@ -256,7 +258,13 @@ def test_ampere_reset_without_blockers_and_hopper_without_reset():
     plain = preflight_report(facts(gpu(0, name=A100, mig=(False, False))), "h1", layout=layout(0))
     assert msgs(plain) == ["enabling MIG on Ampere needs a GPU reset"]
     hopper = preflight_report(facts(gpu(0, mig=(False, False), processes=[1])), "h1", layout=layout(0))
-    assert hopper["reasons"] == []
+    assert [(r["level"], r["msg"]) for r in hopper["reasons"]] == [
+        (
+            "warn",
+            "GPU 0 (GPU-0000-hbm3): cannot switch MIG on while processes [1] use the GPU;"
+            " stop them (or the services that own them) and retry",
+        )
+    ]
     b200 = gpu(0, name="NVIDIA B200", mig=(False, False), architecture="blackwell")
     assert (
         preflight_report(facts(b200, driver={**DRIVER, "driver_version": "570.133.20"}), "h", layout=layout(0))[
@@ -265,7 +273,12 @@ def test_ampere_reset_without_blockers_and_hopper_without_reset():
         == []
     )
     pending = preflight_report(facts(gpu(0, name=A100, mig=(False, True))), "h1", layout=layout(0))
-    assert msgs(pending) == ["MIG mode change pending (on)"]
+    assert msgs(pending, "warn") == [
+        "GPU 0 (GPU-0000-40gb): turning MIG on waits for a GPU reset and no process holds it: run gpu.mig.mig_mode"
+        " with reset: true (the mig_mode role does), or, if the GPU is passed through to a VM (no GPU reset there),"
+        " restart the VM",
+        "MIG mode change pending (on)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +372,7 @@ def test_no_facts_at_all():
     assert report["driver"] == {"loaded": False, "error": "no NVML facts"}
     assert msgs(report) == ["NVML is not available: no NVML facts"]
     assert report["gpus"] == []
-    assert report["in_sync"] is True
+    assert report["in_sync"] is False  # mig_instances cannot run here: nothing says the host matches
 
 
 # --- interface ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""preflight_report with one layout for a mixed fleet: the selector rule of gpu.mig._select decides what a host does."""
+"""preflight_report with one layout for a mixed fleet: the selector rule of gpu.mig._select decides what a host does,
+and what gpu.mig.mig_instances refuses blocks the host with mig_instances' own words."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.filter.preflight import preflight_report
+from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import selector_problem
+from ansible_collections.gpu.mig.tests.unit.plugins.filter import mig_gpu_facts
 
 DRIVER = {"loaded": True, "error": None, "driver_version": "550.90.07", "cuda_driver_version": "12.4"}
 L4 = {
@@ -65,26 +69,12 @@ MALFORMED = ["arch:hoper", "MIG-0001", "-1", "07:00.9", ""]
 
 
 def fact_gpu(index: int, model: tuple | None) -> dict:
-    """A mig_facts GPU of a model of MODELS, or (None) one that could not be read."""
+    """A mig_facts GPU of a model of MODELS (MIG on, no instances), or (None) one that could not be read."""
     if model is None:
-        return {
-            **fact_gpu(index, MODELS[2]),
-            "uuid": None,
-            "name": None,
-            "pci_bus_id": None,
-            "error": f"GPU {index}: lost",
-        }
+        return _nvml.failed_gpu(index, f"GPU {index}: lost")
     name, arch, mig = model
-    return {
-        "index": index,
-        "name": name,
-        "uuid": f"GPU-{index:04d}",
-        "pci_bus_id": f"00000000:{7 + 8 * index:02X}:00.0",
-        "architecture": arch,
-        "mig": {"supported": mig, "current": mig or None, "pending": mig or None},
-        "gpu_instances": [],
-        "processes": [],
-    }
+    found = mig_gpu_facts.gpu(index, name, (True, True) if mig else None)
+    return {**found, "uuid": f"GPU-{index:04d}", "architecture": arch}
 
 
 host_gpus = st.lists(st.sampled_from([*MODELS, None]), min_size=1, max_size=4).map(
@@ -109,19 +99,29 @@ def layout_picks(layout: list, gpus: list) -> tuple[set, list]:
     return picked, problems
 
 
+def refusal(layout: list, gpus: list) -> list[str]:
+    """What gpu.mig.mig_instances refuses in ``layout`` on this host (its action plugin's check mode), or []."""
+    try:
+        _apply.apply_layout(None, layout, check_mode=True, host=_apply.host_from_facts(gpus))
+    except _layout.LayoutError as err:
+        return list(err.problems)
+    return []
+
+
+def layout_reasons(found: dict) -> list[str]:
+    return [r["msg"] for r in found["reasons"] if r["where"] == "layout"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(gpus=host_gpus, layout=layouts)
 def test_preflight_picks_the_gpus_the_layout_module_picks(gpus, layout):
-    picked, problems = layout_picks(layout, gpus)
+    picked, _problems = layout_picks(layout, gpus)
+    refused = refusal(layout, gpus)
     found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
     assert {r["index"] for r in found["gpus"] if r["managed"]} == picked
     if any(g["mig"]["supported"] or g.get("error") for g in gpus):  # else one host reason: no GPU supports MIG
-        per_entry = [
-            sum(r["where"] == f"layout entry {n}" for r in found["reasons"]) for n in range(1, len(layout) + 1)
-        ]
-        assert per_entry == problems
-    if any(problems):
-        assert found["verdict"] == "blocked"
+        assert layout_reasons(found) == refused
+    assert (found["verdict"] == "blocked") == bool(refused)
 
 
 @settings(max_examples=100, deadline=None)
@@ -133,8 +133,8 @@ def test_a_selector_the_layout_module_refuses_blocks_the_host(gpus, layout, bad)
     found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
     assert found["verdict"] == "blocked"
     if any(g["mig"]["supported"] or g.get("error") for g in gpus):
-        assert (f"layout entry {len(layout)}", selector_problem(bad)) in [
-            (r["where"], r["msg"]) for r in found["reasons"]
+        assert [m for m in layout_reasons(found) if m.startswith(f"entry {len(layout)}:")] == [
+            f"entry {len(layout)}: gpus is list [{bad!r}]; it {selector_problem(bad)}"
         ]
 
 
@@ -147,7 +147,10 @@ def test_all_beside_a_selector_naming_a_gpu_without_mig_picks_it():
         _layout.plan_layout(layout, [_layout.gpu_state_from_facts(g) for g in gpus], {1: None})
     found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
     assert [r["managed"] for r in found["gpus"]] == [True, True]
-    assert "the layout selects this GPU but it does not support MIG" in [r["msg"] for r in found["reasons"]]
+    assert layout_reasons(found) == [
+        "entry 1 (gpus: 0, all) selects GPU 0 (GPU-0000, NVIDIA L4), which does not support MIG; remove it from the"
+        " selector"
+    ]
 
 
 def test_a_selector_naming_a_gpu_that_is_not_here_blocks_a_mig_host():
@@ -157,9 +160,9 @@ def test_a_selector_naming_a_gpu_that_is_not_here_blocks_a_mig_host():
         layout=[{"gpus": [0, 3], "slots": []}],
     )
     assert found["verdict"] == "blocked"
-    (reason,) = [r for r in found["reasons"] if r["where"] == "layout entry 1"]
-    assert reason["msg"].startswith("selector 3 names no GPU of this host (present: 0: NVIDIA H100 80GB HBM3 GPU-0000")
-    assert "arch:<generation>" in reason["fix"]
+    assert layout_reasons(found) == [
+        "entry 1 (gpus: 0, 3): no GPU on this host matches selector 3; GPUs: 0 (GPU-0000, 00000000:07:00.0)"
+    ]
 
 
 def test_an_entry_without_selectors_blocks_the_host():
@@ -167,6 +170,7 @@ def test_an_entry_without_selectors_blocks_the_host():
         {"nvidia_mig": {"driver": DRIVER, "gpus": [fact_gpu(0, MODELS[1])]}}, "h", layout=[{"gpus": [], "slots": []}]
     )
     assert found["verdict"] == "blocked"
-    assert ("layout entry 1", "gpus is empty; name at least one GPU") in [
-        (r["where"], r["msg"]) for r in found["reasons"]
+    assert layout_reasons(found) == [
+        "entry 1: gpus is list []; it must name at least one GPU (all, an index, GPU-<uuid>, a PCI bus id, a product"
+        " name or arch:<generation>)"
     ]
