@@ -51,12 +51,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def builtin_type(value: Any) -> str:
+    """The name of ``value``'s builtin type (Ansible 2.19 hands the controller tagged subclasses such as
+    _AnsibleTaggedDict)."""
+    return next(t for t in type(value).__mro__ if t.__module__ == "builtins").__name__
+
+
 def _shown(value: Any) -> str:
-    """A value as a message quotes it: its repr, cut short, with its type when the repr hides it (the builtin type:
-    Ansible 2.19 hands the controller tagged subclasses such as _AnsibleTaggedDict)."""
+    """A value as a message quotes it: its repr, cut short, with its builtin type when the repr hides it."""
     text = repr(value)
     text = text if len(text) <= 60 else text[:57] + "..."
-    kind = next(t for t in type(value).__mro__ if t.__module__ == "builtins").__name__
+    kind = builtin_type(value)
     return "%s %s" % (kind, text) if not isinstance(value, (str, int, float)) else text
 
 
@@ -71,18 +76,21 @@ class Rule(NamedTuple):
     check: Callable[[Any], str | None]
 
 
-def check_mapping(raw: Any, rules: Sequence[Rule], where: str, problems: list[str]) -> bool:
+def check_mapping(raw: Any, rules: Sequence[Rule], where: str, problems: list[str], closed: bool = True) -> bool:
     """Check ``raw`` against ``rules``, appending every problem found (naming ``where`` and the key).
 
-    Unknown keys are problems too. Each rule's check says what a value must be (also for None, when required).
-    Returns False when ``raw`` is not a mapping at all.
+    Unknown keys are problems too, unless not ``closed`` (a record written by another tool, read for some keys).
+    Each rule's check says what a value must be (also for None, when required). Returns False when ``raw`` is not a
+    mapping at all.
     """
     keys = [rule.key for rule in rules]
     if not isinstance(raw, Mapping):
         problems.append("%s: must be a mapping with keys %s, not %s" % (where, ", ".join(keys), _shown(raw)))
         return False
     problems.extend(
-        "%s: unknown key %r; allowed keys: %s" % (where, key, ", ".join(keys)) for key in raw if key not in keys
+        "%s: unknown key %r; allowed keys: %s" % (where, key, ", ".join(keys))
+        for key in raw
+        if closed and key not in keys
     )
     for rule in rules:
         value = raw.get(rule.key)
@@ -134,6 +142,21 @@ def _ci_list(value: Any) -> str | None:
     return None if value else "must not be empty; leave compute_instances out for the one default compute instance"
 
 
+def _gpu_index(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 0 else "must be a GPU index (an integer >= 0)"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _held_placement(value: Any) -> str | None:
+    ok = isinstance(value, Mapping) and _is_int(value.get("start")) and value["start"] >= 0
+    return (
+        None if ok else "must be a mapping with the start memory slice (an integer >= 0), such as {start: 4, size: 4}"
+    )
+
+
 _ENTRY_RULES = (
     Rule("gpus", True, _selectors),
     Rule("mig_enabled", False, _boolean),
@@ -148,6 +171,13 @@ _SLOT_RULES = (
 _CI_RULES = (
     Rule("name", False, _name),
     Rule("profile", False, _profile_ref),
+)
+# A slot of the last applied slot map (the slot map the roles write): only these keys are read, others are ignored.
+_HISTORY_RULES = (
+    Rule("gpu_uuid", False, _text),
+    Rule("gpu_index", False, _gpu_index),
+    Rule("profile", True, _text),
+    Rule("placement", True, _held_placement),
 )
 
 
@@ -267,6 +297,43 @@ def parse_layout(data: Any) -> LayoutSpec:
     entries = [_parse_entry(raw, pos + 1, problems) for pos, raw in enumerate(data)]
     raise_if(problems)
     return LayoutSpec(tuple(e for e in entries if e))
+
+
+class SlotRecord(NamedTuple):
+    """Where a slot lived after the last apply: its GPU (by UUID, else index), GI profile and start."""
+
+    gpu_uuid: str | None
+    gpu_index: int | None
+    profile: str
+    start: int
+
+    def held(self, gpu: GpuState, profile: str) -> bool:
+        """Whether the slot held a GI of ``profile`` on ``gpu``."""
+        same_gpu = self.gpu_uuid.casefold() == gpu.uuid.casefold() if self.gpu_uuid else self.gpu_index == gpu.index
+        return same_gpu and self.profile == profile
+
+
+def slot_history(previous: Any) -> dict[str, SlotRecord]:
+    """Validate the last applied slot map (slot name -> {gpu_uuid, gpu_index, profile, placement: {start}}, other
+    keys ignored) by ``_HISTORY_RULES``; raise LayoutError listing every problem."""
+    if not isinstance(previous, Mapping):
+        raise LayoutError(["the slot map must be a mapping of slot name -> slot, not %s" % _shown(previous)])
+    problems: list[str] = []
+    history = {}
+    for name, raw in previous.items():
+        where = "slot %r" % (name,)
+        known = len(problems)
+        if not isinstance(name, str):
+            problems.append("%s: the slot name must be a string" % where)
+        mapping = check_mapping(raw, _HISTORY_RULES, where, problems, closed=False)
+        if mapping and raw.get("gpu_uuid") is None and raw.get("gpu_index") is None:
+            problems.append("%s: 'gpu_uuid' or 'gpu_index' is required; it names the slot's GPU" % where)
+        if len(problems) == known:
+            history[name] = SlotRecord(
+                raw.get("gpu_uuid"), raw.get("gpu_index"), raw["profile"], raw["placement"]["start"]
+            )
+    raise_if(problems)
+    return history
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -601,7 +668,10 @@ def _free_score(model: GpuModel, used: frozenset[int], chosen: Sequence[GpuInsta
 
 @functools.lru_cache(maxsize=4096)
 def _solve(
-    model: GpuModel, demands: tuple[tuple[int, int | None], ...], existing: frozenset[tuple[int, int]]
+    model: GpuModel,
+    demands: tuple[tuple[int, int | None], ...],
+    existing: frozenset[tuple[int, int]],
+    preferred: frozenset[tuple[int, int]],
 ) -> tuple[int, ...] | None:
     profiles = {p.id: p for p in model.profiles}
     wanted = [profiles[pid] for pid, _unused in demands]
@@ -624,8 +694,8 @@ def _solve(
     def search(level: int, used: frozenset[int], starts: dict[int, int]) -> None:
         if level == len(order):
             final = [starts.get(i, pin) for i, (_unused, pin) in enumerate(demands)]
-            kept = sum(1 for i, (pid, _unused) in enumerate(demands) if (pid, final[i]) in existing)
-            score = (kept, _free_score(model, used, wanted))
+            kept = [(pid, final[i]) for i, (pid, _unused) in enumerate(demands) if (pid, final[i]) in existing]
+            score = (len(kept), sum(1 for gi in kept if gi in preferred), _free_score(model, used, wanted))
             if best[0] is None or score > best[0]:
                 best[0], best[1] = score, tuple(final)
             return
@@ -646,14 +716,16 @@ def solve_placements(
     model: GpuModel,
     demands: Sequence[tuple[GpuInstanceProfile, int | None]],
     existing: Iterable[tuple[int, int]] = (),
+    preferred: Iterable[tuple[int, int]] = (),
 ) -> tuple[int, ...] | None:
     """Choose a start for each (profile, pinned start or None); None when no placement fits.
 
-    Exact search: maximizes the demands that land on an ``existing`` (profile id, start) instance, then the room left
-    for the biggest profiles; same-profile unpinned demands take ascending starts in the order given. Memoized.
+    Exact search: maximizes the demands that land on an ``existing`` (profile id, start) instance, then those that
+    land on a ``preferred`` one (an instance a slot held in the last applied slot map), then the room left for the
+    biggest profiles; same-profile unpinned demands take ascending starts in the order given. Memoized.
     """
     key = tuple((prof.id, pin) for prof, pin in demands)
-    return _solve(model, key, frozenset(existing))
+    return _solve(model, key, frozenset(existing), frozenset(preferred))
 
 
 def feasible(model: GpuModel, slots: Sequence[_SlotWant]) -> bool:
@@ -859,19 +931,33 @@ def _same_split(slot: _SlotWant, gi: GpuInstanceState) -> bool:
 
 
 def _pair_by_split(
-    slots: Sequence[_SlotWant], starts: Sequence[int], existing: Mapping[tuple[int, int], GpuInstanceState]
+    slots: Sequence[_SlotWant],
+    starts: Sequence[int],
+    existing: Mapping[tuple[int, int], GpuInstanceState],
+    claims: Mapping[int, int],
 ) -> list[int]:
-    """Reassign starts among same-profile unpinned slots: an existing GI goes to the first slot whose CI split it
-    already has, the other starts pair up with the other slots; slots with equal splits take ascending starts in
-    the order written, so a converged GPU maps back to the same slots and writing order never causes changes."""
+    """Reassign starts among same-profile unpinned slots.
+
+    A slot keeps the existing GI it held in the last applied slot map (``claims``: slot position -> start). Then an
+    existing GI goes to the first other slot whose CI split it already has, and the other starts pair up with the
+    other slots; unclaimed slots with equal splits take ascending starts in the order written, so without history
+    a converged GPU maps back to the same slots and writing order never causes changes."""
     result = list(starts)
     groups: dict[int, list[int]] = {}
     for i, slot in enumerate(slots):
         if slot.placement is None:
             groups.setdefault(slot.profile.id, []).append(i)
     for pid, idxs in groups.items():
-        todo, spare = list(idxs), []
-        for start in sorted(starts[i] for i in idxs):
+        free = sorted(starts[i] for i in idxs)
+        todo, spare = [], []
+        for i in idxs:
+            if claims.get(i) in free:
+                free.remove(claims[i])
+                result[i] = claims[i]
+            else:
+                todo.append(i)
+        unclaimed = list(todo)
+        for start in free:
             gi = existing.get((pid, start))
             match = next((i for i in todo if gi is not None and _same_split(slots[i], gi)), None)
             if match is None:
@@ -882,7 +968,7 @@ def _pair_by_split(
         for i, start in zip(todo, spare):  # noqa: B905 - same length by construction; strict= needs Python 3.10
             result[i] = start
         by_split: dict[tuple, list[int]] = {}
-        for i in idxs:
+        for i in unclaimed:
             by_split.setdefault(tuple(sorted((w.profile, w.profile_id or -1) for w in slots[i].cis)), []).append(i)
         for same in by_split.values():  # canonical: equal slots take ascending starts in the order written
             for i, start in zip(same, sorted(result[i] for i in same)):  # noqa: B905 - same length
@@ -893,8 +979,8 @@ def _pair_by_split(
 class _GpuPlanner:
     """Builds the actions, slot assignments and summary of one selected GPU."""
 
-    def __init__(self, target: _Target) -> None:
-        self.gpu, self.model, self.target = target.gpu, target.model, target
+    def __init__(self, target: _Target, history: Mapping[str, SlotRecord]) -> None:
+        self.gpu, self.model, self.target, self.history = target.gpu, target.model, target, history
         self.actions: dict[str, list[Action]] = {phase: [] for phase in _PHASES}
         self.slots: list[SlotAssignment] = []
 
@@ -939,27 +1025,37 @@ class _GpuPlanner:
         )
         return _render(slot.profile.name, start, gi_id, slot.name, (w.profile for w in slot.cis))
 
+    def claims(
+        self, slots: Sequence[_SlotWant], existing: Mapping[tuple[int, int], GpuInstanceState]
+    ) -> dict[int, int]:
+        """Unpinned slots whose existing GI the last applied slot map gives them: slot position -> the GI's start."""
+        claims = {}
+        for i, slot in enumerate(slots):
+            record = self.history.get(slot.name)
+            if (
+                slot.placement is None
+                and record is not None
+                and record.held(self.gpu, slot.profile.name)
+                and (slot.profile.id, record.start) in existing
+            ):
+                claims[i] = record.start
+        return claims
+
     def plan(self) -> GpuPlan:
         gpu, want_on = self.gpu, self.target.entry.mig_enabled
         slots = self.target.slots if want_on else ()
-        existing = gpu.gpu_instances if gpu.mig_current else ()
-        starts = _pair_by_split(
-            slots,
-            solve_placements(
-                self.model, [(s.profile, s.placement) for s in slots], ((g.profile_id, g.start) for g in existing)
-            ),
-            {(g.profile_id, g.start): g for g in existing},
+        existing = {(g.profile_id, g.start): g for g in (gpu.gpu_instances if gpu.mig_current else ())}
+        claims = self.claims(slots, existing)
+        solved = solve_placements(
+            self.model,
+            [(s.profile, s.placement) for s in slots],
+            existing,
+            ((slots[i].profile.id, start) for i, start in claims.items()),
         )
-        placed = [
-            (
-                slot,
-                starts[i],
-                next((g for g in existing if (g.profile_id, g.start) == (slot.profile.id, starts[i])), None),
-            )
-            for i, slot in enumerate(slots)
-        ]
+        starts = _pair_by_split(slots, solved, existing, claims)
+        placed = [(slot, starts[i], existing.get((slot.profile.id, starts[i]))) for i, slot in enumerate(slots)]
         kept = {gi.id: slot.name for slot, _unused, gi in placed if gi is not None}
-        for gi in existing:
+        for gi in existing.values():
             if gi.id not in kept:
                 displacing = (s.name for s, start, _unused in placed if s.profile.occupies(start) & gi.occupies())
                 self.destroy_gi(gi, next(displacing, None))
@@ -969,7 +1065,7 @@ class _GpuPlanner:
         after = sorted((start, self.place_slot(slot, start, gi)) for slot, start, gi in placed)
         before = sorted(
             (g.start, _render(g.profile, g.start, g.id, kept.get(g.id), (c.profile for c in g.compute_instances)))
-            for g in existing
+            for g in existing.values()
         )
         return GpuPlan(
             gpu.index,
@@ -979,26 +1075,34 @@ class _GpuPlanner:
             want_on,
             needs_reset,
             tuple(sorted(kept)),
-            tuple(g.id for g in existing if g.id not in kept),
+            tuple(g.id for g in existing.values() if g.id not in kept),
             tuple(slot.name for slot, _unused, gi in placed if gi is None),
             tuple(line for _unused, line in before),
             tuple(line for _unused, line in after),
         )
 
 
-def plan_layout(layout: LayoutSpec | list, gpus: Sequence[GpuState], models: Mapping[int, GpuModel | None]) -> Plan:
+def plan_layout(
+    layout: LayoutSpec | list,
+    gpus: Sequence[GpuState],
+    models: Mapping[int, GpuModel | None],
+    previous: Mapping | None = None,
+) -> Plan:
     """Validate ``layout`` against the host's GPUs and plan the minimal change; raise LayoutError listing every problem.
 
     ``models`` maps GPU index to its catalog model (read live from NVML on real hardware); GPUs no entry selects are
-    left untouched, and on a selected GPU every instance no slot asks for is destroyed.
+    left untouched, and on a selected GPU every instance no slot asks for is destroyed. ``previous``: the last applied
+    slot map (``slot_history``); a slot keeps the GPU instance it names when that instance is still there, so
+    look-alike slots keep their MIG UUIDs across reorders and edits to other slots.
     """
+    history = slot_history(previous) if previous is not None else {}
     spec = parse_layout(layout)
     targets, problems = _resolve(spec, gpus, models)
     for target in targets:
         if target.valid:
             problems.extend(_target_problems(target))
     raise_if(problems)
-    planners = [_GpuPlanner(t) for t in targets]
+    planners = [_GpuPlanner(t, history) for t in targets]
     summaries = tuple(p.plan() for p in planners)
     actions = tuple(a for phase in _PHASES for p in planners for a in p.actions[phase])
     return Plan(actions, tuple(s for p in planners for s in p.slots), summaries)
