@@ -8,16 +8,32 @@ The host runs gpu.mig.mig_facts, and the controller plans from those facts with 
 the result is the one the module would return. A converged host (the common case on a fleet) therefore runs and
 compiles only the NVML adapter, not the planner. When the plan changes something, the module runs on the host as
 before: it reads the host again, plans again and executes. An ``async`` task runs the module as before.
+
+``mig_parted_config_file`` is a controller path: the action reads and parses it, and the module gets the parsed
+config as ``mig_parted_config`` (async tasks too). ``slot_map_file`` is a path on the host: the action fetches it
+(ansible.builtin.slurp) to plan with the same history as the module; when it cannot, the module runs and reads it.
 """
 
 from __future__ import annotations
 
+import base64
+import traceback
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import failure as _failure
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError
+
+TASK = "gpu.mig.mig_instances"
+
+
+class _Refused(Exception):
+    """The task fails on the controller with this message, changing nothing."""
 
 
 class ActionModule(ActionBase):
@@ -29,32 +45,79 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp  # no longer has any effect
+        try:
+            return merge_hash(result, self._run(task_vars))
+        except _Refused as err:
+            return merge_hash(result, {"failed": True, "changed": False, "msg": str(err)})
+        except AnsibleError:
+            raise  # Ansible reports its own errors (invalid options, an unreachable host) as it always does
+        except Exception as err:  # the catch-all: every expected error is handled where it happens
+            failed = {"failed": True, "msg": _failure.bug_message(TASK, err), "exception": traceback.format_exc()}
+            return merge_hash(result, failed)
+        finally:
+            if not self._task.async_val:  # an async job's wrapper owns its temporary directory
+                self._remove_tmp_path(self._connection._shell.tmpdir)
+
+    def _run(self, task_vars: dict) -> dict:
+        _validation, params = self.validate_argument_spec(**_apply.MIG_INSTANCES_ARGS)
+        module_args = dict(self._task.args)
+        path = params["mig_parted_config_file"]
+        if path is not None and params["state"] == "present":  # with state=absent the module refuses it
+            config = self._read_config(path)
+            params = dict(params, mig_parted_config=config, mig_parted_config_file=None)
+            module_args.pop("mig_parted_config_file")
+            module_args["mig_parted_config"] = config
         if self._task.async_val:
             wrap_async = not self._connection.has_native_async
-            return merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
-        try:
-            return merge_hash(result, self._plan_or_apply(task_vars))
-        finally:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
+            return self._execute_module(module_args=module_args, task_vars=task_vars, wrap_async=wrap_async)
+        return self._plan_or_apply(params, module_args, task_vars)
 
-    def _plan_or_apply(self, task_vars: dict) -> dict:
-        _validation, params = self.validate_argument_spec(**_apply.MIG_INSTANCES_ARGS)
-        # Every option explicit (module_defaults for mig_facts must not narrow what the plan sees), in a new dict
-        # each time: _execute_module adds its internal options to the dict it is given.
+    def _read_config(self, path: str) -> Mapping:
+        """The parsed mig-parted config file at ``path`` on the controller (looked up like copy's src)."""
+        try:
+            config = self._loader.load_from_file(self._find_needle("files", path), cache="none")
+        except AnsibleError as err:
+            raise _Refused(
+                "mig_parted_config_file %s: %s; give the path of a mig-parted config (YAML: version: v1, mig-configs:"
+                " ...) on the controller" % (path, err.message)
+            ) from err
+        if not isinstance(config, Mapping):
+            raise _Refused(
+                "mig_parted_config_file %s holds %s, not a mig-parted config; it must be a mapping (version: v1,"
+                " mig-configs: ...)" % (path, "nothing" if config is None else "a %s" % _layout.builtin_type(config))
+            )
+        return config
+
+    def _plan_or_apply(self, params: dict, module_args: dict, task_vars: dict) -> dict:
+        def on_host() -> dict:  # a new dict each time: _execute_module adds its internal options to the dict it gets
+            return self._execute_module(module_args=dict(module_args), task_vars=task_vars)
+
+        previous = None
+        if params["slot_map_file"] is not None:
+            fetched = self._execute_module(
+                "ansible.builtin.slurp", module_args={"src": module_args["slot_map_file"]}, task_vars=task_vars
+            )
+            if fetched.get("failed"):
+                return on_host()  # a missing file is no history, an unreadable one an error: the module tells which
+            try:
+                previous = _apply.slot_map_from_bytes(base64.b64decode(fetched["content"]), fetched["source"])
+            except _layout.LayoutError as err:
+                raise _Refused(str(err)) from err
+        # Every option explicit (module_defaults for mig_facts must not narrow what the plan sees).
         every_gpu = {"gpus": [], "require_mig": False}
         gathered = self._execute_module("gpu.mig.mig_facts", module_args=every_gpu, task_vars=task_vars)
         facts = gathered.get("ansible_facts", {}).get("nvidia_mig")
         if gathered.get("failed") or not facts or not facts["driver"]["loaded"]:
-            return self._execute_module(task_vars=task_vars)  # the module reports the problem in its own words
+            return on_host()  # the module reports the problem in its own words
         try:
             host = _apply.host_from_facts(facts["gpus"])
+            desired = _apply.desired_layout(params, host)
             planned = _apply.apply_layout(
-                None, _apply.desired_layout(params, host), params["force"], check_mode=True, host=host
+                None, desired.layout, params["force"], check_mode=True, host=host, previous_slots=previous
             )
         except (_layout.LayoutError, SelectorError) as err:
-            return {"failed": True, "changed": False, "msg": str(err)}
+            raise _Refused(str(err)) from err
         if planned["changed"] and not self._task.check_mode:
-            return self._execute_module(task_vars=task_vars)
-        return dict(
-            _apply.module_returns(planned, facts["driver"], self._task.diff), invocation={"module_args": params}
-        )
+            return on_host()
+        returns = _apply.module_returns(planned, facts["driver"], self._task.diff, desired)
+        return dict(returns, invocation={"module_args": params})

@@ -148,6 +148,7 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig.failure import reported_as_bug
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError, describe_gpus, select_gpus
 
 
@@ -184,11 +185,12 @@ def main() -> None:
     )
     if not _nvml.HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
-    try:
-        facts = run(module)
-    except _nvml.NvmlError as err:
-        module.fail_json(msg=err.msg)
-    module.exit_json(changed=False, ansible_facts={"nvidia_mig": facts})
+    with reported_as_bug(module, "gpu.mig.mig_facts"):
+        try:
+            facts = run(module)
+        except _nvml.NvmlError as err:
+            module.fail_json(msg=err.msg)
+        module.exit_json(changed=False, ansible_facts={"nvidia_mig": facts})
 
 
 if __name__ == "__main__":

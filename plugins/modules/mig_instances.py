@@ -20,6 +20,10 @@ description:
   - If NVML fails midway, the layout found at the start is restored and the failure says so; where that is impossible
     the failure reports the exact state left behind.
   - GPUs that no entry selects are left untouched; on a selected GPU every instance that no slot asks for is destroyed.
+  - Turning MIG off on a GPU that holds instances destroys them first (busy ones only with O(force=true)), then
+    disables MIG, as mig-parted's C(all-disabled) does.
+  - With O(slot_map_file), look-alike slots (same profile and compute split) keep the GPU instances they had, so their
+    MIG UUIDs survive reordering the slots and adding or removing other slots.
 author:
   - gpu.mig maintainers (@gpu-mig)
 options:
@@ -30,17 +34,30 @@ options:
         C(slots), a list of C(name), C(profile) (name such as C(3g.20gb) or profile id), optional C(placement) (start
         memory slice) and optional C(compute_instances) (list of C(name), C(profile) such as C(1c.3g.20gb)).
       - Slot names are unique per host and match C(^[a-z0-9][a-z0-9_-]{0,62}$).
-      - Mutually exclusive with O(mig_parted_config).
+      - Mutually exclusive with O(mig_parted_config) and O(mig_parted_config_file).
     type: list
     elements: dict
   mig_parted_config:
     description:
       - A parsed NVIDIA mig-parted configuration (C(version=v1), C(mig-configs)), converted into a layout.
       - Slots are named C(gpu<index>-<profile>-<n>).
+      - Device indices that a config entry names and the host lacks are skipped (RV(skipped_devices)) with a warning,
+        as mig-parted applies one file to a whole fleet.
+      - Mutually exclusive with O(layout) and O(mig_parted_config_file); needs O(mig_parted_config_name).
     type: dict
+  mig_parted_config_file:
+    description:
+      - Path on the controller of a mig-parted configuration file (YAML), read and parsed on the controller by the
+        action, also for C(async) tasks, and applied as O(mig_parted_config) would be.
+      - A relative path is looked up as M(ansible.builtin.copy) looks up its C(src) (the role's C(files/) directory,
+        then the playbook's).
+      - A missing file or invalid YAML fails the task naming the file, changing nothing.
+      - Mutually exclusive with O(layout) and O(mig_parted_config); needs O(mig_parted_config_name).
+    type: str
   mig_parted_config_name:
     description:
-      - The named configuration inside O(mig_parted_config) to apply.
+      - The named configuration inside O(mig_parted_config) or O(mig_parted_config_file) to apply (for example one
+        picked per host by a group variable).
     type: str
   state:
     description:
@@ -68,6 +85,16 @@ options:
       - With O(force=true), seconds between SIGTERM and SIGKILL.
     type: int
     default: 10
+  slot_map_file:
+    description:
+      - Path on the managed host of the last applied slot map (the JSON file the M(gpu.mig.mig_layout) role writes,
+        slot name to C(gpu_uuid), C(profile) and C(placement)), read before planning.
+      - Among slots that look alike (same profile and compute split), each keeps the GPU instance the slot map gives
+        it, so its MIG UUID survives reordering the slots and adding or removing other slots. Without it, look-alike
+        slots take ascending placements in the order written, and a reorder swaps their MIG UUIDs.
+      - A missing file means no history. A file that cannot be read or is not a slot map fails the task naming the
+        file and the fix, changing nothing.
+    type: path
 extends_documentation_fragment:
   - gpu.mig.nvml
 attributes:
@@ -81,7 +108,8 @@ attributes:
   async:
     description: Supports being used with the C(async) keyword.
     support: full
-    details: An C(async) task runs the module on the host directly.
+    details:
+      - An C(async) task runs the module on the host directly (after the action reads O(mig_parted_config_file)).
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
@@ -128,6 +156,17 @@ EXAMPLES = r"""
   gpu.mig.mig_instances:
     mig_parted_config: "{{ lookup('ansible.builtin.file', 'mig-config.yaml') | from_yaml }}"
     mig_parted_config_name: all-balanced
+
+- name: Bring a mig-parted config file from the controller, with the config picked per host
+  gpu.mig.mig_instances:
+    mig_parted_config_file: mig-config.yaml
+    mig_parted_config_name: "{{ mig_config_name }}"
+    slot_map_file: /etc/gpu-mig/slots.json
+
+- name: Turn MIG off on every GPU, destroying the instances first (mig-parted's all-disabled)
+  gpu.mig.mig_instances:
+    layout:
+      - {gpus: all, mig_enabled: false}
 
 - name: Remove every instance from GPU 2
   gpu.mig.mig_instances:
@@ -180,6 +219,15 @@ restore_changes:
     - {slot: chat, gpu_index: 0, gpu_uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000, profile: 3g.20gb,
        placement: {start: 4, size: 4}, old_mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000,
        new_mig_uuid: MIG-1d9a7c55-0000-4000-8000-000000000000}
+skipped_devices:
+  description:
+    - Device indices that the mig-parted config's entries name and this host lacks, one message each; they are also
+      warnings. mig-parted applies one file to a whole fleet and acts on the GPUs present, and so does this module.
+    - Empty for O(layout) and O(state=absent). (Not C(skipped), which Ansible reads as the task's own status.)
+  returned: always
+  type: list
+  elements: str
+  sample: ["mig-configs.all-1g.10gb[0]: device 1 does not exist on this host; skipped"]
 warnings_busy:
   description: With O(force=true), the busy instances that were destroyed anyway, with the PIDs that were terminated.
   returned: always
@@ -200,35 +248,45 @@ ansible_facts:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import failure as _failure
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError
+
+
+def run(module: AnsibleModule) -> None:
+    """Read the host and the last applied slot map, plan, apply (unless check mode) and exit with the result."""
+    driver = {}
+    try:
+        previous = _apply.read_slot_map(module.params["slot_map_file"])
+        with _nvml.Nvml() as nvml:
+            driver = dict(nvml.system(), loaded=True, error=None)
+            host = _apply.read_host(nvml)
+            desired = _apply.desired_layout(module.params, host)
+            result = _apply.apply_layout(
+                nvml,
+                desired.layout,
+                module.params["force"],
+                module.check_mode,
+                grace=module.params["force_grace"],
+                host=host,
+                previous_slots=previous,
+            )
+    except (_layout.LayoutError, SelectorError) as err:
+        module.fail_json(msg=str(err), changed=False)
+    except _apply.ApplyError as err:
+        module.fail_json(msg=err.msg, **_apply.module_returns(err.result, driver, module._diff, desired))
+    except _nvml.NvmlError as err:
+        module.fail_json(msg=err.msg)
+    module.exit_json(**_apply.module_returns(result, driver, module._diff, desired))
 
 
 def main() -> None:
     module = AnsibleModule(supports_check_mode=True, **_apply.MIG_INSTANCES_ARGS)
     if not _nvml.HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
-    driver = {}
-    try:
-        with _nvml.Nvml() as nvml:
-            driver = dict(nvml.system(), loaded=True, error=None)
-            host = _apply.read_host(nvml)
-            result = _apply.apply_layout(
-                nvml,
-                _apply.desired_layout(module.params, host),
-                module.params["force"],
-                module.check_mode,
-                grace=module.params["force_grace"],
-                host=host,
-            )
-    except (_layout.LayoutError, SelectorError) as err:
-        module.fail_json(msg=str(err), changed=False)
-    except _apply.ApplyError as err:
-        module.fail_json(msg=err.msg, **_apply.module_returns(err.result, driver, module._diff))
-    except _nvml.NvmlError as err:
-        module.fail_json(msg=err.msg)
-    module.exit_json(**_apply.module_returns(result, driver, module._diff))
+    with _failure.reported_as_bug(module, "gpu.mig.mig_instances"):
+        run(module)
 
 
 if __name__ == "__main__":

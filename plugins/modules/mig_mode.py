@@ -135,6 +135,7 @@ reset_not_supported:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
+from ansible_collections.gpu.mig.plugins.module_utils._mig.failure import reported_as_bug
 from ansible_collections.gpu.mig.plugins.module_utils._mig.mode import ModeError, plan_gpu
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import (
     SelectorError,
@@ -250,32 +251,33 @@ def main() -> None:
     )
     if not _nvml.HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
-    try:
-        with _nvml.Nvml() as nvml:
-            gpus = [nvml.gpu_or_failure(i) for i in range(nvml.count())]
-            try:
-                steps, skipped = plan(module, gpus)
-            except SelectorError as err:
-                module.fail_json(msg=str(err))
-            if module.check_mode:
-                results = [s.to_dict() for s in steps]
-            else:
-                results = execute(module, nvml, steps, {g["index"]: g for g in gpus})
-    except _nvml.NvmlError as err:
-        module.fail_json(msg=err.msg)
-    changed = any(s.changed for s in steps)
-    diff = {
-        "before": {f"GPU {r['index']}": r["before"] for r in results},
-        "after": {f"GPU {r['index']}": r["after"] for r in results},
-    }
-    module.exit_json(
-        changed=changed,
-        gpus=results,
-        pending_reset=any(r["pending_reset"] for r in results),
-        skipped_gpus=skipped,
-        unmatched=unmatched(gpus, module.params["gpus"]),
-        diff=diff,
-    )
+    with reported_as_bug(module, "gpu.mig.mig_mode"):
+        try:
+            with _nvml.Nvml() as nvml:
+                gpus = [nvml.gpu_or_failure(i) for i in range(nvml.count())]
+                try:
+                    steps, skipped = plan(module, gpus)
+                except SelectorError as err:
+                    module.fail_json(msg=str(err))
+                if module.check_mode:
+                    results = [s.to_dict() for s in steps]
+                else:
+                    results = execute(module, nvml, steps, {g["index"]: g for g in gpus})
+        except _nvml.NvmlError as err:
+            module.fail_json(msg=err.msg)
+        changed = any(s.changed for s in steps)
+        diff = {
+            "before": {f"GPU {r['index']}": r["before"] for r in results},
+            "after": {f"GPU {r['index']}": r["after"] for r in results},
+        }
+        module.exit_json(
+            changed=changed,
+            gpus=results,
+            pending_reset=any(r["pending_reset"] for r in results),
+            skipped_gpus=skipped,
+            unmatched=unmatched(gpus, module.params["gpus"]),
+            diff=diff,
+        )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ Shared by the ``mig_instances`` module and the boot applier, so both run exactly
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from typing import NamedTuple
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
@@ -92,38 +94,59 @@ MIG_INSTANCES_ARGS = {
     "argument_spec": {
         "layout": {"type": "list", "elements": "dict"},
         "mig_parted_config": {"type": "dict"},
+        "mig_parted_config_file": {"type": "str"},
         "mig_parted_config_name": {"type": "str"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         "gpus": {"type": "list", "elements": "str"},
         "force": {"type": "bool", "default": False},
         "force_grace": {"type": "int", "default": 10},
+        "slot_map_file": {"type": "path"},
     },
-    "mutually_exclusive": [("layout", "mig_parted_config")],
-    "required_if": [("state", "present", ("layout", "mig_parted_config"), True)],
-    "required_together": [("mig_parted_config", "mig_parted_config_name")],
+    "mutually_exclusive": [("layout", "mig_parted_config", "mig_parted_config_file")],
+    "required_if": [("state", "present", ("layout", "mig_parted_config", "mig_parted_config_file"), True)],
+    "required_by": {"mig_parted_config": "mig_parted_config_name", "mig_parted_config_file": "mig_parted_config_name"},
 }
 """The options of gpu.mig.mig_instances, shared by the module and its action plugin."""
 
+CONFIG_SOURCES = ("layout", "mig_parted_config", "mig_parted_config_file")
+
+
+class DesiredLayout(NamedTuple):
+    """The layout to apply, with what its source left out: device indices the host lacks and the warnings."""
+
+    layout: list
+    skipped: list
+    warnings: list
+
 
 def _contradictions(params: dict) -> list[str]:
-    """Options that contradict ``state``: each would otherwise be silently ignored, with instances destroyed."""
+    """Options that contradict each other: each would otherwise be silently ignored, with instances destroyed."""
+    problems = []
+    if params.get("mig_parted_config_name") is not None and not any(
+        params.get(key) is not None for key in ("mig_parted_config", "mig_parted_config_file")
+    ):
+        problems.append(
+            "mig_parted_config_name names a config of mig_parted_config or mig_parted_config_file, and neither is"
+            " given: give one of them, or drop mig_parted_config_name"
+        )
     if params["state"] == "absent":
-        given = [key for key in ("layout", "mig_parted_config") if params.get(key) is not None]
-        return [
+        given = [key for key in CONFIG_SOURCES if params.get(key) is not None]
+        problems.extend(
             "state=absent removes every instance on the GPUs in 'gpus' and takes no %s; drop %s to clear GPUs, or use"
             " state=present to apply it" % (key, key)
             for key in given
-        ]
-    if params.get("gpus") is not None:
-        return [
+        )
+    elif params.get("gpus") is not None:
+        problems.append(
             "'gpus' selects the GPUs to clear with state=absent only; with state=present each layout entry selects"
             " its GPUs (layout: [{gpus: ..., slots: [...]}]): drop 'gpus'"
-        ]
-    return []
+        )
+    return problems
 
 
-def desired_layout(params: dict, host: tuple) -> list:
-    """The layout mig_instances applies: as given, converted from mig-parted, or 'no instances' for state=absent.
+def desired_layout(params: dict, host: tuple) -> DesiredLayout:
+    """The layout mig_instances applies: as given, converted from mig-parted, or 'no instances' for state=absent;
+    with the device indices a mig-parted config names that the host lacks (skipped) and the converter's warnings.
 
     Raises LayoutError when options contradict each other (``state: absent`` with a layout, ``gpus`` with
     ``state: present``), before anything is read into a plan.
@@ -132,19 +155,67 @@ def desired_layout(params: dict, host: tuple) -> list:
     facts, states, models = host
     if params["state"] == "absent":
         selected = [g for g in _select.select_gpus(facts, params["gpus"] or ["all"]) if g["mig"]["current"]]
-        return [{"gpus": g["uuid"], "slots": []} for g in selected]
+        return DesiredLayout([{"gpus": g["uuid"], "slots": []} for g in selected], [], [])
+    if params.get("mig_parted_config_file") is not None:
+        raise _layout.LayoutError(
+            [
+                "mig_parted_config_file %s is a file on the controller, which the gpu.mig.mig_instances action reads;"
+                " this module ran without it: run the task through Ansible, or pass the parsed file as"
+                " mig_parted_config" % params["mig_parted_config_file"]
+            ]
+        )
     if params["mig_parted_config"] is not None:
         # Imported here: the module compiles every module_utils it imports on each run, and only this path needs it.
         from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
 
-        return _migparted.layout_from_mig_parted(
+        converted = _migparted.layout_from_mig_parted(
             params["mig_parted_config"], params["mig_parted_config_name"], states, models
         )
-    return params["layout"]
+        return DesiredLayout(list(converted.entries), list(converted.skipped), list(converted.warnings))
+    return DesiredLayout(params["layout"], [], [])
 
 
-def module_returns(result: dict, driver: dict, diff: bool) -> dict:
-    """mig_instances' return values from an apply_layout result; the before/after rendering only in diff mode."""
+def slot_map_from_bytes(data: bytes, path: str) -> dict:
+    """The last applied slot map from the bytes of ``path`` (JSON, as the roles write it), checked by
+    ``_layout.slot_history``; LayoutError naming the file, every problem and the fix."""
+    fix = (
+        "slot_map_file %s must be the JSON slot map the mig_layout role writes (slot name -> {gpu_uuid, profile,"
+        " placement: {start}}): repair it, or remove it to apply the layout without history (look-alike slots may"
+        " then swap instances)" % path
+    )
+    try:
+        previous = json.loads(data.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _layout.LayoutError(["slot_map_file %s is not JSON (%s)" % (path, err), fix]) from err
+    try:
+        _layout.slot_history(previous)
+    except _layout.LayoutError as err:
+        raise _layout.LayoutError(["slot_map_file %s: %s" % (path, p) for p in err.problems] + [fix]) from err
+    return previous
+
+
+def read_slot_map(path: str | None) -> dict | None:
+    """The last applied slot map at ``path`` on this host; None when no path is given or the file does not exist."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _layout.LayoutError(
+            [
+                "slot_map_file %s cannot be read (%s); run the task as a user that can read it (become: true), or point"
+                " slot_map_file at the slot map the mig_layout role writes" % (path, err.strerror or err)
+            ]
+        ) from err
+    return slot_map_from_bytes(data, path)
+
+
+def module_returns(result: dict, driver: dict, diff: bool, desired: DesiredLayout) -> dict:
+    """mig_instances' return values from an apply_layout result and the ``desired_layout`` it applied; the
+    before/after rendering only in diff mode."""
     gpus = result["facts"]
     returns = {
         "changed": result["changed"],
@@ -153,22 +224,48 @@ def module_returns(result: dict, driver: dict, diff: bool) -> dict:
         "restored": result["restored"],
         "restore_changes": result["restore_changes"],
         "warnings_busy": result["warnings"],
+        "skipped_devices": desired.skipped,
         "ansible_facts": {"nvidia_mig": {"driver": driver, "gpus": gpus, "summary": _nvml.summarize(gpus)}},
     }
-    if result["unread_gpus"]:
-        returns["warnings"] = result["unread_gpus"]
+    warnings = desired.skipped + desired.warnings + result["unread_gpus"]
+    if warnings:
+        returns["warnings"] = warnings
     if diff:
         returns["diff"] = result["diff"]
     return returns
 
 
-def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
-    """MIG mode changes that would stay pending (Ampere): gpu.mig.mig_mode with reset must run first."""
-    by_index = {g["index"]: g for g in facts}
-    steps = (
-        _mode.plan_gpu(by_index[a.gpu_index], a.enable, reset=False) for a in plan.actions if a.op == _layout.MIG_MODE
+def _after_destroys(gpu: dict, plan: _layout.Plan) -> dict:
+    """``gpu``'s facts as the plan leaves it before its mode changes: destroyed GPU instances and the processes
+    that held them (terminated with force; a plan destroying busy instances is refused otherwise) are gone."""
+    destroys = [
+        a for a in plan.actions if a.gpu_index == gpu["index"] and a.op in (_layout.DESTROY_CI, _layout.DESTROY_GI)
+    ]
+    gone = {a.gi_id for a in destroys if a.op == _layout.DESTROY_GI}
+    freed = {pid for a in destroys for pid in a.busy_pids}
+    return dict(
+        gpu,
+        gpu_instances=[gi for gi in gpu["gpu_instances"] if gi["id"] not in gone],
+        processes=[p for p in gpu["processes"] if p["pid"] not in freed],
     )
-    return [step.pending_message() for step in steps if step.pending_reset]
+
+
+def _mode_problems(plan: _layout.Plan, facts: list[dict]) -> list[str]:
+    """MIG mode changes that NVML would refuse or leave pending (Ampere: gpu.mig.mig_mode with reset must run
+    first), judged on each GPU as the plan leaves it: MIG is disabled after its instances are destroyed."""
+    by_index = {g["index"]: g for g in facts}
+    problems = []
+    for action in plan.actions:
+        if action.op != _layout.MIG_MODE:
+            continue
+        try:
+            step = _mode.plan_gpu(_after_destroys(by_index[action.gpu_index], plan), action.enable, reset=False)
+        except _mode.ModeError as err:
+            problems.append(str(err))
+            continue
+        if step.pending_reset:
+            problems.append(step.pending_message())
+    return problems
 
 
 def _execute(nvml: _nvml.Nvml, plan: _layout.Plan, created: dict[tuple[str | None, str | None], int]) -> None:
@@ -355,6 +452,7 @@ def apply_layout(
     check_mode: bool = False,
     grace: float = 10.0,
     host: tuple | None = None,
+    previous_slots: dict | None = None,
 ) -> dict:
     """Plan ``layout`` against the host and (unless check mode) execute it.
 
@@ -363,9 +461,11 @@ def apply_layout(
     (nothing changed) and ApplyError when NVML fails midway (after restoring the layout found at the start, or
     saying exactly what was left behind). ``host``: a ``read_host`` result the caller already has; with it, check mode
     needs no NVML (``nvml`` may be None: the mig_instances action plugin plans on the controller).
+    ``previous_slots``: the last applied slot map, which keeps each slot on the GPU instance it had
+    (``_layout.plan_layout``'s ``previous``).
     """
     facts, states, models = host or read_host(nvml)
-    plan = _layout.plan_layout(layout, states, models)
+    plan = _layout.plan_layout(layout, states, models, previous_slots)
     warnings = list(_layout.check_busy(plan, force))
     problems = _mode_problems(plan, facts)
     if problems:

@@ -6,7 +6,8 @@
 Starting instances and desired slots have random compute-instance splits. For a feasible layout: check mode changes
 nothing and predicts exactly the plan and the slot map (MIG UUIDs included) that the real run returns, planning
 on the controller from gathered facts (the action plugin) gives the same result, the real run converges, a second
-run is a no-op, and slots that matched an existing instance keep its MIG UUID.
+run is a no-op, slots that matched an existing instance keep its MIG UUID, and with the slot map just applied the
+slots in reverse order change nothing (each keeps its MIG UUIDs).
 For an infeasible or invalid layout: the error comes before any change, the host state byte-for-byte unchanged.
 """
 
@@ -140,3 +141,7 @@ def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
             assert set(kept) <= set(old.get((slot["profile"], slot["placement"]["start"]), ())), name
         again = _apply.apply_layout(nvml, layout)
         assert again["changed"] is False and again["slots"] == real["slots"]
+        # With the slot map just applied, a reorder changes nothing and every slot keeps its instances and MIG UUIDs.
+        reordered = [{"gpus": 0, "slots": slots[::-1]}]
+        kept = _apply.apply_layout(nvml, reordered, check_mode=True, previous_slots=real["slots"])
+        assert kept["changed"] is False and kept["slots"] == real["slots"]
