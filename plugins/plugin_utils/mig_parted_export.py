@@ -263,22 +263,64 @@ def _hashed(name: str, key: str) -> str:
     return "%s-%s" % (name[:56].rstrip("-_."), hashlib.sha256(key.encode()).hexdigest()[:6])
 
 
-def _name_configs(contents: dict[str, list[dict]], given: dict[str, str]) -> dict[str, str]:
-    """Content key -> config name: the caller's name when given, else ``describe``; a hash is added where a derived
-    name is too long or shared by configs of different content (models whose profiles are named alike)."""
-    derived = {key: describe(entries) for key, entries in contents.items() if key not in given}
-    taken = set(given.values())
-    names = dict(given)
-    for key, name in derived.items():
-        clash = name in taken or sum(1 for other in derived.values() if other == name) > 1
-        names[key] = _hashed(name, key) if clash or label_value_problem(name) else name
-    return names
+def _filters(entries: list[dict]) -> set[str]:
+    return {
+        f
+        for e in entries
+        for f in ([e["device-filter"]] if isinstance(e["device-filter"], str) else e["device-filter"])
+    }
+
+
+def _merged(configs: list[list[dict]]) -> list[dict] | None:
+    """Several hosts' entries as one config, when no two of them share a device filter (then each host's GPUs match
+    its own entries only, and the others' select nothing there); None when they do."""
+    seen: set[str] = set()
+    merged = []
+    for entries in configs:
+        if _filters(entries) & seen:
+            return None
+        seen |= _filters(entries)
+        merged.extend(entries)
+    return merged
+
+
+def _name_configs(
+    contents: dict[str, list[dict]], given: dict[str, str], hosts: dict[str, list[str]]
+) -> tuple[dict[str, list[dict]], dict[str, str], list[str]]:
+    """(name -> entries, content key -> name, problems): each content under the caller's name or ``describe``'s.
+
+    Contents wanting one name share it when they are for different GPU models (``_merged``: ``all-disabled`` for an
+    H100 host and an L4 host); otherwise a derived name gets a hash of its content (a given one is a problem), as
+    does a derived name too long for a label value. ``hosts``: content key -> its hosts, for messages.
+    """
+    wanted = {key: given.get(key) or describe(entries) for key, entries in contents.items()}
+    configs: dict[str, list[dict]] = {}
+    names: dict[str, str] = {}
+    problems = []
+    for name in sorted(set(wanted.values())):
+        keys = sorted(k for k in wanted if wanted[k] == name)
+        merged = _merged([contents[k] for k in keys])
+        derived = name not in given.values()
+        if merged is not None and not (derived and label_value_problem(name)):
+            configs[name] = merged
+            names.update(dict.fromkeys(keys, name))
+        elif derived:
+            for key in keys:
+                names[key] = _hashed(name, key)
+                configs[names[key]] = contents[key]
+        else:
+            problems.append(
+                "names: %r is given to hosts with different layouts for the same GPU model (%s); give each layout"
+                " its own name" % (name, ", ".join(sorted(h for k in keys for h in hosts[k])))
+            )
+    return configs, names, problems
 
 
 def export_fleet(
     facts: Mapping[str, Any], layouts: Mapping[str, Any] | None = None, names: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """One mig-parted v1 config for a fleet: one named config per distinct layout, and which host uses which.
+    """One mig-parted v1 config for a fleet: one named config per distinct layout (layouts of different GPU models
+    may share one), and which host uses which.
 
     ``facts``: host -> nvidia_mig facts; ``layouts``: host -> desired layout, exported as planned on that host
     instead of its current layout; ``names``: host -> config name to use instead of the derived one. Returns
@@ -334,20 +376,12 @@ def export_fleet(
                 % (host, name, given[key])
             )
         given.setdefault(key, str(name))
-    for name in sorted(set(given.values())):
-        hosts = sorted(h for h in by_host if given.get(by_host[h]) == name)
-        if len({by_host[h] for h in hosts}) > 1:
-            problems.append(
-                "names: %r is given to hosts with different layouts (%s); give each layout its own name"
-                % (name, ", ".join(hosts))
-            )
+    hosts_of = {key: sorted(h for h in by_host if by_host[h] == key) for key in contents}
+    configs, config_names, naming_problems = _name_configs(contents, given, hosts_of)
+    problems += naming_problems
     if problems:
         raise ExportError(problems)
-    config_names = _name_configs(contents, given)
-    config = {
-        "version": "v1",
-        "mig-configs": {config_names[k]: contents[k] for k in sorted(contents, key=config_names.__getitem__)},
-    }
+    config = {"version": "v1", "mig-configs": {name: configs[name] for name in sorted(configs)}}
     return {
         "config": config,
         "text": config_text(config),

@@ -17,6 +17,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpu.mig.plugins.filter import mig_parted_export as _filters
 from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
 from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
 from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.plugin_utils import mig_parted_export as _export
@@ -160,15 +161,47 @@ def test_one_named_config_per_distinct_layout_and_the_host_map(sim_host):
     assert "device-filter: '0x20B010DE'" in result["text"]  # quoted: YAML would read the bare hex as an integer
 
 
-def test_derived_names_that_would_clash_get_a_hash_of_their_content(sim_host):
-    sim_host(A100)
-    one = facts_after([{"gpus": 0, "slots": [{"name": "a", "profile": "7g.40gb"}]}])
-    pcie = copy.deepcopy(one)
-    pcie["gpus"][0]["pci_device_id"] = "0x20F110DE"  # A100-PCIE-40GB: the same profile names
-    result = _export.export_fleet({"sxm": one, "pcie": pcie, "named": one}, names={"named": "all-7g.40gb"})
-    names = result["hosts"]
-    assert names["named"] == names["sxm"] == "all-7g.40gb"  # a given name holds
-    assert names["pcie"].startswith("all-7g.40gb-") and len(names["pcie"]) == len("all-7g.40gb-") + 6
+def imports_unchanged(config: dict, name: str, facts: dict) -> bool:
+    """Whether the named config, imported on the host of ``facts``, plans no change there."""
+    _facts, states, models = _apply.host_from_facts(facts["gpus"])
+    imported = _migparted.layout_from_mig_parted(config, name, states, models)
+    return not imported.skipped and not _layout.plan_layout(imported.entries, states, models).changed
+
+
+def test_layouts_of_different_models_share_a_name_and_a_hash_parts_the_rest(sim_host):
+    sim_host("H100-80GB")
+    h100 = facts_after()
+    sim_host("L4")
+    l4 = facts_after()
+    result = _export.export_fleet({"h100": h100, "l4": l4})
+    assert result["hosts"] == {"h100": "all-disabled", "l4": "all-disabled"}
+    assert [e["device-filter"] for e in result["config"]["mig-configs"]["all-disabled"]] == ["0x233010DE", "0x27B810DE"]
+    assert imports_unchanged(result["config"], "all-disabled", h100) and imports_unchanged(
+        result["config"], "all-disabled", l4
+    )
+    # Two hosts whose entries read alike but share a model cannot share a config: each gets a hash of its content.
+    sim_host("A100-SXM4-40GB", "A100-SXM4-40GB")
+    mixed = facts_after()
+    mixed["gpus"][1]["pci_device_id"] = "0x20F110DE"  # an A100-PCIE-40GB beside the SXM4
+    sim_host("A100-SXM4-40GB")
+    sxm = facts_after()
+    result = _export.export_fleet({"mixed": mixed, "sxm": sxm})
+    assert result["config"]["mig-configs"][result["hosts"]["mixed"]] == [
+        {"device-filter": ["0x20B010DE", "0x20F110DE"], "devices": "all", "mig-enabled": False, "mig-devices": {}}
+    ]
+    assert len(set(result["hosts"].values())) == 2
+    for host, facts in (("mixed", mixed), ("sxm", sxm)):
+        name = result["hosts"][host]
+        assert name.startswith("all-disabled-") and len(name) == len("all-disabled-") + 6, name
+        assert imports_unchanged(result["config"], name, facts)
+    # A name given to layouts of one model is refused; given to layouts of different models, it is shared.
+    with pytest.raises(_export.ExportError, match="'x' is given to hosts with different layouts for the same GPU"):
+        _export.export_fleet({"mixed": mixed, "sxm": sxm}, names={"mixed": "x", "sxm": "x"})
+    shared = _export.export_fleet({"h100": h100, "sxm": sxm}, names={"h100": "x", "sxm": "x"})
+    assert shared["hosts"] == {"h100": "x", "sxm": "x"} and list(shared["config"]["mig-configs"]) == ["x"]
+
+
+def test_a_derived_name_too_long_for_a_label_value_is_cut_and_hashed(sim_host):
     sim_host(*[A100] * 8)
     profiles = ["7g.40gb", "4g.20gb", "3g.20gb", "2g.10gb", "1g.5gb", "1g.10gb", "1g.5gb+me"]
     eight = facts_after([{"gpus": i, "slots": [{"name": f"s{i}", "profile": p}]} for i, p in enumerate(profiles)])
@@ -192,7 +225,8 @@ def test_given_names_are_checked_against_each_other_and_as_label_values(sim_host
         " '_' or '.', starting and ending alphanumeric",
         "mig_parted_export: names[ghost]: no facts for this host",
         "names: hosts with the same layout get one config; c is named 'y', another host 'x'",
-        "names: 'x' is given to hosts with different layouts (a, b, c, d); give each layout its own name",
+        "names: 'x' is given to hosts with different layouts for the same GPU model (a, b, c, d); give each layout"
+        " its own name",
     ]
 
 
