@@ -236,7 +236,7 @@ def _wanted(mig_devices: Mapping, model: GpuModel) -> tuple[list[_Want], list[st
             )
         elif count > gi.max_instances * ci.max_instances:  # checked before the count is expanded into slots
             problems.append(
-                "%s asks for %d, a %s holds at most %d"
+                "%s asks for %d, a %s holds at most %d; lower the count"
                 % (key.name, count, model.name, gi.max_instances * ci.max_instances)
             )
         else:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as L
 from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
@@ -412,3 +414,59 @@ def test_validation_reports_shape_problems_and_unknown_models():
     assert _migparted.validate_config([1, 2]).problems == [
         "mig-parted config: must be a mapping with keys version, mig-configs, not list [1, 2]"
     ]
+
+
+# ------------------------------------------------------------------------------------------- no traceback, ever
+
+WORDS = ["version", "mig-configs", "devices", "device-filter", "mig-enabled", "mig-devices", "all", "v1", "x"]
+PROFILE_KEYS = ["1g.5gb", "3c.3g.20gb", "1c.3g.20gb", "7g.80gb", "1g.5gb+me", "1g.24gb-me", "2c.7g.40gb", "0x20B010DE"]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 9),
+    st.sampled_from(WORDS + PROFILE_KEYS + ["0x20B010DE:0x147E10DE", "0x233010DE"]),
+    st.text(max_size=6),
+)
+JUNK = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(WORDS + PROFILE_KEYS), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+ENTRY = st.fixed_dictionaries(
+    {
+        "devices": st.one_of(st.just("all"), st.lists(st.integers(0, 9), min_size=1, max_size=3)),
+        "mig-enabled": st.booleans(),
+    },
+    optional={
+        "mig-devices": st.dictionaries(st.sampled_from(PROFILE_KEYS), st.integers(0, 8), max_size=3),
+        "device-filter": st.sampled_from(["0x20B010DE", "0x233010DE:0x147E10DE", ["0x20B010DE", "0x233010DE"]]),
+    },
+)
+CONFIGS = st.one_of(
+    JUNK,
+    st.builds(
+        lambda entries: {"version": "v1", "mig-configs": {"x": entries}}, st.lists(ENTRY, min_size=1, max_size=4)
+    ),
+)
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(config=CONFIGS)
+def test_any_input_is_converted_or_refused_with_a_message(config):
+    check = _migparted.validate_config(config)
+    assert all(isinstance(p, str) and p for p in check.problems)
+    gpus = state(
+        facts(0), facts(1, model=H100, gis=[(1, "1g.10gb", 0)]), facts(2, model=None, mig=False, supported=False)
+    )
+    try:
+        result = _migparted.layout_from_mig_parted(config, "x", gpus, models_for(gpus))
+    except L.LayoutError as exc:
+        assert exc.problems and all(exc.problems)
+        return
+    try:
+        L.plan_layout(result.entries, gpus, models_for(gpus))
+    except L.LayoutError as exc:
+        assert exc.problems and all(exc.problems)
