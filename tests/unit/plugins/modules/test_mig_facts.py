@@ -86,6 +86,7 @@ def test_a_lost_gpu_is_that_gpus_error_not_the_hosts(lost_gpu_1, run_module, war
         "name": None,
         "pci_bus_id": None,
         "pci_device_id": None,
+        "pci_subsystem_id": None,
         "architecture": "unknown",
         "compute_capability": None,
         "memory": None,
