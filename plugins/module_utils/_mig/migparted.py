@@ -58,7 +58,7 @@ class ConfigCheck(NamedTuple):
 
     problems: list[str]
     fits: dict[str, list[str]]  # config name -> the catalog models a host of which it applies to
-    unchecked: list[str]  # device-filter ids no catalog model has: those entries could not be checked
+    unchecked: list[str]  # entries naming device ids or profiles no catalog model has: they could not be checked
 
 
 class ProfileKey(NamedTuple):
@@ -311,9 +311,17 @@ def _current_counts(gpu: GpuState) -> Counter[ProfileKey] | None:
 # One named config on a host
 
 
-def _gpu_ids(gpu: GpuState, model: GpuModel | None) -> set[int]:
+def _hex(text: Any) -> int | None:
+    """A PCI id as the facts give it ("0x20B010DE"); None when unknown or unreadable."""
+    try:
+        return int(text, 16)
+    except (TypeError, ValueError):
+        return None
+
+
+def _gpu_ids(gpu: GpuState, model: GpuModel | None) -> set[int | None]:
     ids = [gpu.pci_device_id] if gpu.pci_device_id else (model.pci_device_ids if model else ())
-    return {int(i, 16) for i in ids}
+    return {_hex(i) for i in ids}
 
 
 def _selects(raw: Mapping, gpu: GpuState, model: GpuModel | None) -> tuple[bool, bool]:
@@ -330,7 +338,7 @@ def _selects(raw: Mapping, gpu: GpuState, model: GpuModel | None) -> tuple[bool,
     if not filters:
         return True, False
     ids = _gpu_ids(gpu, model)
-    subsystem = int(gpu.pci_subsystem_id, 16) if gpu.pci_subsystem_id else None
+    subsystem = _hex(gpu.pci_subsystem_id)
     hits = [sub for device, sub in filters if device in ids and (sub is None or subsystem in (None, sub))]
     return bool(hits), bool(hits) and subsystem is None and all(sub is not None for sub in hits)
 

@@ -158,6 +158,7 @@ def test_a_full_compute_split_spelled_out_is_the_plain_profile(devices, profiles
         ("0x20B010DE:0x145F10DE", "0x147E10DE", False, False),
         (["0x20B010DE:0x145F10DE", "0x20B010DE"], "0x147E10DE", True, False),
         ("0x20B010DE:0x147E10DE", None, True, True),  # subsystem unknown: the device id alone, with a warning
+        ("0x20B010DE:0x147E10DE", "n/a", True, True),
         ("0x233010DE:0x147E10DE", "0x147E10DE", False, False),
     ],
 )
