@@ -104,7 +104,10 @@ def _planned(layout: list, gpus: list) -> _Planned:
     try:
         host = _apply.host_from_facts(gpus)
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # facts not written by gpu.mig.mig_facts
-        return NOT_PLANNED._replace(refused=[f"the NVML facts cannot be planned from ({type(err).__name__}: {err})"])
+        why = f"the NVML facts lack what mig_instances plans from ({type(err).__name__}: {err})"
+        return NOT_PLANNED._replace(
+            refused=[f"{why}; gather them again with gpu.mig.mig_facts (not from a fact cache)"]
+        )
     try:
         done = _apply.apply_layout(None, layout, force=True, check_mode=True, host=host)
     except _layout.LayoutError as err:
