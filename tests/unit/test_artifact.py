@@ -50,6 +50,7 @@ DEV_ONLY = {
     "tests/unit/": "unit and playbook tests: they need the checkout (galaxy.yml, hacking/, .build/)",
     "tests/integration/": "ansible-test integration targets",
     "tests/config.yml": "ansible-test settings",
+    "tests/fixtures/": "NVIDIA's published mig-parted configs, test inputs kept with their sources and licences",
 }
 
 
