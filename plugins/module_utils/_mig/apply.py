@@ -489,9 +489,13 @@ def apply_layout(
         _execute(nvml, plan, created)
     except _nvml.NvmlError as err:
         failed_restore = _restore(nvml, states)
-        after, _states, _models = read_host(nvml)
+        after, after_states, _models = read_host(nvml)
         changes = uuid_changes(facts, after, plan)
-        result.update(restored=failed_restore is None, restore_changes=changes, facts=after, changed=True)
+        # Changed unless the restore put back every instance with its MIG UUID (a failure at the first action).
+        changed = bool(failed_restore or changes) or _layout.layout_from_state(
+            after_states
+        ) != _layout.layout_from_state(states)
+        result.update(restored=failed_restore is None, restore_changes=changes, facts=after, changed=changed)
         # After a restore the instances created by this run are gone: only kept ones can be named.
         result["slots"] = slot_map(plan, after, created if failed_restore else None)
         raise ApplyError(f"{err.msg}; {failed_restore or _describe_changes(changes)}", result) from err

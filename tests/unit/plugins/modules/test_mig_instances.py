@@ -212,6 +212,16 @@ def test_check_mode_predicts_the_new_uuids_of_a_changed_compute_split(sim_host, 
     assert checked["slots"]["ocr"] == real["slots"]["ocr"] == before["slots"]["ocr"]
 
 
+def test_a_failure_at_the_first_action_restores_nothing_and_reports_no_change(sim_host, run_module):
+    host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4"], init=False)
+    before = host.state().live(0)["gpu_instances"]
+    host.fault("nvmlDeviceCreateGpuInstanceWithPlacement", pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, times=1)
+    spec = layout([{"name": "chat", "profile": "3g.20gb"}, {"name": "ocr", "profile": "1g.5gb"}])
+    result, failed = run_module(mig_instances, spec)
+    assert failed and result["restored"] is True and result["restore_changes"] == []
+    assert result["changed"] is False and host.state().live(0)["gpu_instances"] == before
+
+
 OCR_H100 = {"name": "ocr", "profile": "1g.10gb"}
 
 
