@@ -104,6 +104,7 @@ def test_settings_the_applier_cannot_read_exit_2(applier, sim_host, tmp_path, ca
 @pytest.mark.parametrize(
     ("where", "function", "status"),
     [(_apply, "apply_layout", 1), (_apply, "read_host", 1), (_layout, "check_mapping", 2)],
+    ids=["while applying", "while reading the host", "while loading the settings"],
 )
 def test_an_unexpected_exception_ends_as_failed_lines(applier, sim_host, tmp_path, capsys, monkeypatch, where,
                                                       function, status):  # fmt: skip
