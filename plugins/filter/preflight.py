@@ -340,8 +340,7 @@ def preflight_report(
                 "remove gpu_mig_layout for this host or move it to a group of A100/A30/H100/H200/B200 hosts",
             )
         )
-    else:
-        reasons.extend(_reason("fail", "layout", why, LAYOUT_FIX) for why in planned.refused)
+    reasons.extend(_reason("fail", "layout", why, LAYOUT_FIX) for why in planned.refused)
     reasons.extend(
         _reason("warn" if force else "fail", "layout", why, FORCED_FIX if force else BUSY_FIX) for why in planned.busy
     )

@@ -126,7 +126,11 @@ def test_non_mig_gpu_selected_blocks():
     l4 = gpu(0, name="NVIDIA L4", mig=None)
     report = preflight_report(facts(l4), "h1", layout=layout(0, {"name": "chat", "profile": "1g.5gb"}))
     assert report["verdict"] == "blocked"
-    assert msgs(report, "fail") == ["a MIG layout is set but no GPU supports MIG (NVIDIA L4)"]
+    assert msgs(report, "fail") == [
+        "a MIG layout is set but no GPU supports MIG (NVIDIA L4)",
+        "entry 1 (gpus: 0) selects GPU 0 (GPU-0000-al4, NVIDIA L4), which does not support MIG; remove it from the"
+        " selector",
+    ]
     assert report["gpus"][0]["drift"] == []
     assert report["gpus"][0]["desired_slots"] == []
 
@@ -140,7 +144,10 @@ def test_all_passes_over_gpus_without_mig():
 
 def test_no_gpu_at_all_with_a_layout():
     report = preflight_report(facts(), "h1", layout=layout(0))
-    assert msgs(report) == ["a MIG layout is set but no GPU supports MIG (no GPUs)"]
+    assert msgs(report) == [
+        "a MIG layout is set but no GPU supports MIG (no GPUs)",
+        "entry 1 (gpus: 0): no GPU on this host matches selector 0; GPUs: none",
+    ]
 
 
 # --- drift ---------------------------------------------------------------------------------------------------------

@@ -119,8 +119,7 @@ def test_preflight_picks_the_gpus_the_layout_module_picks(gpus, layout):
     refused = refusal(layout, gpus)
     found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
     assert {r["index"] for r in found["gpus"] if r["managed"]} == picked
-    if any(g["mig"]["supported"] or g.get("error") for g in gpus):  # else one host reason: no GPU supports MIG
-        assert layout_reasons(found) == refused
+    assert layout_reasons(found) == refused
     assert (found["verdict"] == "blocked") == bool(refused)
 
 
@@ -132,10 +131,9 @@ def test_a_selector_the_layout_module_refuses_blocks_the_host(gpus, layout, bad)
         _layout.parse_layout(layout)
     found = preflight_report({"nvidia_mig": {"driver": DRIVER, "gpus": gpus}}, "h", layout=layout)
     assert found["verdict"] == "blocked"
-    if any(g["mig"]["supported"] or g.get("error") for g in gpus):
-        assert [m for m in layout_reasons(found) if m.startswith(f"entry {len(layout)}:")] == [
-            f"entry {len(layout)}: gpus is list [{bad!r}]; it {selector_problem(bad)}"
-        ]
+    assert [m for m in layout_reasons(found) if m.startswith(f"entry {len(layout)}:")] == [
+        f"entry {len(layout)}: gpus is list [{bad!r}]; it {selector_problem(bad)}"
+    ]
 
 
 def test_all_beside_a_selector_naming_a_gpu_without_mig_picks_it():
