@@ -694,8 +694,15 @@ def _solve(
     def search(level: int, used: frozenset[int], starts: dict[int, int]) -> None:
         if level == len(order):
             final = [starts.get(i, pin) for i, (_unused, pin) in enumerate(demands)]
-            kept = [(pid, final[i]) for i, (pid, _unused) in enumerate(demands) if (pid, final[i]) in existing]
-            score = (len(kept), sum(1 for gi in kept if gi in preferred), _free_score(model, used, wanted))
+            placed = [(pid, final[i]) for i, (pid, _unused) in enumerate(demands)]
+            kept = [gi for gi in placed if gi in existing]
+            recreated = [gi for gi in placed if gi in preferred and gi not in existing]
+            score = (
+                len(kept),
+                sum(1 for gi in kept if gi in preferred),
+                len(recreated),
+                _free_score(model, used, wanted),
+            )
             if best[0] is None or score > best[0]:
                 best[0], best[1] = score, tuple(final)
             return
@@ -721,8 +728,10 @@ def solve_placements(
     """Choose a start for each (profile, pinned start or None); None when no placement fits.
 
     Exact search: maximizes the demands that land on an ``existing`` (profile id, start) instance, then those that
-    land on a ``preferred`` one (an instance a slot held in the last applied slot map), then the room left for the
-    biggest profiles; same-profile unpinned demands take ascending starts in the order given. Memoized.
+    land on a ``preferred`` one of those (an instance a slot held in the last applied slot map), then the instances
+    to create that land on a ``preferred`` (profile id, start) (where the slot map puts a slot whose instance is gone,
+    after a reboot, say), then the room left for the biggest profiles; same-profile unpinned demands take ascending
+    starts in the order given. Memoized.
     """
     key = tuple((prof.id, pin) for prof, pin in demands)
     return _solve(model, key, frozenset(existing), frozenset(preferred))
@@ -938,10 +947,11 @@ def _pair_by_split(
 ) -> list[int]:
     """Reassign starts among same-profile unpinned slots.
 
-    A slot keeps the existing GI it held in the last applied slot map (``claims``: slot position -> start). Then an
-    existing GI goes to the first other slot whose CI split it already has, and the other starts pair up with the
-    other slots; unclaimed slots with equal splits take ascending starts in the order written, so without history
-    a converged GPU maps back to the same slots and writing order never causes changes."""
+    A slot takes the start the last applied slot map gives it (``claims``: slot position -> start) when the solver
+    chose it: the existing GI the slot held, or where it is created again. Then an existing GI goes to the first
+    other slot whose CI split it already has, and the other starts pair up with the other slots; unclaimed slots with
+    equal splits take ascending starts in the order written, so without history a converged GPU maps back to the
+    same slots and writing order never causes changes."""
     result = list(starts)
     groups: dict[int, list[int]] = {}
     for i, slot in enumerate(slots):
@@ -1025,19 +1035,13 @@ class _GpuPlanner:
         )
         return _render(slot.profile.name, start, gi_id, slot.name, (w.profile for w in slot.cis))
 
-    def claims(
-        self, slots: Sequence[_SlotWant], existing: Mapping[tuple[int, int], GpuInstanceState]
-    ) -> dict[int, int]:
-        """Unpinned slots whose existing GI the last applied slot map gives them: slot position -> the GI's start."""
+    def claims(self, slots: Sequence[_SlotWant]) -> dict[int, int]:
+        """Unpinned slots the last applied slot map places on this GPU with the same profile: slot position -> the
+        recorded start (its GI when that is still there, else where to create it if it is free and the rest fits)."""
         claims = {}
         for i, slot in enumerate(slots):
             record = self.history.get(slot.name)
-            if (
-                slot.placement is None
-                and record is not None
-                and record.held(self.gpu, slot.profile.name)
-                and (slot.profile.id, record.start) in existing
-            ):
+            if slot.placement is None and record is not None and record.held(self.gpu, slot.profile.name):
                 claims[i] = record.start
         return claims
 
@@ -1045,7 +1049,7 @@ class _GpuPlanner:
         gpu, want_on = self.gpu, self.target.entry.mig_enabled
         slots = self.target.slots if want_on else ()
         existing = {(g.profile_id, g.start): g for g in (gpu.gpu_instances if gpu.mig_current else ())}
-        claims = self.claims(slots, existing)
+        claims = self.claims(slots)
         solved = solve_placements(
             self.model,
             [(s.profile, s.placement) for s in slots],
@@ -1093,7 +1097,8 @@ def plan_layout(
     ``models`` maps GPU index to its catalog model (read live from NVML on real hardware); GPUs no entry selects are
     left untouched, and on a selected GPU every instance no slot asks for is destroyed. ``previous``: the last applied
     slot map (``slot_history``); a slot keeps the GPU instance it names when that instance is still there, so
-    look-alike slots keep their MIG UUIDs across reorders and edits to other slots.
+    look-alike slots keep their MIG UUIDs across reorders and edits to other slots, and a slot whose instance is gone
+    (after a reboot) is created where the slot map puts it when that start is free and the other slots still fit.
     """
     history = slot_history(previous) if previous is not None else {}
     spec = parse_layout(layout)

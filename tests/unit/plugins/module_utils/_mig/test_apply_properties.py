@@ -7,7 +7,8 @@ Starting instances and desired slots have random compute-instance splits. For a 
 nothing and predicts exactly the plan and the slot map (MIG UUIDs included) that the real run returns, planning
 on the controller from gathered facts (the action plugin) gives the same result, the real run converges, a second
 run is a no-op, slots that matched an existing instance keep its MIG UUID, and with the slot map just applied the
-slots in reverse order change nothing (each keeps its MIG UUIDs).
+slots in reverse order change nothing (each keeps its MIG UUIDs). After a reboot (every instance gone), the slot map
+brings each slot back where it was.
 For an infeasible or invalid layout: the error comes before any change, the host state byte-for-byte unchanged.
 """
 
@@ -145,3 +146,21 @@ def test_check_mode_predicts_the_real_run_which_converges(workdir, case):
         reordered = [{"gpus": 0, "slots": slots[::-1]}]
         kept = _apply.apply_layout(nvml, reordered, check_mode=True, previous_slots=real["slots"])
         assert kept["changed"] is False and kept["slots"] == real["slots"]
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(case=cases())
+def test_after_a_reboot_the_slot_map_recreates_every_slot_where_it_was(workdir, case):
+    model, start, slots = case
+    host = host_for(workdir, model, start)
+    layout = [{"gpus": 0, "slots": slots[::-1]}]  # applied in another order than written after the reboot
+    with _nvml.Nvml() as nvml:
+        try:
+            applied = _apply.apply_layout(nvml, layout)
+        except _layout.LayoutError:
+            return
+    host.reboot()
+    with _nvml.Nvml() as nvml:
+        again = _apply.apply_layout(nvml, [{"gpus": 0, "slots": slots}], previous_slots=applied["slots"])
+    where = {name: (slot["profile"], slot["placement"]) for name, slot in applied["slots"].items()}
+    assert {name: (slot["profile"], slot["placement"]) for name, slot in again["slots"].items()} == where
