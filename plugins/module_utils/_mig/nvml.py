@@ -449,6 +449,7 @@ class Nvml:
                         "uuid": None,
                         "mig_index": None,
                         "memory_mib": None,
+                        "memory_used_mib": None,
                         "processes": [],
                     }
                 )
@@ -471,7 +472,9 @@ class Nvml:
         return self._ci_profiles[key]
 
     def mig_devices(self, index: int, expected: int) -> dict[tuple[int, int], dict]:
-        """(GI id, CI id) -> {uuid, mig_index, memory_mib, processes} for the MIG devices of the GPU.
+        """(GI id, CI id) -> {uuid, mig_index, memory_mib, memory_used_mib, processes} for the MIG devices of the GPU.
+
+        A MIG device's memory is its GPU instance's: the compute instances of one GPU instance report the same.
 
         Probing stops once ``expected`` devices (the compute instances listed) are found: the other indices are empty.
         """
@@ -498,6 +501,7 @@ class Nvml:
                 "uuid": _text(self._call(index, "reading a MIG device UUID", pynvml.nvmlDeviceGetUUID, mig)),
                 "mig_index": mig_index,
                 "memory_mib": _mib(memory.total),
+                "memory_used_mib": _mib(memory.used),
                 "processes": self._processes(index, mig, gi_id, ci_id),
             }
         return devices
