@@ -10,13 +10,13 @@ compiles only the NVML adapter, not the planner. When the plan changes something
 before: it reads the host again, plans again and executes. An ``async`` task runs the module as before.
 
 ``mig_parted_config_file`` is a controller path: the action reads and parses it, and the module gets the parsed
-config as ``mig_parted_config`` (async tasks too). ``slot_map_file`` is a path on the host: the action fetches it
-(ansible.builtin.slurp) to plan with the same history as the module; when it cannot, the module runs and reads it.
+config as ``mig_parted_config`` (async tasks too). ``slot_map_file`` is a path on the host: mig_facts reads it in the
+same run (``nvidia_mig.slot_map``, with the module's own ``_apply.read_slot_map``), so the controller plans with the
+same history as the module; a file mig_facts cannot read fails that run, and the module then reports it.
 """
 
 from __future__ import annotations
 
-import base64
 import traceback
 from collections.abc import Mapping
 
@@ -92,28 +92,17 @@ class ActionModule(ActionBase):
         def on_host() -> dict:  # a new dict each time: _execute_module adds its internal options to the dict it gets
             return self._execute_module(module_args=dict(module_args), task_vars=task_vars)
 
-        previous = None
-        if params["slot_map_file"] is not None:
-            fetched = self._execute_module(
-                "ansible.builtin.slurp", module_args={"src": module_args["slot_map_file"]}, task_vars=task_vars
-            )
-            if fetched.get("failed"):
-                return on_host()  # a missing file is no history, an unreadable one an error: the module tells which
-            try:
-                previous = _apply.slot_map_from_bytes(base64.b64decode(fetched["content"]), fetched["source"])
-            except _layout.LayoutError as err:
-                raise _Refused(str(err)) from err
-        # Every option explicit (module_defaults for mig_facts must not narrow what the plan sees).
-        every_gpu = {"gpus": [], "require_mig": False}
-        gathered = self._execute_module("gpu.mig.mig_facts", module_args=every_gpu, task_vars=task_vars)
+        # Every option explicit (module_defaults for mig_facts must not change what the plan sees).
+        facts_args = {"gpus": [], "require_mig": False, "slot_map_file": params["slot_map_file"]}
+        gathered = self._execute_module("gpu.mig.mig_facts", module_args=facts_args, task_vars=task_vars)
         facts = gathered.get("ansible_facts", {}).get("nvidia_mig")
         if gathered.get("failed") or not facts or not facts["driver"]["loaded"]:
-            return on_host()  # the module reports the problem in its own words
+            return on_host()  # the module reports the problem (the driver, an unreadable slot map) in its own words
         try:
             host = _apply.host_from_facts(facts["gpus"])
             desired = _apply.desired_layout(params, host)
             planned = _apply.apply_layout(
-                None, desired.layout, params["force"], check_mode=True, host=host, previous_slots=previous
+                None, desired.layout, params["force"], check_mode=True, host=host, previous_slots=facts["slot_map"]
             )
         except (_layout.LayoutError, SelectorError) as err:
             raise _Refused(str(err)) from err

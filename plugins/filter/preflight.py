@@ -7,8 +7,9 @@ The gpu.mig.preflight role (``tasks/report.yml``) and playbooks/audit.yml both c
 verdict. Pure: no I/O, it only reads the facts and registered probe results it is given.
 
 Drift and ``in_sync`` are gpu.mig.mig_instances' own plan, made as its action plugin makes it (``_apply.host_from_facts``
-and ``_apply.apply_layout`` in check mode): a host is in sync exactly when mig_instances would change nothing, and a
-GPU's drift lists what it would change there. What mig_instances refuses becomes a reason (where ``layout``):
+and ``_apply.apply_layout`` in check mode, with the last applied slot map ``nvidia_mig.slot_map`` that gpu.mig.mig_facts
+read from ``slot_map_file`` as the previous slots): a host is in sync exactly when mig_instances would change nothing,
+and a GPU's drift lists what it would change there. What mig_instances refuses becomes a reason (where ``layout``):
 
 - ``fail``, no drift: a layout refused as it stands (malformed, unknown profile or compute profile, bad or overlapping
   placement, infeasible, a selector naming a GPU that is not here or cannot be read, a GPU without MIG selected, a
@@ -93,8 +94,9 @@ class _Planned(NamedTuple):
 NOT_PLANNED = _Planned([], {}, {}, [], [], [])
 
 
-def _planned(layout: list, gpus: list) -> _Planned:
-    """The plan of the gpu.mig.mig_instances action plugin: ``apply_layout`` in check mode on ``host_from_facts``.
+def _planned(layout: list, gpus: list, previous) -> _Planned:
+    """The plan of the gpu.mig.mig_instances action plugin: ``apply_layout`` in check mode on ``host_from_facts``,
+    with ``previous`` (the slot map from the facts, or None) as the last applied slot map.
 
     Planned with ``force`` so that busy instances come back as messages rather than a refusal. apply_layout refuses
     after planning only a MIG mode change that waits for a GPU reset or for processes holding the GPU: then the
@@ -109,7 +111,7 @@ def _planned(layout: list, gpus: list) -> _Planned:
             refused=[f"{why}; gather them again with gpu.mig.mig_facts (not from a fact cache)"]
         )
     try:
-        done = _apply.apply_layout(None, layout, force=True, check_mode=True, host=host)
+        done = _apply.apply_layout(None, layout, force=True, check_mode=True, host=host, previous_slots=previous)
     except _layout.LayoutError as err:
         waits = list(err.problems)
     else:
@@ -117,7 +119,7 @@ def _planned(layout: list, gpus: list) -> _Planned:
         return _Planned(plan["actions"], {g["index"]: g for g in plan["gpus"]}, done["slots"], [], done["warnings"], [])
     facts, states, models = host
     try:
-        plan = _layout.plan_layout(layout, states, models)
+        plan = _layout.plan_layout(layout, states, models, previous)
     except _layout.LayoutError as err:
         return NOT_PLANNED._replace(refused=list(err.problems))
     return _Planned(
@@ -282,8 +284,9 @@ def preflight_report(
     container_types=None,
     force=False,
 ) -> dict:
-    """The fact ``preflight_report`` of one host from its ``ansible_facts`` (``nvidia_mig`` from gpu.mig.mig_facts;
-    distribution, virtualization, kernel and services when the host was probed) and the registered probe results.
+    """The fact ``preflight_report`` of one host from its ``ansible_facts`` (``nvidia_mig`` from gpu.mig.mig_facts,
+    with ``slot_map`` when it read one; distribution, virtualization, kernel and services when the host was probed) and
+    the registered probe results.
 
     ``force``: mig_instances will run with force (the mig_layout role's ``mig_layout_force``), so busy instances in
     its way only warn."""
@@ -301,7 +304,7 @@ def preflight_report(
     driver = _mapping(nvidia_mig.get("driver"))
     gpus = list(nvidia_mig.get("gpus") or [])
     resets = _reset_files(reset_files)
-    planned = _planned(list(layout), gpus) if driver.get("loaded") else NOT_PLANNED
+    planned = _planned(list(layout), gpus, nvidia_mig.get("slot_map")) if driver.get("loaded") else NOT_PLANNED
     rows = [_gpu_row(g, layout, planned, driver, resets, min_driver) for g in gpus]
 
     # The layout concerns this host when it selects one of its GPUs, when mig_instances refuses it here (a selector

@@ -38,6 +38,15 @@ options:
       - Fail when the driver is missing or no selected GPU supports MIG.
     type: bool
     default: false
+  slot_map_file:
+    description:
+      - Path on the managed host of the last applied slot map (the JSON file the C(gpu.mig.mig_layout) role writes,
+        slot name to C(gpu_uuid), C(profile) and C(placement)), returned as C(nvidia_mig.slot_map).
+      - The M(gpu.mig.mig_instances) action passes its own O(gpu.mig.mig_instances#module:slot_map_file) here, and
+        the audit and the C(gpu.mig.preflight) role plan with this history as M(gpu.mig.mig_instances) does.
+      - A missing file means no history (C(slot_map) is null). A file that cannot be read or is not a slot map fails
+        the task naming the file, every problem and the fix.
+    type: path
 extends_documentation_fragment:
   - gpu.mig.nvml
   - gpu.mig.nvml.attributes_facts
@@ -59,6 +68,10 @@ EXAMPLES = r"""
   gpu.mig.mig_facts:
     gpus: ["arch:hopper"]
     require_mig: true
+
+- name: Gather MIG facts with the slot map the gpu.mig.mig_layout role wrote
+  gpu.mig.mig_facts:
+    slot_map_file: /etc/gpu-mig/slots.json
 """
 
 RETURN = r"""
@@ -85,7 +98,8 @@ ansible_facts:
               C(memory_mib), C(sm_count), engine counts, C(total), C(free), C(placement_starts), the possible starts, each
               C(memory_slices) wide).
             - C(gpu_instances) lists each GPU instance (C(id), C(profile_id), C(profile), C(placement), C(memory_mib)) with
-              its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes)).
+              its C(compute_instances) (C(id), C(profile), C(uuid) of the MIG device, C(memory_mib), C(processes),
+              C(memory_used_mib), the memory in use on the MIG device, which is its GPU instance's).
             - C(processes) lists compute processes (C(pid), C(used_memory_mib), C(gpu_instance_id), C(compute_instance_id)).
             - C(error) is present only on a GPU that NVML failed to read; it holds the message naming the GPU and the
               remedy. Such a GPU keeps every other key, C(index), and C(uuid), C(name) and C(pci_bus_id) as far as NVML
@@ -137,6 +151,16 @@ ansible_facts:
               error: >-
                 GPU 1: opening the GPU failed: the GPU has fallen off the bus (GPU lost) (NVML: GPU is lost); drain the
                 host, check dmesg for Xid errors and reboot it
+        slot_map:
+          description:
+            - The last applied slot map read from O(slot_map_file) (slot name to C(gpu_index), C(gpu_uuid),
+              C(profile), C(placement), C(mig_uuid), ...), as the C(gpu.mig.mig_layout) role wrote it.
+            - Null when O(slot_map_file) is not given or the file does not exist.
+          returned: always
+          type: dict
+          sample:
+            chat: {gpu_index: 0, gpu_uuid: GPU-5e0e4b1c-0000-4000-8000-000000000000, profile: 4g.20gb,
+                   placement: {start: 0, size: 4}, mig_uuid: MIG-8b5c41e2-0000-4000-8000-000000000000}
         summary:
           description: Counts over the selected GPUs; C(failed_gpus) counts those reported with an C(error).
           returned: always
@@ -151,15 +175,40 @@ from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mig.failure import reported_as_bug
 from ansible_collections.gpu.mig.plugins.module_utils._mig.select import SelectorError, describe_gpus, select_gpus
 
+ARGUMENT_SPEC = {
+    "gpus": {"type": "list", "elements": "str", "default": []},
+    "require_mig": {"type": "bool", "default": False},
+    "slot_map_file": {"type": "path"},
+}
+
+
+def read_slot_map(module: AnsibleModule) -> dict | None:
+    """The slot map at ``slot_map_file`` as mig_instances reads it (None: no path, or no file); a file that cannot be
+    read or is not a slot map fails the module naming it and the fix."""
+    path = module.params["slot_map_file"]
+    if path is None:
+        return None
+    # Imported here: the module compiles every module_utils it imports on each run, and only a slot map needs these.
+    from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
+    from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+
+    try:
+        return _apply.read_slot_map(path)
+    except _layout.LayoutError as err:
+        module.fail_json(msg=str(err))
+
 
 def run(module: AnsibleModule) -> dict:
-    """Gather, select and check; returns the nvidia_mig facts (a GPU that failed is warned about, not fatal)."""
+    """Read the slot map, gather, select and check; returns the nvidia_mig facts (a GPU that failed is warned about,
+    not fatal)."""
+    previous = read_slot_map(module)
     facts = _nvml.gather()
     try:
         facts["gpus"] = select_gpus(facts["gpus"], module.params["gpus"])
     except SelectorError as err:
         module.fail_json(msg=str(err))
     facts["summary"] = _nvml.summarize(facts["gpus"])
+    facts["slot_map"] = previous
     for gpu in facts["gpus"]:
         if gpu.get("error"):
             module.warn(gpu["error"])
@@ -176,13 +225,7 @@ def run(module: AnsibleModule) -> dict:
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "gpus": {"type": "list", "elements": "str", "default": []},
-            "require_mig": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if not _nvml.HAS_PYNVML:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=_nvml.PYNVML_IMPORT_ERROR)
     with reported_as_bug(module, "gpu.mig.mig_facts"):

@@ -105,8 +105,8 @@ attributes:
       - The host runs M(gpu.mig.mig_facts) and the controller plans from those facts with the module's own code. The
         module runs on the host only when the plan changes something; it then reads the host and plans again.
       - A converged host and check mode therefore cost one M(gpu.mig.mig_facts) run, with the same result as the module.
-      - With O(slot_map_file) the action also fetches that file (M(ansible.builtin.slurp)) to plan with the same
-        history; when it cannot, the module runs on the host and reads the file itself.
+      - With O(slot_map_file), M(gpu.mig.mig_facts) reads that file in the same run, so the controller plans with the
+        same history; when it cannot, the module runs on the host and reports why.
       - The action reads O(mig_parted_config_file) on the controller and passes the module the parsed config.
   async:
     description: Supports being used with the C(async) keyword.

@@ -6,32 +6,33 @@ gpu.mig.mig_facts exactly as the module would, and runs the module on the host w
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import io
+import json
 import re
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import yaml
+from ansible.module_utils.testing import patch_module_args
 from ansible.parsing.dataloader import DataLoader
 
 from ansible_collections.gpu.mig.plugins.action.mig_instances import ActionModule
 from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
-from ansible_collections.gpu.mig.plugins.module_utils._mig import nvml as _nvml
 from ansible_collections.gpu.mig.plugins.module_utils._mig import slot_files
-from ansible_collections.gpu.mig.plugins.modules import mig_instances
+from ansible_collections.gpu.mig.plugins.modules import mig_facts, mig_instances
 
 SEED = [{"name": "chat", "profile": "3g.20gb"}, {"name": "ocr", "profile": "1g.5gb"}]
 MODULE_RESULT = {"changed": True, "from": "the module"}
 
 
-def slurp(src: str) -> dict:
-    """ansible.builtin.slurp on the (simulated, local) host."""
-    try:
-        data = Path(src).read_bytes()
-    except OSError as err:
-        return {"failed": True, "msg": f"file not found: {src} ({err.strerror})"}
-    return {"content": base64.b64encode(data).decode(), "encoding": "base64", "source": src}
+def mig_facts_on_host(module_args: dict) -> dict:
+    """gpu.mig.mig_facts run on the (simulated, local) host, its result as the action gets it."""
+    out = io.StringIO()
+    with patch_module_args(dict(module_args)), contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        mig_facts.main()
+    return json.loads(out.getvalue())
 
 
 def run_action(
@@ -46,7 +47,8 @@ def run_action(
     """Run the action with ``args``; returns (result, names of the modules it executed on the host, their args).
 
     ``module(module_args, check_mode)`` runs gpu.mig.mig_instances on the host (default: a canned result);
-    ``search_path``: where the controller finds files (mig_parted_config_file), read with Ansible's own loader.
+    gpu.mig.mig_facts runs on the host unless ``facts`` stand in for its facts; ``search_path``: where the controller
+    finds files (mig_parted_config_file), read with Ansible's own loader.
     """
     task = mock.MagicMock(args=args, check_mode=check_mode, diff=diff, async_val=async_val)
     task.action = "gpu.mig.mig_instances"
@@ -58,9 +60,9 @@ def run_action(
         module_name, module_args = module_name or task.action, task.args if module_args is None else module_args
         calls.append((module_name, module_args, wrap_async))
         if module_name == "gpu.mig.mig_facts":
-            return {"changed": False, "ansible_facts": {"nvidia_mig": facts or _nvml.gather()}}
-        if module_name == "ansible.builtin.slurp":
-            return slurp(module_args["src"])
+            return (
+                {"changed": False, "ansible_facts": {"nvidia_mig": facts}} if facts else mig_facts_on_host(module_args)
+            )
         return module(module_args, check_mode) if module else dict(MODULE_RESULT)
 
     with (
@@ -82,7 +84,8 @@ def test_a_converged_host_is_answered_from_facts_exactly_as_the_module_answers(s
         module_result, _unused = run_module(mig_instances, args, diff=diff)
         result, executed, calls = run_action(args, diff=diff)
         assert executed == ["gpu.mig.mig_facts"]
-        assert calls[0][1] == {"gpus": [], "require_mig": False}  # every GPU, whatever mig_facts' module_defaults
+        # Every option explicit, whatever mig_facts' module_defaults: every GPU, no slot map.
+        assert calls[0][1] == {"gpus": [], "require_mig": False, "slot_map_file": None}
         assert result == module_result
         assert result["changed"] is False and result["slots"] == applied["slots"]
 
@@ -216,11 +219,12 @@ def slot_map(sim_host, run_module, tmp_path):
 
 @pytest.mark.parametrize("check_mode", [True, False])
 def test_the_controller_plans_with_the_hosts_slot_map_as_the_module_does(slot_map, run_module, check_mode):
+    """One module run on the host: mig_facts reads the slot map with the facts (no separate fetch)."""
     applied, path = slot_map
     args = {"layout": REORDERED, "slot_map_file": path}
     module_result, _unused = run_module(mig_instances, args, check_mode=check_mode)
     result, executed, calls = run_action(args, check_mode=check_mode)
-    assert executed == ["ansible.builtin.slurp", "gpu.mig.mig_facts"] and calls[0][1] == {"src": path}
+    assert executed == ["gpu.mig.mig_facts"] and calls[0][1]["slot_map_file"] == path
     assert result == module_result and result["changed"] is False and result["slots"] == applied["slots"]
 
 
@@ -229,29 +233,38 @@ def test_check_mode_with_a_slot_map_predicts_the_real_run(slot_map, run_module, 
     args = {"layout": [{"gpus": 0, "slots": [{"name": "x", "profile": "1g.5gb"}, *LOOK_ALIKES[::-1]]}]}
     args["slot_map_file"] = path
     checked, executed, _calls = run_action(args, check_mode=True)
-    assert executed == ["ansible.builtin.slurp", "gpu.mig.mig_facts"] and checked["changed"] is True
+    assert executed == ["gpu.mig.mig_facts"] and checked["changed"] is True
     real, _executed, _calls = run_action(args, module=on_host)
     assert real["plan"] == checked["plan"]
     for name in ("web", "ocr"):
         assert real["slots"][name] == checked["slots"][name] == applied["slots"][name]
 
 
-def test_a_slot_map_the_controller_cannot_fetch_is_left_to_the_module(slot_map, on_host, tmp_path):
+def test_a_missing_slot_map_is_no_history_on_the_controller_too(slot_map, run_module, tmp_path):
     applied, _path = slot_map
     args = {"layout": [{"gpus": 0, "slots": LOOK_ALIKES}], "slot_map_file": str(tmp_path / "absent.json")}
-    result, executed, _calls = run_action(args, check_mode=True, module=on_host)
-    assert executed == ["ansible.builtin.slurp", "gpu.mig.mig_instances"]
-    assert not result.get("failed") and result["changed"] is False and result["slots"] == applied["slots"]
+    module_result, _unused = run_module(mig_instances, args, check_mode=True)
+    result, executed, _calls = run_action(args, check_mode=True)
+    assert executed == ["gpu.mig.mig_facts"] and result == module_result
+    assert result["changed"] is False and result["slots"] == applied["slots"]
 
 
-def test_a_malformed_slot_map_fails_on_the_controller_as_in_the_module(slot_map, run_module, snapshot, sim_host):
+@pytest.mark.parametrize("broken", ["malformed", "a directory"])
+def test_a_slot_map_mig_facts_cannot_read_fails_as_in_the_module(slot_map, run_module, on_host, snapshot, broken):
     _applied, path = slot_map
-    Path(path).write_text('{"web": {"profile": "1g.5gb"}}')
+    if broken == "malformed":
+        Path(path).write_text('{"web": {"profile": "1g.5gb"}}')
+        expected = f"slot_map_file {path}: slot 'web'"
+    else:
+        Path(path).unlink()
+        Path(path).mkdir()
+        expected = f"slot_map_file {path} cannot be read"
     args = {"layout": REORDERED, "slot_map_file": path}
     module_result, _unused = run_module(mig_instances, args, check_mode=True)
-    result, executed, _calls = run_action(args)
-    assert executed == ["ansible.builtin.slurp"] and result["failed"] is True and result["changed"] is False
-    assert result["msg"] == module_result["msg"] and f"slot_map_file {path}: slot 'web'" in result["msg"]
+    result, executed, _calls = run_action(args, module=on_host)
+    assert executed == ["gpu.mig.mig_facts", "gpu.mig.mig_instances"]
+    assert result["failed"] is True and result["changed"] is False
+    assert result["msg"] == module_result["msg"] and expected in result["msg"]
 
 
 # --------------------------------------------------- mig_parted_config_file: read and parsed on the controller

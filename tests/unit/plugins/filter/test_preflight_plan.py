@@ -4,9 +4,11 @@
 """One answer to "does this host match?": preflight_report's drift and verdict are gpu.mig.mig_instances' plan.
 
 On random simulated hosts (every MIG model of the catalog, MIG on or off, random instances with compute-instance
-splits, pending mode changes, processes) and random layouts (splits written every way the layout accepts, look-alike
-slots in any order, pinned placements, invalid profiles, GPUs left to mig_mode): the audit says "in sync" exactly when
-mig_instances' check mode says "no change", and blocks or defers exactly what mig_instances refuses.
+splits, pending mode changes, processes), random layouts (splits written every way the layout accepts, look-alike
+slots in any order, pinned placements, invalid profiles, GPUs left to mig_mode) and random last applied slot maps (none,
+slots on the instances there, slots to create again, stale records): the audit says "in sync" exactly when
+mig_instances' check mode with the same slot map says "no change", and blocks or defers exactly what mig_instances
+refuses.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import json
 
 import pynvml
 import pytest
@@ -37,15 +40,20 @@ BUSY_FIX_LINE = "stop those processes or re-run with force to destroy the instan
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
 
-def report(gpus: list, layout: list, force: bool = False) -> dict:
+def report(gpus: list, layout: list, force: bool = False, slot_map: dict | None = None) -> dict:
     driver = {"loaded": True, "error": None, "driver_version": DRIVER}
-    return preflight_report({"nvidia_mig": {"driver": driver, "gpus": gpus}}, "h", layout=layout, force=force)
+    facts = {"nvidia_mig": {"driver": driver, "gpus": gpus, "slot_map": slot_map}}
+    return preflight_report(facts, "h", layout=layout, force=force)
 
 
-def check_mode(gpus: list, layout: list, force: bool = False) -> tuple[dict | None, list[str]]:
-    """What gpu.mig.mig_instances' action plugin plans from these facts: (result, []) or (None, why it refuses)."""
+def check_mode(
+    gpus: list, layout: list, force: bool = False, slot_map: dict | None = None
+) -> tuple[dict | None, list[str]]:
+    """What gpu.mig.mig_instances' action plugin plans from these facts and this slot map: (result, []) or (None, why
+    it refuses)."""
+    host = _apply.host_from_facts(gpus)
     try:
-        return _apply.apply_layout(None, layout, force, check_mode=True, host=_apply.host_from_facts(gpus)), []
+        return _apply.apply_layout(None, layout, force, check_mode=True, host=host, previous_slots=slot_map), []
     except _layout.LayoutError as err:
         return None, list(err.problems)
 
@@ -102,6 +110,33 @@ def test_reordering_look_alike_slots_of_a_converged_gpu_is_in_sync():
     for order in (["web", "ocr"], ["ocr", "web"]):
         found = report(gpus, [{"gpus": 0, "slots": [{"name": n, "profile": "1g.5gb"} for n in order]}])
         assert (found["in_sync"], found["gpus"][0]["desired_slots"]) == (True, order)
+
+
+def test_the_drift_follows_the_slot_map_in_the_facts():
+    """web and ocr on 1g.5gb@6 and @5; ocr is dropped: the slot map (nvidia_mig.slot_map) says which one web keeps,
+    and where web comes back after a reboot."""
+    held = [mig_gpu_facts.gpu_instance(A100, gi_id, "1g.5gb", start) for gi_id, start in ((13, 6), (14, 5))]
+    gpus = [mig_gpu_facts.gpu(0, A100, instances=held)]
+    layout = [{"gpus": 0, "slots": [{"name": "web", "profile": "1g.5gb"}]}]
+    slot_map = {
+        n: {"gpu_index": 0, "profile": "1g.5gb", "placement": {"start": s}} for n, s in (("web", 5), ("ocr", 6))
+    }
+    assert report(gpus, layout, slot_map=slot_map)["gpus"][0]["drift"] == ["extra GPU instance 13 (1g.5gb@6)"]
+    assert report(gpus, layout)["gpus"][0]["drift"] == ["extra GPU instance 14 (1g.5gb@5)"]
+    rebooted = [mig_gpu_facts.gpu(0, A100)]
+    assert report(rebooted, layout, slot_map=slot_map)["gpus"][0]["drift"] == ["slot web (1g.5gb@5) missing"]
+    assert report(rebooted, layout)["gpus"][0]["drift"] != ["slot web (1g.5gb@5) missing"]
+
+
+def test_a_slot_map_in_the_facts_that_is_not_one_blocks_naming_the_problem():
+    gpus = [mig_gpu_facts.gpu(0, A100)]
+    found = report(gpus, [{"gpus": 0, "slots": []}], slot_map={"web": {"profile": "1g.5gb"}})
+    assert (found["verdict"], found["in_sync"]) == ("blocked", False)
+    assert [r["msg"] for r in found["reasons"]] == [
+        "slot 'web': 'placement' is required; it must be a mapping with the start memory slice (an integer >= 0),"
+        " such as {start: 4, size: 4}",
+        "slot 'web': 'gpu_uuid' or 'gpu_index' is required; it names the slot's GPU",
+    ]
 
 
 def test_busy_instances_in_the_way_block_unless_force():
@@ -270,6 +305,85 @@ def with_processes(draw, gpus: list[dict]) -> list[dict]:
     return gpus
 
 
+@st.composite
+def slot_maps(draw, gpus: list[dict], planned: dict) -> dict | None:
+    """None (no slot map) or a last applied slot map. Its slots are mostly those the layout plans without one
+    (``planned``, slot name -> where), on their GPU with their profile, else any of NAMES on any GPU; each is recorded
+    on an instance of its profile there (a claim), at a start where it could be created, or stale (a GPU gone, a profile
+    the GPU lacks, a start that is not one)."""
+    if draw(st.sampled_from([False, False, True])):
+        return None
+    by_index = {g["index"]: g for g in gpus}
+    slot_map = {}
+    for name in draw(st.lists(st.sampled_from([*planned, *NAMES]), unique=True, min_size=1, max_size=6)):
+        gpu = by_index[planned[name]["gpu_index"]] if name in planned else draw(st.sampled_from(gpus))
+        found = models.lookup(gpu["name"])
+        profile = found.profile(planned[name]["profile"]) if name in planned else draw(st.sampled_from(found.profiles))
+        held = [gi["placement"]["start"] for gi in gpu["gpu_instances"] if gi["profile"] == profile.name]
+        kind = draw(st.sampled_from(["held", "held", "create", "create", "stale"]))
+        starts = held if kind == "held" and held else list(profile.placement_starts)
+        elsewhere = [x for x in starts if name not in planned or x != planned[name]["placement"]["start"]]
+        start = draw(st.sampled_from(elsewhere or starts))  # mostly not where the slot goes without a slot map
+        record = {
+            "gpu_uuid": gpu["uuid"],
+            "gpu_index": gpu["index"],
+            "profile": profile.name,
+            "placement": {"start": start},
+        }
+        if draw(st.booleans()):
+            record["gpu_uuid"] = None  # a slot map that names the GPU by index only
+        if kind == "stale":
+            record.update(
+                draw(
+                    st.sampled_from(
+                        [{"gpu_uuid": "GPU-gone"}, {"gpu_uuid": None, "gpu_index": 7}, {"profile": "9g.99gb"},
+                         {"placement": {"start": 99}}]
+                    )
+                )
+            )  # fmt: skip
+        slot_map[name] = record
+    return slot_map
+
+
+def agreement(gpus: list, layout: list, force: bool, slot_map: dict | None) -> list[str]:
+    """Assert that the audit agrees with mig_instances' check mode (with the same slot map); return the answers seen:
+    "in sync", "drift", the fixes of the layout's reasons, and "history" when the slot map changed the plan."""
+    planned, refused = check_mode(gpus, layout, force, slot_map)
+    found = report(gpus, layout, force, slot_map)
+
+    assert found["in_sync"] == (planned is not None and not planned["changed"])
+    if planned is not None:  # a GPU drifts exactly where the plan acts, naming what it creates and destroys
+        acting = {a["gpu_index"] for a in planned["plan"]["actions"]}
+        assert {g["index"] for g in found["gpus"] if g["drift"]} == acting
+        assert [s for g in found["gpus"] for s in g["desired_slots"]] == list(planned["slots"])
+        drift = {g["index"]: g["drift"] for g in found["gpus"]}
+        for a in planned["plan"]["actions"]:
+            where = "%s@%d" % (a["profile"], a["placement"]["start"]) if a["placement"] else None
+            if a["op"] == "create_gi":
+                assert f"slot {a['slot']} ({where}) missing" in drift[a["gpu_index"]]
+            elif a["op"] == "destroy_gi":
+                assert any(f"GPU instance {a['gi_id']} ({where})" in line for line in drift[a["gpu_index"]])
+    on_layout = [r for r in found["reasons"] if r["where"] == "layout"]
+    stops = [r for r in on_layout if r["level"] == "fail" or r["fix"] == preflight.MODE_FIX]
+    assert bool(stops) == bool(refused)  # what mig_instances refuses, the audit blocks or leaves to mig_mode
+    assert set(refused) - {BUSY_FIX_LINE} <= {r["msg"] for r in on_layout}
+    assert (found["verdict"] == "blocked") == any(r["level"] == "fail" for r in on_layout)
+    without, _unused = check_mode(gpus, layout, force)
+    history = planned is not None and (planned["plan"], planned["slots"]) != (without["plan"], without["slots"])
+    return (
+        ["in sync"] * found["in_sync"]
+        + ["drift"] * any(g["drift"] for g in found["gpus"])
+        + ["history"] * history
+        + sorted({r["fix"] for r in on_layout})
+    )
+
+
+def planned_slots(gpus: list, layout: list) -> dict:
+    """Slot name -> where mig_instances puts it without a slot map ({} when it refuses the layout)."""
+    without, _unused = check_mode(gpus, layout, force=True)
+    return without["slots"] if without else {}
+
+
 # Each answer the audit gives, and how often the random cases must meet it.
 LEAST = {
     "in sync": 60,
@@ -290,37 +404,60 @@ def test_the_audit_says_in_sync_exactly_when_mig_instances_changes_nothing(sim_h
         gpus = with_processes(data.draw, build(sim_host, spec))
         layout = data.draw(layouts(gpus))
         force = data.draw(st.booleans())
-        planned, refused = check_mode(gpus, layout, force)
-        found = report(gpus, layout, force)
-
-        assert found["in_sync"] == (planned is not None and not planned["changed"])
-        if planned is not None:  # a GPU drifts exactly where the plan acts
-            acting = {a["gpu_index"] for a in planned["plan"]["actions"]}
-            assert {g["index"] for g in found["gpus"] if g["drift"]} == acting
-            assert [s for g in found["gpus"] for s in g["desired_slots"]] == list(planned["slots"])
-        on_layout = [r for r in found["reasons"] if r["where"] == "layout"]
-        stops = [r for r in on_layout if r["level"] == "fail" or r["fix"] == preflight.MODE_FIX]
-        assert bool(stops) == bool(refused)  # what mig_instances refuses, the audit blocks or leaves to mig_mode
-        assert set(refused) - {BUSY_FIX_LINE} <= {r["msg"] for r in on_layout}
-        assert (found["verdict"] == "blocked") == any(r["level"] == "fail" for r in on_layout)
-        seen.update(
-            ["in sync"] * found["in_sync"]
-            + ["drift"] * any(g["drift"] for g in found["gpus"])
-            + sorted({r["fix"] for r in on_layout})
-        )
+        slot_map = data.draw(slot_maps(gpus, planned_slots(gpus, layout)))
+        seen.update(agreement(gpus, layout, force, slot_map))
 
     agree()
     assert {kind: seen[kind] >= least for kind, least in LEAST.items()} == dict.fromkeys(LEAST, True), seen
 
 
+@st.composite
+def look_alike_hosts(draw) -> tuple[list[tuple], str]:
+    """(one MIG GPU holding up to as many instances of one profile as fit (none: after a reboot), maybe one of
+    another profile; that profile)."""
+    name = draw(st.sampled_from(MIG_MODELS))
+    model = models.lookup(name)
+    profile = draw(st.sampled_from([p for p in model.profiles if p.max_instances >= 2]))
+    instances = [(profile.name, None)] * draw(st.integers(0, profile.max_instances))
+    if draw(st.booleans()):
+        instances.append((draw(st.sampled_from(model.profiles)).name, None))
+    return [(name, True, False, instances)], profile.name
+
+
+def test_with_a_slot_map_the_audit_agrees_on_look_alike_slots(sim_host):
+    """Where the slot map decides (look-alike slots, slots to create again after a reboot), the audit plans with it
+    as mig_instances does; stale records are ignored by both."""
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=150, **SETTINGS)
+    @given(host=look_alike_hosts(), data=st.data())
+    def agree(host, data):
+        spec, profile = host
+        gpus = build(sim_host, spec)
+        names = data.draw(st.permutations(NAMES))[: data.draw(st.integers(0, 4))]
+        layout = [{"gpus": 0, "slots": [{"name": name, "profile": profile} for name in names]}]
+        slot_map = data.draw(slot_maps(gpus, planned_slots(gpus, layout)))
+        seen.update(agreement(gpus, layout, data.draw(st.booleans()), slot_map))
+
+    agree()
+    assert seen["history"] >= 40 and seen["in sync"] >= 20 and seen["drift"] >= 40, seen
+
+
 @settings(max_examples=80, **SETTINGS)
 @given(spec=host_specs(), data=st.data())
-def test_the_module_in_check_mode_agrees_with_the_audit(sim_host, run_module, spec, data):
-    """The module itself, on the simulated host (no injected processes: the simulator's state is what it reads)."""
+def test_the_module_in_check_mode_agrees_with_the_audit(sim_host, run_module, tmp_path, spec, data):
+    """The module itself, on the simulated host (no injected processes: the simulator's state is what it reads), with
+    the slot map in a file and in the facts as gpu.mig.mig_facts reads it."""
     gpus = build(sim_host, spec)
     layout = data.draw(layouts(gpus))
-    found = report(gpus, layout)
-    result, failed = run_module(mig_instances, {"layout": layout}, check_mode=True)
+    without, _unused = check_mode(gpus, layout)
+    slot_map = data.draw(slot_maps(gpus, without["slots"] if without else {}))
+    args = {"layout": layout}
+    if slot_map is not None:
+        args["slot_map_file"] = str(tmp_path / "slots.json")
+        (tmp_path / "slots.json").write_text(json.dumps(slot_map))
+    found = report(gpus, layout, slot_map=slot_map)
+    result, failed = run_module(mig_instances, args, check_mode=True)
     stops = [
         r
         for r in found["reasons"]

@@ -1,14 +1,19 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""mig_facts: one namespaced facts key, selectors, require_mig, clear failures, partial hosts."""
+"""mig_facts: one namespaced facts key, selectors, require_mig, clear failures, partial hosts, the slot map."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pynvml
 import pytest
+import yaml
 
-from ansible_collections.gpu.mig.plugins.modules import mig_facts
+from ansible_collections.gpu.mig.plugins.module_utils._mig import slot_files
+from ansible_collections.gpu.mig.plugins.modules import mig_facts, mig_instances
 from nvmlsim import cli
 
 
@@ -148,3 +153,87 @@ def test_host_level_errors_still_fail_the_host(sim_host, run_module, call, messa
         and result["msg"].startswith(message)
         and result["msg"].endswith("check dmesg for Xid errors and reboot it")
     )
+
+
+# --- slot_map_file: the last applied slot map, read as mig_instances reads it ---------------------------------------
+
+
+def test_documentation_matches_argument_spec():
+    doc = yaml.safe_load(mig_facts.DOCUMENTATION)
+    yaml.safe_load(mig_facts.EXAMPLES)
+    returns = yaml.safe_load(mig_facts.RETURN)["ansible_facts"]["contains"]["nvidia_mig"]["contains"]
+    assert set(doc["options"]) == set(mig_facts.ARGUMENT_SPEC)
+    for name, spec in mig_facts.ARGUMENT_SPEC.items():
+        option = doc["options"][name]
+        assert (option["type"], option.get("elements"), option.get("default")) == (
+            spec["type"],
+            spec.get("elements"),
+            spec.get("default"),
+        ), name
+    assert (returns["slot_map"]["type"], returns["slot_map"]["returned"]) == ("dict", "always")
+
+
+@pytest.fixture
+def converged(sim_host, run_module, tmp_path: Path):
+    """An A100 with two look-alike slots applied, and the path of its slot map as the mig_layout role writes it."""
+    sim_host("A100-SXM4-40GB:mig=on", init=False)
+    layout = [{"gpus": 0, "slots": [{"name": "web", "profile": "1g.5gb"}, {"name": "ocr", "profile": "1g.5gb"}]}]
+    applied, failed = run_module(mig_instances, {"layout": layout})
+    assert not failed, applied.get("msg")
+    path = tmp_path / "etc" / "slots.json"
+    path.parent.mkdir()
+    path.write_text(slot_files.slot_map_text(applied["slots"]))
+    return applied, path
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_the_slot_map_is_returned_with_the_facts(converged, run_module, check_mode):
+    applied, path = converged
+    result, failed = run_module(mig_facts, {"slot_map_file": str(path)}, check_mode=check_mode)
+    assert not failed, result.get("msg")
+    slot_map = result["ansible_facts"]["nvidia_mig"]["slot_map"]
+    assert slot_map == json.loads(path.read_text()) and set(slot_map) == set(applied["slots"])
+    assert slot_map["web"]["mig_uuid"] == applied["slots"]["web"]["mig_uuid"]
+
+
+def test_no_option_or_no_file_is_no_slot_map(converged, run_module):
+    _applied, path = converged
+    for args in ({}, {"slot_map_file": str(path.parent / "absent.json")}):
+        result, failed = run_module(mig_facts, args)
+        assert not failed and result["ansible_facts"]["nvidia_mig"]["slot_map"] is None
+        assert result["ansible_facts"]["nvidia_mig"]["gpus"][0]["gpu_instances"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", ["slot_map_file {path} is not JSON (Expecting property name"]),
+        (
+            '{"web": {"profile": "1g.5gb"}, "ocr": {"gpu_index": 0, "profile": "1g.5gb"}}',
+            [
+                "slot_map_file {path}: slot 'web': 'gpu_uuid' or 'gpu_index' is required",
+                "slot_map_file {path}: slot 'web': 'placement' is required",
+                "slot_map_file {path}: slot 'ocr': 'placement' is required",
+            ],
+        ),
+        (None, ["slot_map_file {path} cannot be read (Is a directory); run the task as a user that can read it"]),
+    ],
+    ids=["not-json", "every-problem", "unreadable"],
+)
+def test_a_slot_map_that_is_not_one_fails_naming_the_file_and_the_fix(converged, run_module, content, expected):
+    """The same message as mig_instances (one reader: _apply.read_slot_map), every problem listed."""
+    _applied, path = converged
+    path.unlink()
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    result, failed = run_module(mig_facts, {"slot_map_file": str(path)})
+    assert failed and "ansible_facts" not in result
+    for line in expected:
+        assert line.format(path=path) in result["msg"]
+    if content is not None:
+        assert "repair it, or remove it to apply the layout without history" in result["msg"]
+    layout = [{"gpus": 0, "slots": [{"name": "web", "profile": "1g.5gb"}]}]
+    module_result, failed = run_module(mig_instances, {"layout": layout, "slot_map_file": str(path)})
+    assert failed and module_result["msg"] == result["msg"]
