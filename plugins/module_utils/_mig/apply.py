@@ -175,27 +175,10 @@ def desired_layout(params: dict, host: tuple) -> DesiredLayout:
     return DesiredLayout(params["layout"], [], [])
 
 
-def slot_map_from_bytes(data: bytes, path: str) -> dict:
-    """The last applied slot map from the bytes of ``path`` (JSON, as the roles write it), checked by
-    ``_layout.slot_history``; LayoutError naming the file, every problem and the fix."""
-    fix = (
-        "slot_map_file %s must be the JSON slot map the mig_layout role writes (slot name -> {gpu_uuid, profile,"
-        " placement: {start}}): repair it, or remove it to apply the layout without history (look-alike slots may"
-        " then swap instances)" % path
-    )
-    try:
-        previous = json.loads(data.decode("utf-8"))
-    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise _layout.LayoutError(["slot_map_file %s is not JSON (%s)" % (path, err), fix]) from err
-    try:
-        _layout.slot_history(previous)
-    except _layout.LayoutError as err:
-        raise _layout.LayoutError(["slot_map_file %s: %s" % (path, p) for p in err.problems] + [fix]) from err
-    return previous
-
-
 def read_slot_map(path: str | None) -> dict | None:
-    """The last applied slot map at ``path`` on this host; None when no path is given or the file does not exist."""
+    """The last applied slot map at ``path`` on this host (JSON, as the roles write it), checked by
+    ``_layout.slot_history``; None when no path is given or the file does not exist. LayoutError naming the file,
+    every problem and the fix when it cannot be read or is not a slot map."""
     if path is None:
         return None
     try:
@@ -210,7 +193,20 @@ def read_slot_map(path: str | None) -> dict | None:
                 " slot_map_file at the slot map the mig_layout role writes" % (path, err.strerror or err)
             ]
         ) from err
-    return slot_map_from_bytes(data, path)
+    fix = (
+        "slot_map_file %s must be the JSON slot map the mig_layout role writes (slot name -> {gpu_uuid, profile,"
+        " placement: {start}}): repair it, or remove it to apply the layout without history (look-alike slots may"
+        " then swap instances)" % path
+    )
+    try:
+        previous = json.loads(data.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _layout.LayoutError(["slot_map_file %s is not JSON (%s)" % (path, err), fix]) from err
+    try:
+        _layout.slot_history(previous)
+    except _layout.LayoutError as err:
+        raise _layout.LayoutError(["slot_map_file %s: %s" % (path, p) for p in err.problems] + [fix]) from err
+    return previous
 
 
 def module_returns(result: dict, driver: dict, diff: bool, desired: DesiredLayout) -> dict:
