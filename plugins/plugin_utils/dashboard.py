@@ -200,20 +200,41 @@ def rows(services: list[Service], dcgm: bool = False) -> list[Row]:
     return [overview_row(), *(service_row(s, dcgm) for s in services)]
 
 
-def generate(specs: object, slots: object, dcgm: object = False, title: object = None, uid: object = None) -> dict:
-    """The Grafana dashboard of service specs (docs/services.md) on the slot map; every input checked by its rules,
-    every problem raised at once (DashboardError)."""
-    problems: list[str] = []
-    services: list[Service] = []
+def fleet_services(hosts: object, dcgm: bool, problems: list[str]) -> list[Service]:
+    """The services of the monitored hosts (``monitoring.check_hosts``: each host's specs on its slot map), each name
+    once in order of appearance; a name whose panels would differ between hosts (slot, server, classes, SLA) is a
+    problem naming the hosts."""
     try:
-        services = _services.validate(specs, slots)[0]
-    except _services.ServiceError as exc:
+        parsed = _monitoring.check_hosts(hosts)
+    except _monitoring.MonitoringError as exc:
         problems += exc.problems
+        return []
+    first: dict[str, Service] = {}
+    hosts_by_row: dict[str, dict[Row, list[str]]] = {}
+    for host in parsed:
+        for service in host.services:
+            first.setdefault(service.name, service)
+            hosts_by_row.setdefault(service.name, {}).setdefault(service_row(service, dcgm), []).append(host.host)
+    for name, variants in hosts_by_row.items():
+        if len(variants) > 1:
+            problems.append(
+                f"service {name}: its slot, server, request classes or SLA differ between hosts "
+                f"({'; '.join(', '.join(h) for h in variants.values())}); the dashboard has one row per service name: "
+                "give them the same settings or distinct names"
+            )
+    return list(first.values())
+
+
+def generate(hosts: object, dcgm: object = False, title: object = None, uid: object = None) -> dict:
+    """The Grafana dashboard of the monitored hosts' services (the ``hosts`` of gpu.mig.prometheus_rules); every input
+    checked by its rules, every problem raised at once (DashboardError)."""
+    problems: list[str] = []
     options = _services._check({"title": title, "uid": uid}, OPTION_RULES, "", problems.append)
     if not isinstance(dcgm, bool):
         problems.append(
             f"dcgm must be true (dcgm-exporter runs: add the GPU utilization panels) or false, got {dcgm!r}"
         )
+    services = fleet_services(hosts, dcgm is True, problems)
     if problems:
         raise DashboardError(problems)
     return build(services, dcgm, options["title"], options["uid"])

@@ -138,6 +138,8 @@ def fetch(
 ) -> list[tuple[str, list[PanelData]]]:
     """Every row's panels with the series their queries return over [start, end]; ``variables`` (name -> regex)
     override the dashboard's "All"."""
+    if not re.match(r"https?://[^/\s]+", url):
+        raise DashboardError([f"the Prometheus URL must be http(s)://host:port, got {url!r}"])
     variables = {**all_values(dashboard), **(variables or {})}
     rows = []
     for title, panels in dashboard_rows(dashboard):
@@ -169,7 +171,12 @@ def _formatter(unit: str):
     if unit == "s":
         return lambda v, _: f"{v * 1000:g} ms" if abs(v) < 1 else f"{v:g} s"
     if unit == "bytes":
-        return lambda v, _: f"{v / 2**30:.3g} GiB" if abs(v) >= 2**30 else f"{v / 2**20:.3g} MiB"
+
+        def binary(v: float, _position: object) -> str:
+            power = min(4, int(math.log(abs(v), 1024))) if abs(v) >= 1 else 0
+            return f"{v / 1024**power:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB')[power]}"
+
+        return binary
     if unit == "percentunit":
         return lambda v, _: f"{v * 100:g}%"
     if unit == "reqps":
@@ -265,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=float, help="Unix time of the right edge (default now)")
     parser.add_argument("--step", type=_duration, help="seconds between points (default range/600, at least 15s)")
     parser.add_argument(
-        "--var", type=_variable, action="append", default=[], help="a dashboard variable, name=regex (default .+)"
+        "--var",
+        type=_variable,
+        action="append",
+        default=[],
+        help="a dashboard variable, name=regex (default: what All means)",
     )
     args = parser.parse_args(argv)
     try:

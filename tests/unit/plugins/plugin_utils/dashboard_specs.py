@@ -6,6 +6,8 @@ capacity result; vLLM (a histogram of its own) without either; a generic server 
 
 from __future__ import annotations
 
+import copy
+
 SLOTS = {
     "chat": {"gpu_uuid": "GPU-a", "profile": "3g.40gb", "memory_mib": 40192, "mig_uuid": "MIG-chat"},
     "ocr": {"gpu_uuid": "GPU-a", "profile": "1g.10gb", "memory_mib": 9856, "mig_uuid": "MIG-ocr"},
@@ -35,6 +37,11 @@ SPECS = [
         "model": {"name": "ocr-model"},
     },
     {"name": "embed", "slot": "embed", "command": ["/usr/local/bin/embedder"], "port": 8002, "backend_port": 18020},
+]
+# The monitored hosts, as gpu.mig.prometheus_rules takes them: gpu-2 runs chat and ocr only.
+HOSTS = [
+    {"host": "gpu-1", "services": SPECS, "slots": SLOTS},
+    {"host": "gpu-2", "services": copy.deepcopy(SPECS[:2]), "slots": SLOTS},
 ]
 # As gpu.mig.capacity_test writes them (the parts the rules read).
 CAPACITY_RESULTS = [

@@ -23,7 +23,12 @@ import yaml
 from ansible_collections.gpu.mig.plugins.plugin_utils import dashboard as _dashboard
 from ansible_collections.gpu.mig.plugins.plugin_utils import monitoring as _monitoring
 from ansible_collections.gpu.mig.plugins.plugin_utils.dashboard import DashboardError
-from ansible_collections.gpu.mig.tests.unit.plugins.plugin_utils.dashboard_specs import CAPACITY_RESULTS, SLOTS, SPECS
+from ansible_collections.gpu.mig.tests.unit.plugins.plugin_utils.dashboard_specs import (
+    CAPACITY_RESULTS,
+    HOSTS,
+    SLOTS,
+    SPECS,
+)
 
 REPO = Path(__file__).resolve().parents[4]
 COLLECTOR = REPO / "roles" / "monitoring" / "files" / "gpu_mig_metrics.py"
@@ -34,7 +39,7 @@ _VARIABLE = re.compile(r"\$\{?(\w+)\}?")
 
 @pytest.fixture(scope="module")
 def board() -> dict:
-    return _dashboard.generate(SPECS, SLOTS, dcgm=True)
+    return _dashboard.generate(HOSTS, dcgm=True)
 
 
 def _panels(board: dict) -> list[dict]:
@@ -105,7 +110,7 @@ def test_prometheus_accepts_every_query(board, tmp_path):
 def _recorded_labels() -> dict[str, set[str] | None]:
     """Series the generated rules record (all services, a capacity result for chat) -> the labels each carries: the
     rule's own and those its first aggregation keeps (None: not read off the expression)."""
-    groups = _monitoring.rule_groups([{"host": "gpu-1", "services": SPECS, "slots": SLOTS}], CAPACITY_RESULTS)
+    groups = _monitoring.rule_groups(HOSTS, CAPACITY_RESULTS)
     found: dict[str, set[str] | None] = {}
     for rule in (rule for group in groups["groups"] for rule in group["rules"] if "record" in rule):
         by = re.search(r"\bby \(([^)]*)\)", rule["expr"])
@@ -189,7 +194,7 @@ def test_each_service_gets_the_panels_of_its_first_days(board):
 
 
 def test_dcgm_panels_only_where_dcgm_runs(board):
-    without = _dashboard.generate(SPECS, SLOTS)
+    without = _dashboard.generate(HOSTS)
     titles = [p["title"] for p in _panels(without)]
     assert "GPU utilization (DCGM)" not in titles
     assert len(titles) == len(_panels(board)) - 3
@@ -202,12 +207,12 @@ def test_dcgm_panels_only_where_dcgm_runs(board):
 
 def test_the_same_input_gives_the_same_bytes(board):
     text = _dashboard.dumps(board)
-    assert _dashboard.dumps(_dashboard.generate(SPECS, SLOTS, dcgm=True)) == text
+    assert _dashboard.dumps(_dashboard.generate(HOSTS, dcgm=True)) == text
     script = (
         "import hashlib, sys\n"
         "from ansible_collections.gpu.mig.plugins.plugin_utils import dashboard\n"
-        "from ansible_collections.gpu.mig.tests.unit.plugins.plugin_utils.dashboard_specs import SLOTS, SPECS\n"
-        "sys.stdout.write(hashlib.sha256(dashboard.dumps(dashboard.generate(SPECS, SLOTS, dcgm=True)).encode()).hexdigest())\n"
+        "from ansible_collections.gpu.mig.tests.unit.plugins.plugin_utils.dashboard_specs import HOSTS\n"
+        "sys.stdout.write(hashlib.sha256(dashboard.dumps(dashboard.generate(HOSTS, dcgm=True)).encode()).hexdigest())\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "4242"}
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
@@ -215,16 +220,30 @@ def test_the_same_input_gives_the_same_bytes(board):
 
 
 def test_every_problem_is_named_at_once():
-    specs = copy.deepcopy(SPECS)
-    specs[0]["port"] = "8000"
-    specs[2]["slot"] = "nowhere"
+    hosts = copy.deepcopy(HOSTS)
+    hosts[0]["services"][0]["port"] = "8000"
+    hosts[0]["services"][2]["slot"] = "nowhere"
+    hosts.append({"host": "bad host"})
     with pytest.raises(DashboardError) as caught:
-        _dashboard.generate(specs, SLOTS, dcgm="yes", title="two\nlines", uid="no spaces allowed")
+        _dashboard.generate(hosts, dcgm="yes", title="two\nlines", uid="no spaces allowed")
     problems = caught.value.problems
-    assert len(problems) == 5, problems
-    for words in (("service chat", "port"), ("service embed", "unknown slot 'nowhere'"), ("dcgm", "'yes'"),
-                  ("title", "control character"), ("uid", "1-40 letters")):  # fmt: skip
+    assert len(problems) == 6, problems
+    for words in (("host gpu-1", "service chat", "port"), ("host gpu-1", "service embed", "unknown slot 'nowhere'"),
+                  ("hosts[2]", "host"), ("dcgm", "'yes'"), ("title", "control character"),
+                  ("uid", "1-40 letters")):  # fmt: skip
         assert any(all(w in p for w in words) for p in problems), (words, problems)
+
+
+def test_a_service_must_show_the_same_panels_on_every_host():
+    hosts = copy.deepcopy(HOSTS)
+    hosts[1]["services"][0]["sla"]["p99_ms"] = 500
+    hosts.append({"host": "gpu-3", "services": SPECS[:1], "slots": SLOTS})
+    with pytest.raises(DashboardError) as caught:
+        _dashboard.generate(hosts)
+    assert caught.value.problems == [
+        "service chat: its slot, server, request classes or SLA differ between hosts (gpu-1, gpu-3; gpu-2); the "
+        "dashboard has one row per service name: give them the same settings or distinct names"
+    ]
 
 
 def test_without_the_sdk_the_error_names_the_package(monkeypatch):
@@ -233,4 +252,4 @@ def test_without_the_sdk_the_error_names_the_package(monkeypatch):
     with pytest.raises(
         DashboardError, match=r"needs the Python package grafana-foundation-sdk on the controller.*pip "
     ):
-        _dashboard.generate(SPECS, SLOTS)
+        _dashboard.generate(HOSTS)

@@ -86,7 +86,7 @@ def world(tmp_path_factory):
     """Dashboard, backfilled series and a Prometheus serving them on a free loopback port (stopped afterwards)."""
     assert PROMETHEUS and PROMTOOL, "Debian's prometheus package (prometheus, promtool) is needed"
     base = tmp_path_factory.mktemp("prometheus")
-    dashboard = _dashboard.generate(dashboard_specs.SPECS, dashboard_specs.SLOTS, dcgm=True)
+    dashboard = _dashboard.generate(dashboard_specs.HOSTS, dcgm=True)
     series = _series(dashboard)
     start = (int(time.time()) - 3600) // STEP * STEP
     (base / "series.om").write_text(_openmetrics(series, start))
@@ -194,6 +194,11 @@ def test_the_figure_shows_each_panel_with_its_lines(world):
         dashed = {line.get_label() for line in capacity.get_lines() if line.get_linestyle() == "--"}
         assert dashed == {"sustained capacity", "knee", "SLA target 9 req/s"}
         assert figure.texts[0].get_text().startswith("chat: slot chat, triton")
+        # Ticks in the panel's unit; the plotted values stay as Prometheus returned them.
+        ticks = {ax.get_title(): ax.yaxis.get_major_formatter() for ax in axes}
+        assert ticks["Latency p50/p95/p99"](0.25, 0) == "250 ms"
+        assert ticks["MIG memory"](40 * 2**30, 0) == "40 GiB"
+        assert ticks["GPU utilization (DCGM)"](0.5, 0) == "50%"
     finally:
         _png._plt().close(figure)
 
@@ -232,5 +237,7 @@ def test_errors_name_the_query_and_the_fix(world):
         _png.fetch(broken, world["url"], world["start"], world["end"], STEP)
     with pytest.raises(DashboardError, match=r"cannot reach Prometheus at http://127\.0\.0\.1:1 .*check --prometheus"):
         _png.fetch(world["dashboard"], "http://127.0.0.1:1", world["start"], world["end"], STEP)
+    with pytest.raises(DashboardError, match=r"must be http\(s\)://host:port, got 'file:///etc'"):
+        _png.fetch(world["dashboard"], "file:///etc", world["start"], world["end"], STEP)
     with pytest.raises(DashboardError, match="the time range is empty"):
         _png.render(world["dashboard"], world["url"], str(world["out"]), world["end"], world["start"])
