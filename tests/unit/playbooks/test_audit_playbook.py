@@ -1,7 +1,8 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""playbooks/audit.yml over a simulated fleet with a lost GPU, a host whose facts fail and an unreachable host."""
+"""playbooks/audit.yml over a simulated fleet with a lost GPU, a host whose facts fail, an unreachable host and a host
+with a slot map under its root."""
 
 from __future__ import annotations
 
@@ -34,10 +35,22 @@ A100_VARS = {
 }
 
 
+# The a30 host (MIG on, no instances) has the slot map the mig_layout role wrote under its root (given with a trailing
+# slash): x on 1g.6gb@3 and y on 1g.6gb@2, as before a reboot. The audit plans with it: the slots are missing there.
+A30_SLOTS = [{"name": "x", "profile": "1g.6gb"}, {"name": "y", "profile": "1g.6gb"}]
+A30_SLOT_MAP = {
+    n: {"gpu_index": 0, "profile": "1g.6gb", "placement": {"start": s, "size": 1}} for n, s in (("x", 3), ("y", 2))
+}
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     base = tmp_path_factory.mktemp("audit")
     fleet = base / "fleet"
+    slot_map = base / "a30-root/etc/gpu-mig/slots.json"
+    slot_map.parent.mkdir(parents=True)
+    slot_map.write_text(json.dumps(A30_SLOT_MAP))
+    a30_vars = {"gpu_mig_root": f"{base}/a30-root/", "preflight_layout": [{"gpus": 0, "slots": A30_SLOTS}]}
     mix = ["--hosts", "4", "--mix", "h100,l4,a30,a100", "--lifetime", "120"]
     assert cli.main(["fleet", "--dir", str(fleet), *mix]) == 0
     try:
@@ -45,7 +58,8 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
         assert cli.main(["fault", str(fleet / "sim01-l4"), "--call", "nvmlDeviceGetCount"]) == 0
         # Nothing listens on port 1: Ansible cannot reach this host.
         gone = {"gone": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}}
-        (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": {**gone, "sim03-a100": A100_VARS}}}))
+        hosts = {**gone, "sim03-a100": A100_VARS, "sim02-a30": a30_vars}
+        (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
         env = {
             **os.environ,
             "ANSIBLE_COLLECTIONS_PATH": os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build/collections")),
@@ -114,3 +128,26 @@ def test_drift_is_the_plan_mig_instances_would_make(audit):
         busy["level"] == "warn"
         and "compute instance 0 in GPU instance 1 (4g.20gb) has running processes" in busy["msg"]
     )
+
+
+def test_drift_is_planned_with_the_slot_map_under_the_hosts_root(audit):
+    """The audit reads the slot map where the mig_layout role writes it (root joined without a double slash) and
+    plans with it as mig_instances does: the slots are missing where the slot map recorded them."""
+    a30 = next(h for h in json.loads((audit[1] / "fleet-report.json").read_text())["hosts"] if h["host"] == "sim02-a30")
+    assert a30["in_sync"] is False
+    assert [g["drift"] for g in a30["gpus"]] == [["slot x (1g.6gb@3) missing", "slot y (1g.6gb@2) missing"]]
+
+
+def test_the_audit_reads_the_slot_map_where_the_mig_layout_role_writes_it():
+    role = yaml.safe_load((REPO / "roles/mig_layout/defaults/main.yml").read_text())
+    role_vars = yaml.safe_load((REPO / "roles/mig_layout/vars/main.yml").read_text())
+    (gather,) = [
+        t for t in yaml.safe_load((REPO / "playbooks/audit.yml").read_text())[0]["tasks"] if "gpu.mig.mig_facts" in t
+    ]
+    path = gather["gpu.mig.mig_facts"]["slot_map_file"]
+    assert f"mig_layout_slot_map | default('{role['mig_layout_slot_map']}')" in path
+    assert (
+        "mig_layout_root | default(gpu_mig_root | default('/'))" in path
+        and role["mig_layout_root"] == "{{ gpu_mig_root | default('/') }}"
+    )
+    assert "| regex_replace('/+$', '')" in path and "| regex_replace('/+$', '')" in role_vars["_mig_layout_prefix"]
