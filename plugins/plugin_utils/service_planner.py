@@ -18,15 +18,21 @@ Planning, per service and GPU model of the fleet:
   the model reproduces the measured rate, scaled by compute slices (``S x measured slices / slices``). No
   estimate crosses GPU models. With no measurement for the model: ``measure first``.
 * replicas: ``ceil(target_rps x (1 + headroom_pct/100) / rate)``, at least ``min_replicas``.
-* "one large slice or many small": each fitting profile is an option; options are ranked by the share of a GPU
-  they take (replicas x the larger of the profile's compute and memory share), then by headroom.
+* "one large slice or many small": each fitting profile is an option, compared by the GPUs it takes (see
+  ``RANKINGS``: its share of a GPU - replicas x the larger of the profile's compute and memory share -, or the GPUs
+  its replicas take alone), then by headroom.
 
 Packing: one slice holds one replica of one service, so fast and background services never share a slice; with
 ``separate_classes`` they never share a GPU either (off by default: MIG already splits SMs, memory and its
 bandwidth). ``spread`` puts a service's replicas on distinct GPUs. Replicas are packed first-fit decreasing (the
-placement solver ``_layout.solve_placements`` decides whether a GPU can take one more), for two choices of options
-(best-ranked, and each service's smallest fitting profile), each followed by emptying the least-filled GPUs into the
-others; the plan with fewer GPUs, then more headroom, wins. Existing GPU instances: busy ones are never destroyed
+placement solver ``_layout.solve_placements`` decides whether a GPU can take one more; a service takes the first of
+its options the fleet has room for) once per ranking of the options. Each packing is then repaired and squeezed:
+a service spilled beyond the fleet tries its other options in the room left, a replica still spilled tries two GPUs
+whose replicas are shared out anew with it (free slices split over two GPUs, such as one compute slice here and one
+memory slice there, add up), and the least-filled GPUs are emptied into the others; the plan with the fewest GPUs,
+then the most headroom, wins. One ranking is each
+service's smallest fitting profile, so the plan is never worse than plain first-fit decreasing on those.
+Existing GPU instances: busy ones are never destroyed
 (a busy one named after a replica in ``slot_maps`` serves it when the profile matches; others are kept as they are);
 idle ones named after a replica of the same profile are kept for it; ``plan_layout`` keeps every other idle
 instance it can. A fleet that is too small gets virtual GPUs: the plan says how many more of which model it needs.
@@ -52,7 +58,7 @@ Result (``plan_services``)::
         # the tests to run before the plan can be trusted (the capacity role's capacity_tests items)
     summary: {gpus_available, gpus_used, gpus_needed, gpus_short: {<model>: n}, lower_bound_gpus,
               spare: {gpus (unused), compute_slices, memory_slices (free on the used MIG GPUs)}, moved_slots,
-              separate_classes}
+              separate_classes, options_ranked_by (the RANKINGS entry whose packing won)}
     warnings: [str]
 
 ``capacity_rps`` is ``rate_per_replica_rps x replicas``; ``headroom_pct`` is how far it is above ``target_rps``
@@ -61,6 +67,8 @@ Result (``plan_services``)::
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import re
 from typing import Any, Mapping, NamedTuple, Sequence
@@ -79,6 +87,8 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")  # + "-NNN" stays within inference_s
 _REPLICA = re.compile(r"([a-z][a-z0-9-]*)-([0-9]{1,3})")
 _MIB_PER_GB = 1e9 / 2**20
 _WHOLE = "whole"  # the capacity of a GPU without MIG, as capacity results name the profile
+# The orders in which the packer tries each service's options; the plan with the fewest GPUs, then most headroom, wins.
+RANKINGS = ("share of a GPU", "GPUs taken alone", "smallest fitting profile")
 
 
 class PlanError(ValueError):
@@ -471,6 +481,11 @@ class Option(NamedTuple):
         """The part of a GPU the replicas take: the larger of their compute and memory shares."""
         return self.replicas * profile_weight(self.model, self.profile)
 
+    @property
+    def alone(self) -> float:
+        """The GPUs the replicas would take with nothing beside them (fractional)."""
+        return self.replicas / per_gpu(self.model, self.profile)
+
     def headroom(self, demand: float) -> float:
         return (self.rate or 0) * self.replicas / demand
 
@@ -489,6 +504,12 @@ class Option(NamedTuple):
 def profile_weight(model: _catalog.GpuModel, profile: _catalog.GpuInstanceProfile) -> float:
     """The share of the GPU one instance of ``profile`` takes: the larger of its compute and memory shares."""
     return max(profile.compute_slices / model.compute_slices, profile.placement_size / model.memory_slices)
+
+
+@functools.lru_cache(maxsize=256)
+def per_gpu(model: _catalog.GpuModel, profile: _catalog.GpuInstanceProfile) -> int:
+    """How many instances of ``profile`` one GPU holds (the placement solver's answer)."""
+    return max(k for k in range(1, profile.max_instances + 1) if _layout.solve_placements(model, [(profile, None)] * k))
 
 
 def _fitting(service: Service, model: _catalog.GpuModel) -> list[_catalog.GpuInstanceProfile]:
@@ -592,12 +613,37 @@ class Pinned(NamedTuple):
 
 
 class Bin:
-    """One GPU being filled (``gpu`` None: a virtual GPU the fleet lacks): pinned instances and new replicas."""
+    """One GPU being filled (``gpu`` None: a virtual GPU the fleet lacks): pinned instances and new replicas, with
+    the compute slices, services and classes they hold kept up to date for the packer's quick checks."""
 
     def __init__(self, gpu: Gpu | None, model: _catalog.GpuModel, pinned: Sequence[Pinned] = ()) -> None:
         self.gpu, self.model, self.pinned = gpu, model, tuple(pinned)
         self.pinned_key = tuple((p.profile.id, p.start) for p in self.pinned)
         self.items: list[Replica] = []
+        self.compute = sum(p.profile.compute_slices for p in self.pinned)
+        self.memory = sum(p.profile.placement_size for p in self.pinned)
+        self.services: dict[str, int] = {}
+        self.classes: dict[str, int] = {}
+        for replica in self.replicas():
+            self._count(replica, 1)
+
+    def _count(self, replica: Replica, step: int) -> None:
+        for counts, key in ((self.services, replica.service.name), (self.classes, replica.service.klass)):
+            counts[key] = counts.get(key, 0) + step
+            if not counts[key]:
+                del counts[key]
+
+    def add(self, replica: Replica) -> None:
+        self.items.append(replica)
+        self.compute += replica.option.profile.compute_slices
+        self.memory += replica.option.profile.placement_size
+        self._count(replica, 1)
+
+    def remove(self, replica: Replica) -> None:
+        self.items.remove(replica)
+        self.compute -= replica.option.profile.compute_slices
+        self.memory -= replica.option.profile.placement_size
+        self._count(replica, -1)
 
     @property
     def profiles(self) -> list[_catalog.GpuInstanceProfile]:
@@ -609,9 +655,6 @@ class Bin:
     @property
     def used(self) -> bool:
         return bool(self.pinned or self.items)
-
-    def compute(self) -> int:
-        return sum(p.compute_slices for p in self.profiles)
 
 
 class Packer:
@@ -631,28 +674,72 @@ class Packer:
             self._fits[key] = _layout.solve_placements(b.model, demands) is not None
         return self._fits[key]
 
+    def holds(self, b: Bin, replicas: Sequence[Replica]) -> bool:
+        """Whether ``b``, emptied of its unpinned replicas, takes ``replicas`` instead."""
+        pinned = [p.replica for p in b.pinned if p.replica is not None]
+        compute = sum(p.profile.compute_slices for p in b.pinned) + sum(
+            r.option.profile.compute_slices for r in replicas
+        )
+        if compute > b.model.compute_slices:
+            return False
+        names = [r.service.name for r in pinned + list(replicas) if r.service.spread]
+        if len(names) != len(set(names)):
+            return False
+        if self.separate_classes and len({r.service.klass for r in pinned + list(replicas)}) > 1:
+            return False
+        return self.feasible(b, [r.option.profile for r in replicas])
+
+    def resplit(self, bins: list[Bin], replica: Replica, tries: int = 400) -> bool:
+        """Fit ``replica`` on the real GPUs by sharing it and the replicas of two GPUs out between those two anew
+        (two GPUs whose free slices add up to what it takes; at most ``tries`` pairs, 12 replicas per pair)."""
+        profile = replica.option.profile
+        roomy = [b for b in bins if b.gpu is not None and b.model.name == replica.option.model.name
+                 and (b.compute < b.model.compute_slices or b.memory < b.model.memory_slices)]  # fmt: skip
+        pairs = (
+            (a, b)
+            for i, a in enumerate(roomy)
+            for b in roomy[i + 1 :]
+            if 2 * a.model.compute_slices - a.compute - b.compute >= profile.compute_slices
+            and 2 * a.model.memory_slices - a.memory - b.memory >= profile.placement_size
+            and len(a.items) + len(b.items) < 12
+        )
+        for a, b in itertools.islice(pairs, tries):
+            every = [*a.items, *b.items, replica]
+            for mask in range(1, 2 ** len(every) - 1):
+                left = [r for k, r in enumerate(every) if mask >> k & 1]
+                right = [r for k, r in enumerate(every) if not mask >> k & 1]
+                if self.holds(a, left) and self.holds(b, right):
+                    for r in list(a.items):
+                        a.remove(r)
+                    for r in list(b.items):
+                        b.remove(r)
+                    for r in left:
+                        a.add(r)
+                    for r in right:
+                        b.add(r)
+                    return True
+        return False
+
     def fits(self, b: Bin, replica: Replica) -> bool:
-        if b.model.name != replica.option.model.name:
+        option, service = replica.option, replica.service
+        if b.compute + option.profile.compute_slices > b.model.compute_slices or b.model.name != option.model.name:
             return False
-        if b.compute() + replica.option.profile.compute_slices > b.model.compute_slices:
+        if service.spread and service.name in b.services:
             return False
-        others = b.replicas()
-        if replica.service.spread and any(r.service.name == replica.service.name for r in others):
+        if self.separate_classes and any(k != service.klass for k in b.classes):
             return False
-        if self.separate_classes and any(r.service.klass != replica.service.klass for r in others):
-            return False
-        return self.feasible(b, [r.option.profile for r in b.items] + [replica.option.profile])
+        return self.feasible(b, [r.option.profile for r in b.items] + [option.profile])
 
     def place(self, bins: list[Bin], replica: Replica, grow: bool) -> Bin | None:
         """Put ``replica`` into the first GPU that takes it; ``grow``: virtual GPUs too, and a new one if need be."""
         for b in bins:
             if (grow or b.gpu is not None) and self.fits(b, replica):
-                b.items.append(replica)
+                b.add(replica)
                 return b
         if not grow:
             return None
         b = Bin(None, replica.option.model)
-        b.items.append(replica)
+        b.add(replica)
         bins.append(b)
         return b
 
@@ -664,27 +751,28 @@ class Packer:
         for _round in range(3):
             emptied = False
             for weak in sorted(
-                (b for b in bins if b.items and not b.pinned), key=lambda b: (b.gpu is not None, b.compute())
+                (b for b in bins if b.items and not b.pinned), key=lambda b: (b.gpu is not None, b.compute)
             ):
                 targets = [b for b in bins if b.used and b is not weak and (b.gpu is not None or weak.gpu is None)]
-                room = sum(b.model.compute_slices - b.compute() for b in targets if b.model.name == weak.model.name)
-                if room < weak.compute():
+                room = sum(b.model.compute_slices - b.compute for b in targets if b.model.name == weak.model.name)
+                if room < weak.compute:
                     continue
                 moved = []
                 for replica in list(weak.items):
-                    weak.items.remove(replica)
+                    weak.remove(replica)
                     target = next((b for b in targets if self.fits(b, replica)), None)
-                    weak.items.append(replica)
+                    weak.add(replica)
                     if target is None:
                         break
-                    target.items.append(replica)
+                    target.add(replica)
                     moved.append((replica, target))
                 if len(moved) == len(weak.items):
-                    weak.items.clear()
+                    for replica in list(weak.items):
+                        weak.remove(replica)
                     emptied = True
                 else:
                     for replica, target in moved:
-                        target.items.remove(replica)
+                        target.remove(replica)
             if not emptied:
                 break
         bins[:] = [b for b in bins if b.gpu is not None or b.items]
@@ -745,31 +833,55 @@ def _initial_bins(fleet: _Fleet, first: Mapping[str, Option], services: Mapping[
     return bins, numbers
 
 
+def _fit_service(bins: list[Bin], packer: Packer, service: Service, options: Sequence[Option], numbers: list[int],
+                 have: int = 0) -> bool:  # fmt: skip
+    """Place the service's replicas (``have`` are in place already) on real GPUs by its first option they all fit
+    in, numbered from ``numbers``; False, with nothing placed, when no option fits."""
+    for option in options:
+        placed = []
+        for number in numbers[: option.replicas - have]:
+            b = packer.place(bins, Replica(service, option, number), grow=False)
+            if b is None:
+                break
+            placed.append(b)
+        if len(placed) == max(option.replicas - have, 0):
+            return True
+        for b in placed:
+            b.remove(b.items[-1])
+    return False
+
+
 def _pack(fleet: _Fleet, services: list[Service], choices: Mapping[str, list[Option]], packer: Packer) -> list[Bin]:
     """First-fit decreasing by profile size; a service takes its first option that the real GPUs have room for, else
-    its first option on virtual GPUs. Then the least-filled GPUs are emptied into the others where they can be."""
+    its first option on virtual GPUs. Then each service left on virtual GPUs tries its options again in the room the
+    others left, each replica still there tries two real GPUs shared out anew, and the least-filled GPUs are emptied
+    into the others where they can be."""
     first = {name: options[0] for name, options in choices.items()}
     bins, numbers = _initial_bins(fleet, first, {s.name: s for s in services})
     size = {s.name: profile_weight(first[s.name].model, first[s.name].profile) for s in services}
-    order = sorted(services, key=lambda s: (-size[s.name], s.name))
-    for service in order:
+    free = {s.name: [n for n in range(1, MAX_REPLICAS + 2) if n not in numbers.get(s.name, ())] for s in services}
+    for service in sorted(services, key=lambda s: (-size[s.name], s.name)):
         have = sum(1 for b in bins for r in b.replicas() if r.service is service)
-        free = [n for n in range(1, MAX_REPLICAS + 2) if n not in numbers.get(service.name, ())]
-        for option in choices[service.name] if not have else [first[service.name]]:
-            placed = []
-            for number in free[: option.replicas - have]:
-                b = packer.place(bins, Replica(service, option, number), grow=False)
-                if b is None:
-                    break
-                placed.append(b)
-            if len(placed) == max(option.replicas - have, 0):
-                break
-            for b in placed:
-                b.items.pop()
-        else:
+        options = choices[service.name] if not have else [first[service.name]]  # kept instances fix the profile
+        if not _fit_service(bins, packer, service, options, free[service.name], have):
             option = first[service.name]
-            for number in free[: option.replicas - have]:
+            for number in free[service.name][: option.replicas - have]:
                 packer.place(bins, Replica(service, option, number), grow=True)
+    spilled = {r.service.name: r.service for b in bins if b.gpu is None for r in b.items}
+    for service in sorted(spilled.values(), key=lambda s: (-size[s.name], s.name)):
+        mine = [(b, r) for b in bins for r in list(b.items) if r.service is service]
+        if any(p.replica and p.replica.service is service for b in bins for p in b.pinned):
+            continue
+        for b, r in mine:
+            b.remove(r)
+        if not _fit_service(bins, packer, service, choices[service.name], free[service.name]):
+            for b, r in mine:
+                b.add(r)
+    for b in [b for b in bins if b.gpu is None]:
+        for replica in list(b.items):
+            b.remove(replica)
+            if not packer.resplit(bins, replica):
+                b.add(replica)
     packer.empty_weakest(bins)
     return bins
 
@@ -872,54 +984,58 @@ class _Planner:
             ]
         return []
 
-    def _choices(self, service: Service, report: dict) -> tuple[list[Option], list[Option]]:
-        """Options ranked over the fleet's models, and each model's smallest fitting profile with a known rate (or,
-        with no rate known, the smallest fitting profile to measure on)."""
-        ranked, primary, unknown = [], [], []
+    def _choices(self, service: Service, report: dict) -> list[list[Option]]:
+        """The service's options over the fleet's models in the orders the packer tries: by share of a GPU, by GPUs
+        taken alone, and each model's smallest fitting profile (with no rate known: the smallest fitting profile,
+        to measure on). Every order ends with headroom, then the smaller profile."""
+        options, primary, unknown = [], [], []
         for model in self.fleet.models.values():
-            options, notes = model_options(service, model, self.measures, self.opts["estimate"])
+            mine, notes = model_options(service, model, self.measures, self.opts["estimate"])
             report["reasons"] += notes
-            ranked += options
-            primary += sorted(options, key=lambda o: o.profile.memory_mib)[:1]
+            options += mine
+            primary += sorted(mine, key=lambda o: (o.profile.memory_mib, o.profile.compute_slices))[:1]
             fitting = _fitting(service, model)
-            if fitting and not options:
-                unknown.append(
-                    Option(
-                        model,
-                        fitting[0],
-                        service.min_replicas,
-                        None,
-                        "unknown",
-                        "no usable capacity result for %s on %s" % (service.name, model.name),
-                    )
-                )
-        key = lambda o: (round(o.share, 9), -o.headroom(service.demand), o.profile.memory_mib)  # noqa: E731
-        ranked.sort(key=key)
-        primary.sort(key=key)
-        report["options"] = [o.to_dict() for o in ranked]
-        return ranked or unknown, primary or unknown
+            if fitting and not mine:
+                why = "no usable capacity result for %s on %s" % (service.name, model.name)
+                unknown.append(Option(model, fitting[0], service.min_replicas, None, "unknown", why))
+
+        def then(o: Option) -> tuple:
+            return (-o.headroom(service.demand), o.profile.memory_mib)
+
+        by_share = sorted(options, key=lambda o: (round(o.share, 9), *then(o)))
+        report["options"] = [o.to_dict() for o in by_share]
+        if not options:
+            return [unknown] * len(RANKINGS)
+        return [
+            by_share,
+            sorted(options, key=lambda o: (round(o.alone, 9), *then(o))),
+            sorted(primary, key=lambda o: (round(o.share, 9), *then(o))),
+        ]
 
     def run(self) -> dict[str, Any]:
-        sliced, whole, ranked, primary = [], [], {}, {}
+        sliced, whole = [], []
+        choices: list[dict[str, list[Option]]] = [{} for _ranking in RANKINGS]
         for service in self.services:
             why = self._whole(service)
             report = self.report[service.name] = _service_report(service, why)
             if why:
                 whole.append(service)
                 continue
-            ranked[service.name], primary[service.name] = self._choices(service, report)
-            if not ranked[service.name]:
-                report.update(
-                    verdict="not placed",
-                    reasons=report["reasons"]
-                    + ["no MIG profile of the fleet holds %d MiB (with the margin)" % service.need_mib],
+            ranked = self._choices(service, report)
+            if not ranked[0]:
+                report["verdict"] = "not placed"
+                report["reasons"].append(
+                    "no MIG profile of the fleet holds %d MiB (with the margin)" % service.need_mib
                 )
                 continue
-            self.candidates[service.name] = ranked[service.name]
+            for table, options in zip(choices, ranked):  # noqa: B905 - one list per ranking
+                table[service.name] = options
+            self.candidates[service.name] = ranked[0]
             sliced.append(service)
         packer = Packer(self.opts["separate_classes"])
-        plans = [_pack(self.fleet, sliced, ranked, packer), _pack(self.fleet, sliced, primary, packer)]
-        bins = min(plans, key=_score)
+        plans = [_pack(self.fleet, sliced, table, packer) for table in choices]
+        best = min(range(len(plans)), key=lambda i: _score(plans[i]))
+        bins, self.ranking = plans[best], RANKINGS[best]
         dedicated = self._dedicate(whole, bins)
         for service in sliced:
             self._sliced_report(service, bins)
@@ -1102,6 +1218,7 @@ class _Planner:
             },
             "moved_slots": sum(len(data["changes"]["moved"]) for data in hosts.values()),
             "separate_classes": self.opts["separate_classes"],
+            "options_ranked_by": self.ranking,
         }
 
     def _lower_bound(self) -> int:

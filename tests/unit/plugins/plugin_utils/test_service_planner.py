@@ -338,12 +338,14 @@ def test_replica_specs_carry_deploy_fields_with_ports_per_replica():
 
 
 def test_every_planned_host_layout_is_what_mig_instances_plans():
-    """On A100-40GB facts: x (9011 MiB) on 1g.10gb or 2g.10gb, y (33792 MiB) only on 7g.40gb, a GPU of its own."""
+    """On A100-40GB facts: x (9011 MiB) on 6 x 1g.10gb (12 of 8 memory slices) or 2 x 2g.10gb, y (33792 MiB) only
+    on 7g.40gb, a GPU of its own."""
     services = [service("x", 8, 55), service("y", 30, 40, cls="background")]
     capacity = rows("x", {"1g.10gb": 10, "2g.10gb": 30}, gpu="A100") + rows("y", {"7g.40gb": 40}, gpu="A100")
     facts = {"h": {"gpus": [mig_gpu_facts.gpu(i, A100) for i in range(3)]}}
-    result = plan(services, facts, capacity)
+    result = plan(services, facts, capacity, estimate=False)
     assert result["services"]["y"]["profile"] == "7g.40gb" and result["summary"]["gpus_used"] == 2
+    assert (result["services"]["x"]["profile"], result["services"]["x"]["replicas"]) == ("2g.10gb", 2)
     states = [_layout.gpu_state_from_facts(g) for g in facts["h"]["gpus"]]
     models = dict.fromkeys(range(3), _catalog.find_model(A100))
     planned = _layout.plan_layout(result["hosts"]["h"]["gpu_mig_layout"], states, models)
