@@ -36,7 +36,11 @@ from ansible_collections.gpu.mig.plugins.plugin_utils.services import Rule, Serv
 
 CAPACITY_SCHEMA = "gpu.mig/capacity/v1"
 RUNBOOK_URL = "https://github.com/gpu-mig/gpu.mig/blob/main/docs/monitoring.md#overload"
-OVERLOAD_STEPS = "Lower max_concurrency, reduce the batch, shift traffic to another slot or host, re-slice to a larger profile, add a GPU"
+OVERLOAD_STEPS = (
+    "Lower max_concurrency, reduce the batch, shift traffic to another slot or host, re-slice to a larger profile, "
+    "add a GPU"
+)
+_STEPS_IN_A_SENTENCE = OVERLOAD_STEPS[0].lower() + OVERLOAD_STEPS[1:]
 _DAY_MS = 86_400_000
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*", re.ASCII)
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,252})", re.ASCII)
@@ -71,7 +75,7 @@ SERVICE_SERIES = {
     "sustained_rps": "gpu_mig_service:sustained_rps",
     "knee_rps": "gpu_mig_service:knee_rps",
 }
-# Per slot (labels host, slot; the DCGM ones also service, profile, gpu_uuid, gpu_instance_id).
+# Per slot (labels host, slot; the DCGM ones also service, gpu_uuid, gpu_instance_id).
 SLOT_SERIES = {
     "memory_used_ratio": "gpu_mig_slot:memory_used:ratio",
     "gr_engine_active": "gpu_mig_slot:dcgm_gr_engine_active:ratio",
@@ -81,8 +85,8 @@ SLOT_SERIES = {
     "fb_used_bytes": "gpu_mig_slot:dcgm_fb_used:bytes",
     "fb_free_bytes": "gpu_mig_slot:dcgm_fb_free:bytes",
 }
-# dcgm-exporter counters file: field, Prometheus type, help; the per-instance fields that work on MIG (DCGM_FI_DEV_GPU_UTIL
-# does not) and the slot series each becomes (FB in MiB, recorded in bytes).
+# dcgm-exporter counters file: field, Prometheus type, help; the per-instance fields that work on MIG
+# (DCGM_FI_DEV_GPU_UTIL does not) and the slot series each becomes (FB in MiB, recorded in bytes).
 DCGM_COUNTERS = (
     ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", "Ratio of time the graphics engine is active.", "gr_engine_active", 1),
     ("DCGM_FI_PROF_SM_ACTIVE", "gauge", "Ratio of cycles an SM has at least one warp assigned.", "sm_active", 1),
@@ -425,7 +429,8 @@ def _service_records(service: Service, capacity: Capacity | None, window: str) -
     if histogram:
         selector = ",".join(s for s in (own, histogram.selector) if s)
         for quantile in ("50", "95", "99"):
-            expr = f"histogram_quantile(0.{quantile}, sum by (host, le) (rate({histogram.bucket}{{{selector}}}[{window}])))"
+            buckets = f"sum by (host, le) (rate({histogram.bucket}{{{selector}}}[{window}]))"
+            expr = f"histogram_quantile(0.{quantile}, {buckets})"
             records.append(
                 (f"latency_p{quantile}", expr if histogram.to_seconds == 1 else f"{expr} * {histogram.to_seconds:g}")
             )
@@ -465,7 +470,7 @@ def _service_alerts(service: Service, capacity: Capacity | None, options: dict) 
                "critical", "errors", "errors and timeouts over the error budget",
                f"{{{{ $value | humanizePercentage }}}} of the requests of {name} failed in the server (5xx) or timed "
                f"out (504), over the {options['error_budget_percent']:g}% budget. Read the server's log; when it is "
-               "overloaded: " + OVERLOAD_STEPS[0].lower() + OVERLOAD_STEPS[1:] + "."),
+               "overloaded: " + _STEPS_IN_A_SENTENCE + "."),
         _Alert("GpuMigServiceUnavailable", f'max by (host) (haproxy_backend_active_servers{{proxy=~"{backends}"}}) == 0',
                "critical", "errors", "no healthy server behind the admission layer",
                f"HAProxy's health check finds the server of {name} not ready: every request is answered 503. "
@@ -490,7 +495,7 @@ def _service_alerts(service: Service, capacity: Capacity | None, options: dict) 
             "GpuMigTrafficNearCapacity", f"{series['requests']} > {near:g}", "warning", "overload",
             "traffic near the measured capacity: revisit slicing",
             f"{name} receives {{{{ $value | humanize }}}} requests/s, above {options['capacity_percent']:g}% of the "
-            f"{capacity.sustained_rps:g} RPS its slot sustained in the capacity test. Plan ahead: " + OVERLOAD_STEPS[0].lower() + OVERLOAD_STEPS[1:] + "."))  # fmt: skip
+            f"{capacity.sustained_rps:g} RPS its slot sustained in the capacity test. Plan ahead: " + _STEPS_IN_A_SENTENCE + "."))  # fmt: skip
         if capacity.knee_rps:
             alerts.append(_Alert(
                 "GpuMigTrafficAboveKnee", f"{series['requests']} > {capacity.knee_rps:g}", "critical", "overload",
@@ -539,7 +544,7 @@ def _host_alerts(options: dict) -> list[_Alert]:
                f"max by (host) (time() - gpu_mig_collector_last_run_timestamp_seconds) > {options['collector_stale'] / 1000:g}",
                "warning", "collector", "per-slice GPU metrics collector failing",
                f"The NVML collector failed or has not run for {stale}: slot, memory and drift alerts are blind. "
-               "Check systemctl status gpu-mig-collector.timer and its journal."),
+               "Check systemctl status gpu-mig-metrics.service (its timer runs it) and its journal."),
     ]  # fmt: skip
 
 
@@ -550,7 +555,8 @@ def _slot_records() -> list[dict]:
         "expr": "max by (host, slot) (gpu_mig_slot_memory_used_bytes / gpu_mig_slot_memory_total_bytes)",
     }]  # fmt: skip
     for field, _kind, _help, key, factor in DCGM_COUNTERS:
-        ids = f'label_replace(label_replace({field}, "gpu_uuid", "$1", "UUID", "(.+)"), "gpu_instance_id", "$1", "GPU_I_ID", "(.+)")'
+        uuid = f'label_replace({field}, "gpu_uuid", "$1", "UUID", "(.+)")'
+        ids = f'label_replace({uuid}, "gpu_instance_id", "$1", "GPU_I_ID", "(.+)")'
         scaled = f"{ids} * {factor}" if factor != 1 else ids
         joined = (
             f"({scaled}) * on (host, gpu_uuid, gpu_instance_id) group_left (slot, service) (gpu_mig_slot_info == 1)"
@@ -759,7 +765,8 @@ def dcgm_counters_csv(extra_fields: object = None) -> str:
     for index, field in enumerate(extra):
         if not isinstance(field, str) or not re.fullmatch(r"DCGM_FI_[A-Z0-9_]+", field, re.ASCII):
             problems.append(
-                f"extra DCGM field [{index}] must be a DCGM field name such as DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, got {_services._shown(field)}"
+                f"extra DCGM field [{index}] must be a DCGM field name such as DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, "
+                f"got {_services._shown(field)}"
             )
         elif field in known:
             problems.append(f"extra DCGM field [{index}] {field} is already in the counters file; remove it")
