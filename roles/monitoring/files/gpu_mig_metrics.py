@@ -35,7 +35,7 @@ FAMILIES = {
     "gpu_mig_slot_info": (
         "gauge",
         "A slot of the last applied slot map (gpu.mig.mig_layout): the service pinned to it, its profile, placement"
-        " start, GPU and MIG device. Always 1.",
+        " start, GPU, GPU instance id (dcgm-exporter's GPU_I_ID, for joining its series) and MIG device. Always 1.",
     ),
     "gpu_mig_slot_present": (
         "gauge",
@@ -245,6 +245,7 @@ def add_slots(metrics: Metrics, slots: dict, services: dict, devices: dict[str, 
                 "profile": slot.get("profile"),
                 "gpu_index": slot.get("gpu_index"),
                 "gpu_uuid": slot.get("gpu_uuid"),
+                "gpu_instance_id": slot.get("gpu_instance_id"),
                 "mig_uuid": slot.get("mig_uuid"),
                 "placement": (slot.get("placement") or {}).get("start"),
             },

@@ -153,7 +153,8 @@ def series_from_facts(facts: dict, slots: dict, services: dict) -> dict:
             )
             info = labels(
                 slot=slot, service=services.get(slot, ""), profile=gi["profile"], gpu_index=gpu["index"],
-                gpu_uuid=gpu["uuid"], mig_uuid=gi["compute_instances"][0]["uuid"], placement=gi["placement"]["start"],
+                gpu_uuid=gpu["uuid"], gpu_instance_id=gi["id"], mig_uuid=gi["compute_instances"][0]["uuid"],
+                placement=gi["placement"]["start"],
             )  # fmt: skip
             expected[("gpu_mig_slot_info", info)] = 1.0
             expected[("gpu_mig_slot_present", labels(slot=slot))] = 1.0
