@@ -270,6 +270,11 @@ class Gpu(NamedTuple):
     def key(self) -> tuple[str, int]:
         return (self.host, self.state.index)
 
+    @property
+    def model_name(self) -> str:
+        """The catalog model's name (a MIG GPU may be known by an alias), else the product name."""
+        return self.model.name if self.model is not None else self.state.name
+
 
 def _planned_gpu(host: str, index: int, name: str, where: str, problems: list[str]) -> Gpu | None:
     model = _catalog.find_model(name)
@@ -352,15 +357,15 @@ class Measure(NamedTuple):
     source: str
 
 
-def _model_for(text: str, models: Mapping[str, _catalog.GpuModel]) -> list[str]:
-    """Fleet models a capacity result's ``gpu`` names: exact name or alias, else every model whose name holds it."""
+def _model_for(text: str, names: Sequence[str]) -> list[str]:
+    """Fleet GPU models a capacity result's ``gpu`` names: exact name or alias, else every name that holds it."""
     found = _catalog.find_model(text)
-    if found is not None and found.name in models:
-        return [found.name]
-    return [name for name in models if text.casefold() in name.casefold()]
+    if text in names or (found is not None and found.name in names):
+        return [text if text in names else found.name]
+    return [name for name in names if text.casefold() in name.casefold()]
 
 
-def _measure(raw: Any, where: str, models: Mapping, problems: list[str], warnings: list[str]) -> Measure | None:
+def _measure(raw: Any, where: str, gpus: Sequence[Gpu], problems: list[str], warnings: list[str]) -> Measure | None:
     """A capacity_test result (its ``service`` meta, ``capacity``, ``sla``, ``prediction``) or a capacity table row."""
     known = len(problems)
     if isinstance(raw, Mapping) and isinstance(raw.get("service"), Mapping):
@@ -390,7 +395,8 @@ def _measure(raw: Any, where: str, models: Mapping, problems: list[str], warning
             % (where, row["service"], row["gpu"], row["profile"])
         )
         return None
-    names = _model_for(row["gpu"], models)
+    whole = row["profile"] == _WHOLE  # a GPU without MIG (one of any model), else a profile of a MIG GPU model
+    names = _model_for(row["gpu"], sorted({g.model_name for g in gpus if whole or g.model is not None}))
     if len(names) != 1:
         if names:
             problems.append(
@@ -400,9 +406,9 @@ def _measure(raw: Any, where: str, models: Mapping, problems: list[str], warning
         else:
             warnings.append("%s: no GPU of the fleet is a %r; the result is not used" % (where, row["gpu"]))
         return None
-    model = models[names[0]]
-    profile = model.profile(row["profile"]) if row["profile"] != _WHOLE else None
-    if profile is None and row["profile"] != _WHOLE:
+    model = next(g.model for g in gpus if g.model_name == names[0])
+    profile = model.profile(row["profile"]) if not whole else None
+    if profile is None and not whole:
         problems.append(
             "%s: %s has no profile %r; valid: %s, or %r for the GPU without MIG"
             % (where, model.name, row["profile"], ", ".join(p.name for p in model.profiles), _WHOLE)
@@ -412,12 +418,12 @@ def _measure(raw: Any, where: str, models: Mapping, problems: list[str], warning
     host = " from %s" % row["host"] if row.get("host") else ""
     return Measure(
         row["service"],
-        model.name,
+        names[0],
         name,
         float(row.get("sustained_rps") or 0),
         _analysis.parse_sla(row["sla"]),
         concurrency,
-        "measured on %s %s%s" % (model.name, name, host),
+        "measured on %s %s%s" % (names[0], name, host),
     )
 
 
@@ -945,7 +951,6 @@ def plan_services(
     )
     gpus = read_fleet(fleet, problems, warnings)
     maps = _check_slot_maps(slot_maps, fleet, problems)
-    models = {g.model.name: g.model for g in gpus if g.model is not None}
     if capacity is None:
         capacity = []
     if not isinstance(capacity, list):
@@ -953,7 +958,7 @@ def plan_services(
             "capacity must be a list of capacity_test results or capacity table rows, got %s" % _layout._shown(capacity)
         )
         capacity = []
-    measures = [_measure(raw, "capacity[%d]" % i, models, problems, warnings) for i, raw in enumerate(capacity)]
+    measures = [_measure(raw, "capacity[%d]" % i, gpus, problems, warnings) for i, raw in enumerate(capacity)]
     if problems:
         raise PlanError(problems)
     unknown = sorted({m.service for m in measures if m and m.service not in names})
@@ -1058,9 +1063,13 @@ class _Planner:
         owners: dict[tuple, Service] = {}
         for service in whole:
             report = self.report[service.name]
+            fitting = [g for g in pool if g.memory_mib >= service.need_mib]
             measured = [m for m in self.measures if m.service == service.name and m.profile == _WHOLE and m.rate > 0]
+            measured = [m for g in fitting for m in measured if m.model == g.model_name][:1]  # a free GPU's model
+            if measured:
+                fitting = [g for g in fitting if g.model_name == measured[0].model]
             count = _replicas(service, measured[0].rate) if measured else service.min_replicas
-            chosen = [g for g in pool if g.memory_mib >= service.need_mib][:count]
+            chosen = fitting[:count]
             for gpu in chosen:
                 pool.remove(gpu)
                 owners[gpu.key] = service
@@ -1068,7 +1077,7 @@ class _Planner:
                 verdict="dedicated GPU" if self.fleet.models else "no MIG here",
                 profile=_WHOLE,
                 replicas=len(chosen),
-                gpu_model=chosen[0].state.name if chosen else None,
+                gpu_model=chosen[0].model_name if chosen else None,
             )
             report["placements"] = [
                 {"host": g.host, "gpu": g.state.index, "gpu_uuid": g.state.uuid, "slot": None, "profile": _WHOLE}
@@ -1081,7 +1090,7 @@ class _Planner:
                     "the capacity of a whole GPU is not known: measure first (profile %r)" % _WHOLE
                 )
                 if chosen:
-                    report["tests"] = [_test(service, chosen[0].host, chosen[0].state.name, _WHOLE, count)]
+                    report["tests"] = [_test(service, chosen[0].host, chosen[0].model_name, _WHOLE, count)]
             if len(chosen) < count:
                 report["reasons"].append(
                     "%d of %d whole GPUs with %d MiB are free; add GPUs or free some"
@@ -1331,6 +1340,9 @@ def _gpu_row(gpu: Gpu, b: Bin | None, owner: Service | None) -> dict:
         row["slots"] = [
             _slot_row(p.name if p.replica is None else p.replica.name, p.replica, p.profile) for p in b.pinned
         ] + [_slot_row(r.name, r, r.option.profile) for r in b.items]
+    held = len(gpu.state.gpu_instances) if gpu.state.mig_current else 0
+    if not row["used"] and held:
+        row["note"] = "holds %d idle GPU instance(s) no service of the plan uses; left as they are" % held
     profiles = b.profiles if b is not None else []
     row["free_compute_slices"] = gpu.model.compute_slices - sum(p.compute_slices for p in profiles)
     row["free_memory_slices"] = gpu.model.memory_slices - sum(p.placement_size for p in profiles)

@@ -9,6 +9,8 @@ import math
 
 import pytest
 from ansible.errors import AnsibleFilterError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.gpu.mig.plugins.filter.plan_services import plan_services as plan_filter
 from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
@@ -232,6 +234,57 @@ def test_a_fleet_without_mig_gives_each_service_a_whole_gpu_no_mig_here():
     assert sorted(gpus_of(result, "a") + gpus_of(result, "b")) == [("h", 0), ("h", 1)]
 
 
+def test_whole_gpu_capacity_on_a_gpu_without_mig_sets_the_replicas():
+    plain = {"h": {"gpus": [mig_gpu_facts.gpu(i, "NVIDIA L4", mig=None) for i in range(3)]}}
+    whole = [{"service": "a", "profile": "whole", "gpu": "L4", "sustained_rps": 4, "sla": "p95<100ms"}]
+    report = plan([service("a", 4, 10)], plain, whole)["services"]["a"]
+    assert (report["verdict"], report["replicas"], report["capacity_rps"]) == ("no MIG here", 3, 12)
+    assert report["capacity"]["basis"] == "measured on NVIDIA L4 whole"
+
+
+def test_a_mixed_fleet_plans_each_service_on_the_model_it_was_measured_on():
+    mixed = {"a": {"gpus": [A100]}, "b": {"gpus": [H100]}}
+    capacity = rows("x", {"1g.5gb": 10}, gpu="A100") + rows("y", {"1g.10gb": 10}, gpu="H100")
+    result = plan([service("x", 4, 10), service("y", 4, 10)], mixed, capacity)
+    assert gpus_of(result, "x") == [("a", 0)] and gpus_of(result, "y") == [("b", 0)]
+    assert [o["gpu_model"] for o in result["services"]["x"]["options"]] == [A100] * 6  # 1g.5gb ... 7g.40gb
+
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+_SPEC = st.dictionaries(st.sampled_from([*sp.SERVICE_RULES, "other"]), _JUNK, max_size=8)
+_ROW = st.dictionaries(st.sampled_from([*sp.ROW_RULES, "verdict"]), _JUNK, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    services=st.lists(_SPEC, max_size=3),
+    capacity=st.lists(_ROW, max_size=2),
+    gpus=st.lists(
+        st.one_of(
+            st.sampled_from([H100, A100, "junk"]),
+            st.dictionaries(st.sampled_from([*sp.GPU_RULES, "profiles"]), _JUNK, max_size=4),
+        ),
+        max_size=3,
+    ),
+)
+def test_malformed_inputs_are_refused_by_name_never_with_a_traceback(services, capacity, gpus):
+    valid = [service("ok", 4, 5)]
+    try:
+        result = sp.plan_services(services + valid, {"h": {"gpus": gpus}}, capacity)
+    except sp.PlanError as err:
+        assert err.problems and all(isinstance(p, str) and p for p in err.problems)
+    else:
+        assert "ok" in result["services"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Crafted fleets with a hand-derived optimum
 
@@ -298,12 +351,15 @@ def test_a_fleet_too_small_says_how_many_gpus_it_lacks():
 def test_kept_busy_and_moved_instances_on_an_existing_fleet():
     """GPU 0 holds a busy 1g.10gb nobody names, y-1 (idle 3g.40gb at 4) and x-1 (idle 1g.10gb at 2); x now wants
     2g.20gb. y-1 stays, the busy instance stays, x-1 is destroyed and x's replicas are created (x-1 counts as moved)."""
+    idle = [mig_gpu_facts.gpu_instance(H100, 1, "7g.80gb", 0)]
     instances = [
         mig_gpu_facts.gpu_instance(H100, 1, "1g.10gb", 0, processes=[4242]),
         mig_gpu_facts.gpu_instance(H100, 2, "3g.40gb", 4),
         mig_gpu_facts.gpu_instance(H100, 3, "1g.10gb", 2),
     ]
-    facts = {"h": {"gpus": [mig_gpu_facts.gpu(0, H100, instances=instances), mig_gpu_facts.gpu(1, H100)]}}
+    facts = {
+        "h": {"gpus": [mig_gpu_facts.gpu(0, H100, instances=instances), mig_gpu_facts.gpu(1, H100, instances=idle)]}
+    }
     uuid = facts["h"]["gpus"][0]["uuid"]
     slot_map = {"y-1": {"gpu_uuid": uuid, "profile": "3g.40gb", "placement": {"start": 4, "size": 4}},
                 "x-1": {"gpu_uuid": uuid, "profile": "1g.10gb", "placement": {"start": 2, "size": 1}}}  # fmt: skip
@@ -316,6 +372,11 @@ def test_kept_busy_and_moved_instances_on_an_existing_fleet():
     assert result["services"]["x"]["moved"] == ["h: x-1"]
     assert [(d["profile"], d["start"], d["busy_pids"]) for d in changes["destroy"]] == [("1g.10gb", 2, [])]
     assert gpus_of(result, "x") == [("h", 0)]  # x fits beside what runs: GPU 1 stays free
+    assert (
+        result["hosts"]["h"]["gpus"][1]["note"]
+        == "holds 1 idle GPU instance(s) no service of the plan uses; left as they are"
+    )
+    assert [entry["gpus"] for entry in result["hosts"]["h"]["gpu_mig_layout"]] == [0]  # GPU 1 is left untouched
     layout = result["hosts"]["h"]["gpu_mig_layout"]
     assert {"name": "gpu0-1g-10gb-0", "profile": "1g.10gb", "placement": 0} in layout[0]["slots"]
     assert {"name": "y-1", "profile": "3g.40gb", "placement": 4} in layout[0]["slots"]
