@@ -110,11 +110,6 @@ def _matches(pattern: re.Pattern, words: str):
     return check
 
 
-def _sla_check(name: str, value: Any) -> list:
-    return _analysis.sla_problems(name, value)
-
-
-_PERCENT = Rule("float", 0, 1000)
 MODEL_RULES = {
     "parameters_b": Rule("float", 0, 100_000, low_open=True, hint="parameters in billions, e.g. 7 for a 7B model"),
     "precision": Rule("str", choices=tuple(PRECISION_BYTES)),
@@ -125,9 +120,11 @@ MODEL_RULES = {
 SERVICE_RULES = {
     "name": Rule("str", check=_matches(_NAME, "1-20 lowercase letters, digits or '-', starting with a letter")),
     "class": Rule("str", choices=CLASSES),
-    "sla": Rule("raw", check=_sla_check, words="a mapping of pNN_ms limits (and max_error_rate) or a string"),
+    "sla": Rule(
+        "raw", check=_analysis.sla_problems, words="a mapping of pNN_ms limits (and max_error_rate) or a string"
+    ),
     "target_rps": Rule("float", 0, _analysis.MAX_RPS * 1000, low_open=True),
-    "headroom_pct": _PERCENT,
+    "headroom_pct": Rule("float", 0, 1000, hint="growth headroom over target_rps, in percent"),
     "memory_gib": Rule("float", 0, 100_000, low_open=True),
     "model": Rule("dict", options=MODEL_RULES, required=("parameters_b", "precision")),
     "memory_margin_pct": Rule("float", 0, 200),
@@ -163,7 +160,7 @@ ROW_RULES = {
     "profile": Rule("str", non_empty=True),
     "gpu": Rule("str", non_empty=True),
     "sustained_rps": Rule("float", 0),
-    "sla": Rule("raw", check=_sla_check, words="the SLA the test ran at"),
+    "sla": Rule("raw", check=_analysis.sla_problems, words="the SLA the test ran at"),
 }
 RESULT_META_RULES = {"service": ROW_RULES["service"], "profile": ROW_RULES["profile"], "gpu": ROW_RULES["gpu"]}
 
@@ -534,7 +531,7 @@ def _replicas(service: Service, rate: float) -> int:
 def model_options(
     service: Service, model: _catalog.GpuModel, measures: Sequence[Measure], estimate: bool
 ) -> tuple[list[Option], list[str]]:
-    """The service's options on ``model``, best first, and notes (measurements that cannot be used)."""
+    """The service's options on ``model`` (fitting profiles with a known rate), and notes on measurements not used."""
     notes = []
     mine = {m.profile: m for m in measures if m.service == service.name and m.model == model.name}
     fitting = _fitting(service, model)
@@ -585,7 +582,6 @@ def model_options(
                 scaled,
             )
             options.append(Option(model, prof, _replicas(service, rate), rate, "estimate", why))
-    options.sort(key=lambda o: (round(o.share, 9), -o.headroom(service.demand), o.profile.memory_mib))
     return options, notes
 
 
@@ -749,8 +745,9 @@ class Packer:
         bins.append(b)
         return b
 
-    def empty_weakest(self, bins: list[Bin]) -> None:
-        """Move the replicas of the least-filled GPUs into the others wherever a whole GPU empties that way.
+    def empty_weakest(self, bins: list[Bin], tries: int = 40) -> None:
+        """Move the replicas of the least-filled GPUs into the others wherever a whole GPU empties that way: each
+        into the first GPU with room, else by sharing two GPUs out anew with it (``resplit``, ``tries`` pairs).
 
         Virtual GPUs go first (each one emptied is a GPU the fleet does not lack); a real GPU empties into real ones.
         """
@@ -760,25 +757,29 @@ class Packer:
                 (b for b in bins if b.items and not b.pinned), key=lambda b: (b.gpu is not None, b.compute)
             ):
                 targets = [b for b in bins if b.used and b is not weak and (b.gpu is not None or weak.gpu is None)]
-                room = sum(b.model.compute_slices - b.compute for b in targets if b.model.name == weak.model.name)
-                if room < weak.compute:
+                same = [b for b in targets if b.model.name == weak.model.name]
+                if (
+                    sum(b.model.compute_slices - b.compute for b in same) < weak.compute
+                    or sum(b.model.memory_slices - b.memory for b in same) < weak.memory
+                ):
                     continue
-                moved = []
+                before = [(b, list(b.items)) for b in [*same, weak]]
                 for replica in list(weak.items):
                     weak.remove(replica)
                     target = next((b for b in targets if self.fits(b, replica)), None)
-                    weak.add(replica)
-                    if target is None:
+                    if target is not None:
+                        target.add(replica)
+                    elif not self.resplit(targets, replica, tries):
+                        weak.add(replica)
                         break
-                    target.add(replica)
-                    moved.append((replica, target))
-                if len(moved) == len(weak.items):
-                    for replica in list(weak.items):
-                        weak.remove(replica)
-                    emptied = True
+                if weak.items:
+                    for b, items in before:  # undo: every GPU back to its replicas
+                        for replica in list(b.items):
+                            b.remove(replica)
+                        for replica in items:
+                            b.add(replica)
                 else:
-                    for replica, target in moved:
-                        target.remove(replica)
+                    emptied = True
             if not emptied:
                 break
         bins[:] = [b for b in bins if b.gpu is not None or b.items]
