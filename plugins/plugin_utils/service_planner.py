@@ -42,7 +42,8 @@ Result (``plan_services``)::
     hosts: {<host>: {
         gpu_mig_layout: [{gpus: <index>, mig_enabled: bool, slots: [{name, profile, placement?, compute_instances?}]}],
             # exactly what mig_instances / site.yml take; only GPUs the plan uses (others are left untouched)
-        inference_service_specs: [{name, slot, sla: {p95_ms?, p99_ms?, target_rps}, **deploy}],  # one per replica
+        inference_service_specs: [{name, slot, sla: {p95_ms?, p99_ms?, target_rps}, **deploy}],  # one per replica;
+            # deploy's port/backend_port shift per replica on a host, limits.max_concurrency defaults to concurrency
         gpus: [{index, name, mig, used, dedicated_to, slots: [{slot, service, class, profile, compute_slices,
                 memory_slices}], free_compute_slices, free_memory_slices, note}],
         changes: {changed, mig_mode: [{gpu, enable, needs_reset}], keep: [slot], create: [slot],
@@ -1317,6 +1318,9 @@ def _spec(replica: Replica, ports: dict[str, int]) -> dict:
         spec["backend_port"] += k * _services.SERVER_PORTS.get(spec.get("server", "generic"), 1)
     sla = {"%s_ms" % _analysis.pct_name(p): v for p, v in service.sla.percentiles.items() if p in (95.0, 99.0)}
     sla["target_rps"] = round(service.target_rps / replica.option.replicas, 3)
+    limits = spec.get("limits") if isinstance(spec.get("limits"), Mapping) else {}
+    if service.concurrency and "max_concurrency" not in limits:  # the c the rates were planned with
+        spec["limits"] = {**limits, "max_concurrency": service.concurrency}
     return {**spec, "name": replica.name, "slot": replica.name, "sla": sla}
 
 

@@ -396,6 +396,9 @@ def test_replica_specs_carry_deploy_fields_with_ports_per_replica():
         ("a-1", "a-1", 8000, 18000), ("a-2", "a-2", 8001, 18003), ("a-3", "a-3", 8002, 18006)]  # fmt: skip
     assert specs[0]["sla"] == {"p95_ms": 100.0, "p99_ms": 300.0, "target_rps": round(50 / 3, 3)}
     assert specs[0]["command"] == deploy["command"]
+    assert "limits" not in specs[0]  # no concurrency given: the server's own default stays
+    with_c = plan([service("a", 4, 50, concurrency=4, deploy=deploy)], fleet(1), rows("a", {"1g.10gb": 20}))
+    assert with_c["hosts"]["h"]["inference_service_specs"][0]["limits"] == {"max_concurrency": 4}
 
 
 def test_every_planned_host_layout_is_what_mig_instances_plans():
