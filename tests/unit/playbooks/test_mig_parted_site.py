@@ -8,7 +8,8 @@ The GPU Operator's default mig-parted file and its config name chosen by a group
 client held it: only a reset applies it) and an H100 host with MIG off. preflight reports on the config's layout,
 mig_mode turns MIG on where the config wants it (GPU 0 through the role's reset), mig_layout applies the config's
 counts; a second run changes nothing; reslice.yml then moves the A100 host to another config of the file. Hosts given
-both a layout and a config are refused by preflight and by mig_mode, naming both variables.
+both a layout and a config are refused by preflight and by mig_mode, naming both variables, and a config name the file
+lacks by mig_mode, before any change.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
     for name in ("preflight_checks", "mode_checks"):  # given both a layout and a config: refused before any change
         hosts[name] = {"ansible_python_interpreter": sys.executable, "gpu_mig_root": str(base / name),
                        "gpu_mig_layout": LAYOUT}  # fmt: skip
+    root = base / "mode_typo"  # an H100 host whose config name is not in the file
+    assert cli.main(["host", str(root), "--hostname", "mode_typo", "--gpu", "H100-80GB"]) == 0
+    (root / "python").write_text(cli.wrapper_script(root))
+    (root / "python").chmod(0o755)
+    hosts["mode_typo"] = {"ansible_python_interpreter": str(root / "python"), "gpu_mig_root": str(root),
+                          "gpu_mig_parted_config_name": "all-balance"}  # fmt: skip
     inventory = {
         "all": {
             "vars": {
@@ -134,9 +141,9 @@ def test_site_applies_the_config_through_every_role(fleet):
     base, run = fleet
     assert run.returncode == 0, run.stdout[-6000:]
     assert {host: counts["failed"] for host, counts in recap(run).items()} == {"a100": 0, "h100": 0}
-    # preflight judged the config's layout (not "no layout": skip) and mig_mode turned MIG on, GPU 0 by its reset.
-    verdicts = dict(re.findall(r'"msg": "(a100|h100): (\w+)', run.stdout))
-    assert verdicts.keys() == {"a100", "h100"} and "skip" not in verdicts.values(), verdicts
+    # preflight judged the config's layout (without it: skip), mig_mode turned MIG on, GPU 0 by the role's reset.
+    # The pending GPU 0 waits for mig_mode's reset: a warning, not a block.
+    assert dict(re.findall(r'"msg": "(a100|h100): (\w+)', run.stdout)) == {"a100": "warn", "h100": "ready"}
     assert sorted(task_results(run, "Enable MIG on the GPUs the layout selects")) == [
         "changed: [a100]",
         "changed: [h100]",
@@ -156,8 +163,7 @@ def test_a_second_site_run_changes_nothing(fleet):
     again = playbook(base, "--limit", "a100,h100", str(REPO / "playbooks/site.yml"))
     assert again.returncode == 0, again.stdout[-6000:]
     assert {host: counts["changed"] for host, counts in recap(again).items()} == {"a100": 0, "h100": 0}
-    verdicts = dict(re.findall(r'"msg": "(a100|h100): (\w+)', again.stdout))
-    assert "skip" not in verdicts.values() and "blocked" not in verdicts.values(), verdicts
+    assert dict(re.findall(r'"msg": "(a100|h100): (\w+)', again.stdout)) == {"a100": "ready", "h100": "ready"}
 
 
 def test_reslice_moves_a_host_to_another_config_of_the_file(fleet):
@@ -175,20 +181,25 @@ def test_reslice_moves_a_host_to_another_config_of_the_file(fleet):
     assert applier["mig_parted_config_name"] == "all-1g.10gb"
 
 
-BOTH = "{role}_layout{suffix} (gpu_mig_layout) or {role}_mig_parted_config_file (gpu_mig_parted_config_file), not both"
-
-
-def test_a_host_given_a_layout_and_a_config_is_refused_by_preflight_and_mig_mode(fleet):
+def test_mig_mode_refuses_what_cannot_apply_before_any_change(fleet):
+    """Given both a layout and a config (preflight too), or a config name the file lacks: every problem named."""
     base, _first = fleet
-    roles = {"preflight_checks": "gpu.mig.preflight", "mode_checks": "gpu.mig.mig_mode"}
+    roles = {
+        "preflight_checks": "gpu.mig.preflight",
+        "mode_checks": "gpu.mig.mig_mode",
+        "mode_typo": "gpu.mig.mig_mode",
+    }
     task = {"name": "Run the role", "ansible.builtin.include_role": {"name": "{{ roles[inventory_hostname] }}"}}
-    plays = [
-        {"hosts": "preflight_checks,mode_checks", "gather_facts": False, "vars": {"roles": roles}, "tasks": [task]}
-    ]
-    (base / "checks.json").write_text(json.dumps(plays))
-    run = playbook(base, "--limit", "preflight_checks,mode_checks", str(base / "checks.json"))
+    (base / "checks.json").write_text(json.dumps([{"hosts": ",".join(roles), "gather_facts": False,
+                                                   "vars": {"roles": roles}, "tasks": [task]}]))  # fmt: skip
+    typo_before = state.read(base / "mode_typo").snapshot()
+    run = playbook(base, "--limit", ",".join(roles), str(base / "checks.json"))
     text = " ".join(run.stdout.split())
-    assert {host: counts["failed"] for host, counts in recap(run).items()} == {"preflight_checks": 1, "mode_checks": 1}
-    assert f"preflight on preflight_checks: set either {BOTH.format(role='preflight', suffix='')}" in text
-    assert f"mig_mode on mode_checks: set either {BOTH.format(role='mig_mode', suffix='')}" in text
+    assert {host: counts["failed"] for host, counts in recap(run).items()} == dict.fromkeys(roles, 1)
+    for role, host in (("preflight", "preflight_checks"), ("mig_mode", "mode_checks")):
+        both = f"{role}_layout (gpu_mig_layout) or {role}_mig_parted_config_file (gpu_mig_parted_config_file), not both"
+        assert f"{role} on {host}: set either {both}" in text
     assert not (base / "preflight_checks").exists() and not (base / "mode_checks").exists()
+    assert "mig_parted_layout: config 'all-balance': 1 problem(s): mig-parted config: no config named 'all-balance';" \
+        " available: all-1g.10gb," in text  # fmt: skip
+    assert state.read(base / "mode_typo").snapshot() == typo_before
