@@ -9,7 +9,7 @@ client held it: only a reset applies it) and an H100 host with MIG off. prefligh
 mig_mode turns MIG on where the config wants it (GPU 0 through the role's reset), mig_layout applies the config's
 counts; a second run changes nothing; reslice.yml then moves the A100 host to another config of the file. Hosts given
 both a layout and a config are refused by preflight and by mig_mode, naming both variables, and a config name the file
-lacks by mig_mode, before any change.
+lacks by mig_mode, before any change; preflight blocks a host without a driver for it.
 """
 
 from __future__ import annotations
@@ -108,12 +108,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
     for name in ("preflight_checks", "mode_checks"):  # given both a layout and a config: refused before any change
         hosts[name] = {"ansible_python_interpreter": sys.executable, "gpu_mig_root": str(base / name),
                        "gpu_mig_layout": LAYOUT}  # fmt: skip
-    root = base / "mode_typo"  # an H100 host whose config name is not in the file
-    assert cli.main(["host", str(root), "--hostname", "mode_typo", "--gpu", "H100-80GB"]) == 0
-    (root / "python").write_text(cli.wrapper_script(root))
-    (root / "python").chmod(0o755)
-    hosts["mode_typo"] = {"ansible_python_interpreter": str(root / "python"), "gpu_mig_root": str(root),
-                          "gpu_mig_parted_config_name": "all-balance"}  # fmt: skip
+    # An H100 host whose config name is not in the file, and a host without a driver.
+    for name, argv in (
+        ("mode_typo", ["--gpu", "H100-80GB"]),
+        ("preflight_no_driver", ["--gpu", "H100-80GB", "--no-driver"]),
+    ):
+        root = base / name
+        assert cli.main(["host", str(root), "--hostname", name, *argv]) == 0
+        (root / "python").write_text(cli.wrapper_script(root))
+        (root / "python").chmod(0o755)
+        hosts[name] = {"ansible_python_interpreter": str(root / "python"), "gpu_mig_root": str(root)}
+    hosts["mode_typo"]["gpu_mig_parted_config_name"] = "all-balance"
     inventory = {
         "all": {
             "vars": {
@@ -181,13 +186,15 @@ def test_reslice_moves_a_host_to_another_config_of_the_file(fleet):
     assert applier["mig_parted_config_name"] == "all-1g.10gb"
 
 
-def test_mig_mode_refuses_what_cannot_apply_before_any_change(fleet):
-    """Given both a layout and a config (preflight too), or a config name the file lacks: every problem named."""
+def test_the_roles_refuse_what_cannot_apply_before_any_change(fleet):
+    """Given both a layout and a config, or a config name the file lacks: every problem named; without a driver,
+    blocked."""
     base, _first = fleet
     roles = {
         "preflight_checks": "gpu.mig.preflight",
         "mode_checks": "gpu.mig.mig_mode",
         "mode_typo": "gpu.mig.mig_mode",
+        "preflight_no_driver": "gpu.mig.preflight",
     }
     task = {"name": "Run the role", "ansible.builtin.include_role": {"name": "{{ roles[inventory_hostname] }}"}}
     (base / "checks.json").write_text(json.dumps([{"hosts": ",".join(roles), "gather_facts": False,
@@ -203,3 +210,5 @@ def test_mig_mode_refuses_what_cannot_apply_before_any_change(fleet):
     assert "mig_parted_layout: config 'all-balance': 1 problem(s): mig-parted config: no config named 'all-balance';" \
         " available: all-1g.10gb," in text  # fmt: skip
     assert state.read(base / "mode_typo").snapshot() == typo_before
+    # Without NVML the config's GPUs are unknown: the host is blocked for the driver, as with a layout (not skipped).
+    assert "preflight blocked preflight_no_driver: [1] host: NVML is not available" in text
