@@ -43,6 +43,7 @@ SERVER_FILES = [
     "etc/prometheus/file_sd/gpu-mig/dcgm.json", "etc/prometheus/file_sd/gpu-mig/haproxy.json",
     "etc/prometheus/file_sd/gpu-mig/node.json", "etc/prometheus/file_sd/gpu-mig/servers.json",
     "etc/prometheus/prometheus.yml", "etc/prometheus/rules.d/gpu-mig/gpu-mig.rules.yml",
+    "var/lib/grafana/dashboards/gpu-mig.json",
 ]  # fmt: skip
 
 
@@ -59,7 +60,7 @@ def inventory(base: Path, **server_vars: object) -> dict:
                  "inference_service_haproxy_stats_bind": "0.0.0.0:8405"},
         "gpu2": {"ansible_host": "10.0.0.12", "monitoring_dcgm": True, "monitoring_dcgm_runner": "quadlet",
                  "monitoring_node_exporter_listen": "10.0.0.12:9100", "monitoring_collector": False},
-        "mon": server,
+        "mon": {**server, "monitoring_grafana_dashboard": "/var/lib/grafana/dashboards/gpu-mig.json"},
         "mon-ext": {**server, "monitoring_prometheus": "external"},
     }  # fmt: skip
     for name, host in hosts.items():
@@ -155,6 +156,8 @@ def test_the_server_gets_the_fleet_s_targets_and_rules_checked_by_promtool(fleet
     assert amtool.returncode == 0, amtool.stdout + amtool.stderr
     receiver = yaml.safe_load(alertmanager.read_text())["receivers"][0]
     assert receiver["webhook_configs"] == [{"url": "https://hooks.example.org/gpu-mig", "send_resolved": True}]
+    dashboard = json.loads((mon / "var/lib/grafana/dashboards/gpu-mig.json").read_text())
+    assert dashboard["uid"] == "gpu-mig-services" and "chat" in json.dumps(dashboard["panels"])
     assert (
         "--config.file=/etc/prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090"
         in (mon / "etc/default/prometheus").read_text()
