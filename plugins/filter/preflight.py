@@ -32,6 +32,7 @@ from ansible.module_utils.compat.version import LooseVersion
 from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _apply
 from ansible_collections.gpu.mig.plugins.module_utils._mig import catalog as _catalog
 from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _layout
+from ansible_collections.gpu.mig.plugins.module_utils._mig import migparted as _migparted
 from ansible_collections.gpu.mig.plugins.module_utils._mig import select as _select
 
 # The gpu.mig.preflight role's defaults (roles/preflight/defaults/main.yml, vars/main.yml): used when the caller
@@ -55,6 +56,11 @@ BUSY_FIX = (
 )
 FORCED_FIX = "mig_layout_force is set: gpu.mig.mig_instances terminates these processes (SIGTERM, then SIGKILL)"
 MODE_FIX = "the gpu.mig.mig_mode role makes this change (site.yml runs it before mig_layout); then the layout applies"
+MIG_PARTED_FIX = (
+    "correct the mig-parted config (gpu_mig_parted_config_file) or its name (gpu_mig_parted_config_name) as the"
+    " message says: gpu.mig.mig_instances refuses it as it is, and changes nothing"
+)
+BOTH_FIX = "give the desired layout one way: unset gpu_mig_layout or gpu_mig_parted_config_file for this host"
 FAILED_GPU_FIX = "follow the remedy in the message, then gather facts again; the host's other GPUs are read as usual"
 _CTK_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 
@@ -130,6 +136,23 @@ def _planned(layout: list, gpus: list, previous) -> _Planned:
         list(_layout.check_busy(plan, force=True)),
         waits,
     )
+
+
+def _from_mig_parted(config, name, gpus: list, loaded: bool) -> tuple[list, list[str], list[str]]:
+    """(layout entries, refusals, notes) of a mig-parted config on this host, converted as gpu.mig.mig_instances
+    converts it (``_migparted.layout_from_mig_parted``). Without NVML the GPUs it selects are unknown: one entry stands
+    for them, so that the host counts as managed and is blocked for the missing driver, as a host given a layout is."""
+    if not loaded:
+        return [{"gpus": "all", "slots": []}], [], []
+    try:
+        _facts, states, models = _apply.host_from_facts(gpus)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return [{"gpus": "all", "slots": []}], [], []  # _planned refuses these facts, naming the fix
+    try:
+        converted = _migparted.layout_from_mig_parted(config, name, states, models)
+    except _layout.LayoutError as err:
+        return [], list(err.problems), []
+    return converted.entries, [], [*converted.skipped, *converted.warnings]
 
 
 def _drift_line(action: Mapping, mig: Mapping, destroyed: set, slots: Mapping) -> str | None:
@@ -283,13 +306,17 @@ def preflight_report(
     reset_blocker_units=None,
     container_types=None,
     force=False,
+    mig_parted_config=None,
+    mig_parted_config_name=None,
 ) -> dict:
     """The fact ``preflight_report`` of one host from its ``ansible_facts`` (``nvidia_mig`` from gpu.mig.mig_facts,
     with ``slot_map`` when it read one; distribution, virtualization, kernel and services when the host was probed) and
     the registered probe results.
 
     ``force``: mig_instances will run with force (the mig_layout role's ``mig_layout_force``), so busy instances in
-    its way only warn."""
+    its way only warn. ``mig_parted_config`` (parsed) and ``mig_parted_config_name`` give the desired layout instead of
+    ``layout``, converted for this host's GPUs as mig_instances converts them; a config it refuses is a ``fail``
+    reason, devices it skips and overlaps it resolves are ``info``."""
     facts = _mapping(ansible_facts)
     layout = [] if layout is None else layout
     if not isinstance(layout, (list, tuple)) or not all(isinstance(e, Mapping) for e in layout):
@@ -304,14 +331,27 @@ def preflight_report(
     driver = _mapping(nvidia_mig.get("driver"))
     gpus = list(nvidia_mig.get("gpus") or [])
     resets = _reset_files(reset_files)
-    planned = _planned(list(layout), gpus, nvidia_mig.get("slot_map")) if driver.get("loaded") else NOT_PLANNED
+    wanted = bool(layout) or mig_parted_config is not None
+    both = bool(layout) and mig_parted_config is not None
+    refused: list[str] = []
+    notes: list[str] = []
+    if mig_parted_config is not None:
+        layout, refused, notes = _from_mig_parted(
+            mig_parted_config, mig_parted_config_name, gpus, bool(driver.get("loaded"))
+        )
+    if refused:
+        planned = NOT_PLANNED._replace(refused=refused)
+    elif driver.get("loaded"):
+        planned = _planned(list(layout), gpus, nvidia_mig.get("slot_map"))
+    else:
+        planned = NOT_PLANNED
     rows = [_gpu_row(g, layout, planned, driver, resets, min_driver) for g in gpus]
 
     # The layout concerns this host when it selects one of its GPUs, when mig_instances refuses it here (a selector
     # naming one GPU that is not here, say), or when a GPU or the driver could not be read (a selector may mean it);
     # a mixed fleet's product names and arch: that match nothing here leave the host alone (gpu.mig._select's rule).
-    managed = bool(layout) and (
-        not driver.get("loaded") or bool(planned.refused) or any(r["managed"] or r["error"] for r in rows)
+    managed = wanted and (
+        both or not driver.get("loaded") or bool(planned.refused) or any(r["managed"] or r["error"] for r in rows)
     )
     probed = "distribution" in facts
     services = _mapping(facts.get("services"))
@@ -343,7 +383,13 @@ def preflight_report(
                 "remove gpu_mig_layout for this host or move it to a group of A100/A30/H100/H200/B200 hosts",
             )
         )
-    reasons.extend(_reason("fail", "layout", why, LAYOUT_FIX) for why in planned.refused)
+    if both:
+        reasons.append(_reason("fail", "layout", "both a layout and a mig-parted config are given", BOTH_FIX))
+    fix = LAYOUT_FIX if mig_parted_config is None else MIG_PARTED_FIX
+    reasons.extend(_reason("fail", "layout", why, fix) for why in planned.refused)
+    reasons.extend(
+        _reason("info", "layout", note, "none needed: mig-parted applies one file to a fleet") for note in notes
+    )
     reasons.extend(
         _reason("warn" if force else "fail", "layout", why, FORCED_FIX if force else BUSY_FIX) for why in planned.busy
     )
@@ -382,7 +428,7 @@ def preflight_report(
         "reset_blockers": blockers,
         "gpus": rows,
         # mig_instances would change nothing: no layout, or one it plans here without a single action.
-        "in_sync": not layout or (bool(driver.get("loaded")) and not planned.refused and not planned.actions),
+        "in_sync": not wanted or (bool(driver.get("loaded")) and not planned.refused and not planned.actions),
     }
 
 

@@ -43,6 +43,15 @@ A30_SLOT_MAP = {
 }
 
 
+# The second h100 host (two H100s, MIG off) is given NVIDIA's published systemd default config by name, and no layout
+# (preflight_layout: [] over the fleet-wide gpu_mig_layout of the command line).
+MIG_PARTED_VARS = {
+    "preflight_layout": [],
+    "gpu_mig_parted_config_file": str(REPO / "tests/fixtures/mig-parted/mig-parted-systemd-config-default.yaml"),
+    "gpu_mig_parted_config_name": "all-3g.40gb",
+}
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     base = tmp_path_factory.mktemp("audit")
@@ -51,14 +60,14 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
     slot_map.parent.mkdir(parents=True)
     slot_map.write_text(json.dumps(A30_SLOT_MAP))
     a30_vars = {"gpu_mig_root": f"{base}/a30-root/", "preflight_layout": [{"gpus": 0, "slots": A30_SLOTS}]}
-    mix = ["--hosts", "4", "--mix", "h100,l4,a30,a100", "--lifetime", "120"]
+    mix = ["--hosts", "5", "--mix", "h100,l4,a30,a100,h100", "--lifetime", "120"]
     assert cli.main(["fleet", "--dir", str(fleet), *mix]) == 0
     try:
         assert cli.main(["fault", str(fleet / "sim00-h100"), "--lost", "--gpu", "1"]) == 0
         assert cli.main(["fault", str(fleet / "sim01-l4"), "--call", "nvmlDeviceGetCount"]) == 0
         # Nothing listens on port 1: Ansible cannot reach this host.
         gone = {"gone": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}}
-        hosts = {**gone, "sim03-a100": A100_VARS, "sim02-a30": a30_vars}
+        hosts = {**gone, "sim03-a100": A100_VARS, "sim02-a30": a30_vars, "sim04-h100": MIG_PARTED_VARS}
         (base / "gone.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
         env = {
             **os.environ,
@@ -151,3 +160,14 @@ def test_the_audit_reads_the_slot_map_where_the_mig_layout_role_writes_it():
         and role["mig_layout_root"] == "{{ gpu_mig_root | default('/') }}"
     )
     assert "| regex_replace('/+$', '')" in path and "| regex_replace('/+$', '')" in role_vars["_mig_layout_prefix"]
+
+
+def test_a_host_given_a_mig_parted_config_is_audited_against_it(audit):
+    """Not 'skip' (the audit used to read gpu_mig_layout only): the config converted for the host's GPUs is the plan's
+    input, as mig_instances converts it."""
+    h100 = next(
+        h for h in json.loads((audit[1] / "fleet-report.json").read_text())["hosts"] if h["host"] == "sim04-h100"
+    )
+    assert h100["verdict"] in ("ready", "warn") and h100["in_sync"] is False, h100["reasons"]
+    assert [g["desired_slots"] for g in h100["gpus"]] == [[f"gpu{i}-3g-40gb-0", f"gpu{i}-3g-40gb-1"] for i in range(2)]
+    assert all(g["managed"] and g["desired_mig"] for g in h100["gpus"])
