@@ -27,6 +27,7 @@ import http.server
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +43,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SERVER = REPO / "tests/servers/synthetic_server.py"
+DAEMONS = ("haproxy", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
 SCRAPE_S = EVAL_S = 1.0
 FOR_S = 2.0
 RATE_WINDOW_S = 3.0
@@ -297,6 +299,8 @@ def _epoch(stamp: str) -> float:
 
 
 def test_a_spike_fires_its_services_alerts_and_only_those(tmp_path: Path, processes, webhook: Webhook):
+    missing = [daemon for daemon in DAEMONS if not shutil.which(daemon)]
+    assert not missing, f"apt-get install -y --no-install-recommends {' '.join(missing)} (Debian's packages)"
     ports = {key: free_port() for key in ("stats", "chat", "ocr", "node", "prometheus", "alertmanager")}
     backends = {"chat": synthetic(processes), "ocr": synthetic(processes)}
     run = deploy(tmp_path, ports, backends, f"http://127.0.0.1:{webhook.server_address[1]}/hook")
