@@ -15,7 +15,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/.build/ansible-tmp
 export ANSIBLE_REMOTE_TMP := $(CURDIR)/.build/ansible-tmp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test venv collection unit sanity ansible-units capacity-tests playbook-tests lint importer quadlet molecule molecule-systemd benchmarks clean
+.PHONY: demo test venv collection unit sanity ansible-units capacity-tests e2e-tests playbook-tests lint importer quadlet molecule molecule-systemd benchmarks clean
 
 $(BIN)/ansible: requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -47,7 +47,7 @@ demo: collection
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/audit.yml -e gpu_mig_report_dir=$(CURDIR)/.build/demo-report
 
 # `make test` is what CI runs.
-test: lint sanity ansible-units integration capacity-tests playbook-tests installed-collection molecule
+test: lint sanity ansible-units integration capacity-tests e2e-tests playbook-tests installed-collection molecule
 
 # podman's Quadlet generator (Debian 13's, checked against the archive key): the services tests run it on the
 # rendered .container files.
@@ -80,6 +80,11 @@ integration: $(TESTCOPY)
 
 capacity-tests: collection
 	$(BIN)/pytest -q -p no:xdist tests/unit/capacity
+
+# End to end on loopback with the real binaries (Prometheus, Alertmanager, node_exporter, HAProxy): alerts must fire
+# within their for: windows, so these run on their own, serially.
+e2e-tests: collection
+	$(BIN)/pytest -q -p no:xdist tests/unit/e2e
 
 # Real ansible-playbook runs over simulated fleets (site.yml on a mixed fleet, the audit, the mig_mode role in a VM).
 playbook-tests: collection
