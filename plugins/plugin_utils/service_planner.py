@@ -45,12 +45,12 @@ Result (``plan_services``)::
         inference_service_specs: [{name, slot, sla: {p95_ms?, p99_ms?, target_rps}, **deploy}],  # one per replica;
             # deploy's port/backend_port shift per replica on a host, limits.max_concurrency defaults to concurrency
         gpus: [{index, name, mig, used, dedicated_to, slots: [{slot, service, class, profile, compute_slices,
-                memory_slices}], free_compute_slices, free_memory_slices, note}],
+                memory_slices, start}], free_compute_slices, free_memory_slices, note}],  # start: first memory slice
         changes: {changed, mig_mode: [{gpu, enable, needs_reset}], keep: [slot], create: [slot],
                   destroy: [{gpu, gi_id, profile, start, slot, busy_pids}], moved: [slot]}}}
     services: {<name>: {
         verdict: placed | estimate | measure first | dedicated GPU | no MIG here | not placed,
-        reasons: [str], class, target_rps, demand_rps, growth_headroom_pct, memory_mib, memory_basis, concurrency,
+        reasons: [str], class, sla (as given), target_rps, demand_rps, growth_headroom_pct, memory_mib, memory_basis, concurrency,
         gpu_model, profile, replicas, rate_per_replica_rps, capacity_rps, headroom_pct,
         capacity: {kind: measured | estimate | unknown, basis: str},
         options: [{gpu_model, profile, replicas, rate_per_replica_rps, kind, basis, gpu_share}],
@@ -1150,10 +1150,9 @@ class _Planner:
         hosts: dict[str, dict] = {}
         for host in sorted({g.host for g in self.fleet.gpus}):
             gpus = [g for g in self.fleet.gpus if g.host == host]
-            layout, specs, rows, ports = [], [], [], {}
+            layout, specs, ports = [], [], {}
             for gpu in gpus:
                 b, owner = by_gpu.get(gpu.key), dedicated.get(gpu.key)
-                rows.append(_gpu_row(gpu, b, owner))
                 if owner is not None and gpu.model is not None:
                     layout.append({"gpus": gpu.state.index, "mig_enabled": False})
                 if b is None or not b.used:
@@ -1162,11 +1161,12 @@ class _Planner:
                 slots += [{"name": r.name, "profile": r.option.profile.name} for r in b.items]
                 layout.append({"gpus": gpu.state.index, "mig_enabled": True, "slots": slots})
                 specs += [_spec(r, ports) for r in sorted(b.replicas(), key=lambda r: (r.service.name, r.number))]
+            changes, starts = self._changes(host, gpus, layout)
             hosts[host] = {
                 "gpu_mig_layout": layout,
                 "inference_service_specs": specs,
-                "gpus": rows,
-                "changes": self._changes(host, gpus, layout),
+                "gpus": [_gpu_row(g, by_gpu.get(g.key), dedicated.get(g.key), starts) for g in gpus],
+                "changes": changes,
             }
         history = {name for slots in self.fleet.slot_maps.values() for name in slots}
         for host, data in hosts.items():
@@ -1177,14 +1177,16 @@ class _Planner:
                     self.report[match.group(1)]["moved"].append("%s: %s" % (host, name))
         return hosts
 
-    def _changes(self, host: str, gpus: list[Gpu], layout: list) -> dict:
-        """What applying the layout changes on the host: the layout planner's own minimal diff."""
+    def _changes(self, host: str, gpus: list[Gpu], layout: list) -> tuple[dict, dict[tuple[int, str], int]]:
+        """What applying the layout changes on the host (the layout planner's own minimal diff), and where each slot
+        starts: (GPU index, slot name) -> first memory slice."""
         states = [g.state for g in gpus]
         models = {g.state.index: g.model for g in gpus}
         try:
             plan = _layout.plan_layout(layout, states, models, previous=self.fleet.slot_maps.get(host))
         except _layout.LayoutError as err:  # never expected: every GPU was filled through the same solver
             raise PlanError(["%s: the planned layout does not fit: %s" % (host, p) for p in err.problems]) from err
+        starts = {(s.gpu_index, s.name): s.start for s in plan.slots}
         return {
             "changed": plan.changed,
             "mig_mode": [
@@ -1207,7 +1209,7 @@ class _Planner:
                 if a.op == _layout.DESTROY_GI
             ],
             "moved": [],
-        }
+        }, starts
 
     def _summary(self, bins: list[Bin], dedicated: dict, hosts: dict) -> dict:
         used = sum(1 for b in bins if b.used and b.gpu is not None) + len(dedicated)
@@ -1250,6 +1252,7 @@ def _service_report(service: Service, reasons: list[str]) -> dict:
         "verdict": None,
         "reasons": list(reasons),
         "class": service.klass,
+        "sla": service.sla_spec,
         "target_rps": service.target_rps,
         "demand_rps": round(service.demand, 3),
         "growth_headroom_pct": service.headroom_pct,
@@ -1324,7 +1327,7 @@ def _spec(replica: Replica, ports: dict[str, int]) -> dict:
     return {**spec, "name": replica.name, "slot": replica.name, "sla": sla}
 
 
-def _gpu_row(gpu: Gpu, b: Bin | None, owner: Service | None) -> dict:
+def _gpu_row(gpu: Gpu, b: Bin | None, owner: Service | None, starts: Mapping[tuple[int, str], int]) -> dict:
     row = {
         "index": gpu.state.index,
         "name": gpu.state.name,
@@ -1343,8 +1346,8 @@ def _gpu_row(gpu: Gpu, b: Bin | None, owner: Service | None) -> dict:
         return row
     if b is not None:
         row["slots"] = [
-            _slot_row(p.name if p.replica is None else p.replica.name, p.replica, p.profile) for p in b.pinned
-        ] + [_slot_row(r.name, r, r.option.profile) for r in b.items]
+            _slot_row(p.name if p.replica is None else p.replica.name, p.replica, p.profile, p.start) for p in b.pinned
+        ] + [_slot_row(r.name, r, r.option.profile, starts[(gpu.state.index, r.name)]) for r in b.items]
     held = len(gpu.state.gpu_instances) if gpu.state.mig_current else 0
     if not row["used"] and held:
         row["note"] = "holds %d idle GPU instance(s) no service of the plan uses; left as they are" % held
@@ -1354,7 +1357,7 @@ def _gpu_row(gpu: Gpu, b: Bin | None, owner: Service | None) -> dict:
     return row
 
 
-def _slot_row(name: str | None, replica: Replica | None, profile: _catalog.GpuInstanceProfile) -> dict:
+def _slot_row(name: str | None, replica: Replica | None, profile: _catalog.GpuInstanceProfile, start: int) -> dict:
     return {
         "slot": name,
         "service": replica.service.name if replica else None,
@@ -1362,4 +1365,5 @@ def _slot_row(name: str | None, replica: Replica | None, profile: _catalog.GpuIn
         "profile": profile.name,
         "compute_slices": profile.compute_slices,
         "memory_slices": profile.placement_size,
+        "start": start,
     }
