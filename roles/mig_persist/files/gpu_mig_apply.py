@@ -4,33 +4,32 @@
 """gpu.mig boot applier: re-apply the MIG mode and layout at boot, then write the slot files and the CDI spec.
 
 Installed by the gpu.mig.mig_persist role as ``<lib_dir>/gpu-mig-apply`` next to a copy of the collection's
-``plugins/module_utils``; it runs the very code the ``gpu.mig.mig_instances`` module runs (``_apply.apply_layout``,
-and ``_migparted.layout_from_mig_parted`` for a mig-parted config). Exit status 0 when the layout is in place, 1 when
-it is not, 2 when the applier itself cannot run; each reason is one ``FAILED:`` journal line, never a traceback.
+``plugins/module_utils/_mig``, which it imports from its own directory only (``--lib-dir`` names another); it runs the
+very code the ``gpu.mig.mig_instances`` module runs (``_apply.apply_layout``, and ``_migparted.layout_from_mig_parted``
+for a mig-parted config), its config read and checked by ``_mig.host_script``. Exit status 0 when the layout is in
+place, 1 when it is not, 2 when the applier itself cannot run; each reason is one ``FAILED:`` journal line, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 
 PROG = "gpu-mig-apply"
+ROLE_FIX = "rerun the gpu.mig.mig_persist role"
 FIX = "fix the cause above, then run the gpu.mig.mig_layout and gpu.mig.mig_persist roles again (or reboot)"
 CONFIG_DEFAULTS = {"cdi": "auto", "nvidia_ctk": "/usr/bin/nvidia-ctk", "cdi_spec": "/etc/cdi/nvidia.yaml"}
-
-
-class CannotRun(Exception):
-    """The applier cannot run at all (its config or the installed core); ``problems`` says why, each with the fix."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
+# The core's package, installed next to this script (in HERE) by the gpu.mig.mig_persist role's tasks/core.yml.
+CORE = "ansible_collections.gpu.mig.plugins.module_utils._mig"
+HERE = os.path.dirname(os.path.realpath(__file__))
+CORE_MODULES = ("apply", "host_script", "layout", "nvml", "slot_files")
 
 
 def log(message: str) -> None:
@@ -89,93 +88,31 @@ def refresh_cdi(config: dict, root: str) -> None:
         )
 
 
-def _absolute_path(value) -> str | None:
-    return None if isinstance(value, str) and value.startswith("/") else "must be an absolute path"
-
-
-def _layout(value) -> str | None:
-    return None if isinstance(value, list) else "must be a list of layout entries (gpu.mig.mig_instances' layout)"
-
-
-def _mig_parted_config(value) -> str | None:
-    return None if isinstance(value, dict) else "must be a parsed mig-parted config (version, mig-configs)"
-
-
-def _config_name(value) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be the name of a config in mig_parted_config"
-
-
 def _cdi(value) -> str | None:
     return None if value in ("auto", "always", "never") else "must be auto, always or never"
 
 
-def config_rules(core) -> tuple:
-    """The keys of applier.json (as the mig_persist role writes them), as rules of the core's mapping check."""
-    rule = core.layout.Rule
-    return (
-        rule("lib_dir", True, _absolute_path),
-        rule("layout", False, _layout),
-        rule("mig_parted_config", False, _mig_parted_config),
-        rule("mig_parted_config_name", False, _config_name),
-        rule("slot_map", True, _absolute_path),
-        rule("env_dir", True, _absolute_path),
-        rule("cdi", False, _cdi),
-        rule("nvidia_ctk", False, _absolute_path),
-        rule("cdi_spec", False, _absolute_path),
+def applier(core: SimpleNamespace):
+    """applier.json as the mig_persist role writes it: the shared keys, the files written and the CDI settings."""
+    rule, path = core.layout.Rule, core.host_script.absolute_path
+    return core.host_script.HostScript(
+        fix=ROLE_FIX,
+        settings="the applier's settings",
+        rules=(
+            rule("env_dir", True, path),
+            rule("cdi", False, _cdi),
+            rule("nvidia_ctk", False, path),
+            rule("cdi_spec", False, path),
+        ),
+        needs_layout=True,
+        defaults=CONFIG_DEFAULTS,
+        bug_note="; the MIG layout may be partly applied: check it with gpu.mig.mig_facts",
     )
 
 
-def check_config(config: dict, core, where: str) -> list[str]:
-    """Every problem with applier.json at once: each key by ``config_rules``, then the one desired layout."""
-    problems: list[str] = []
-    core.layout.check_mapping(config, config_rules(core), where, problems)
-    given = [key for key in ("layout", "mig_parted_config") if config.get(key) is not None]
-    if len(given) != 1:
-        problems.append(f"{where}: needs exactly one of 'layout' and 'mig_parted_config', not {given or 'neither'}")
-    if (config.get("mig_parted_config") is None) != (config.get("mig_parted_config_name") is None):
-        problems.append(f"{where}: 'mig_parted_config' and 'mig_parted_config_name' go together")
-    return problems
-
-
-class Core:
-    """The collection's MIG core, imported from the copy the mig_persist role installed in ``lib_dir``."""
-
-    PACKAGE = "ansible_collections.gpu.mig.plugins.module_utils._mig"
-    MODULES = ("apply", "layout", "migparted", "nvml", "select", "slot_files")
-
-    def __init__(self, lib_dir: str):
-        sys.path.insert(0, lib_dir)
-        for name in self.MODULES:
-            setattr(self, name, importlib.import_module(f"{self.PACKAGE}.{name}"))
-
-
-def load(config_path: str, root: str) -> tuple[dict, Core]:
-    """applier.json, checked, with defaults filled in, and the core it names. Raises CannotRun."""
-    fix = "rerun the gpu.mig.mig_persist role"
-    try:
-        with open(root + config_path, encoding="utf-8") as stream:
-            config = json.load(stream)
-    except (OSError, ValueError) as err:
-        raise CannotRun([f"cannot read {config_path}: {err}; {fix}"]) from err
-    if not isinstance(config, dict):
-        raise CannotRun([f"{config_path} holds a JSON {type(config).__name__}, not the applier's settings; {fix}"])
-    lib_dir = config.get("lib_dir")
-    if _absolute_path(lib_dir):
-        raise CannotRun([f"{config_path}: lib_dir is {lib_dir!r}; it {_absolute_path(lib_dir)}; {fix}"])
-    try:
-        core = Core(root + lib_dir)
-    except ImportError as err:
-        raise CannotRun([f"cannot load the gpu.mig core from {lib_dir}: {err}; {fix}"]) from err
-    problems = check_config(config, core, config_path)
-    if problems:
-        raise CannotRun([f"{problem}; {fix}" for problem in problems])
-    if not core.nvml.HAS_PYNVML:
-        raise CannotRun([f"nvidia-ml-py is not installed for {sys.executable}; install it (gpu.mig.preflight role)"])
-    return {**CONFIG_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}, core
-
-
-def apply(config: dict, core: Core, root: str, config_path: str) -> dict:
-    """Apply the desired layout, write the slot files and the CDI spec; returns apply_layout's result.
+def apply(config: dict, core: SimpleNamespace, root: str, config_path: str) -> list[str]:
+    """Apply the desired layout, write the slot files and the CDI spec, log the slots; a failure raises, so no
+    problems are returned.
 
     The desired layout comes from ``_apply.desired_layout`` (a mig-parted config converted as gpu.mig.mig_instances
     converts it; skipped devices and warnings logged); the last slot map written keeps look-alike slots on their
@@ -197,52 +134,37 @@ def apply(config: dict, core: Core, root: str, config_path: str) -> dict:
         log(f"warning: {message}")
     write_slots(result["slots"], config, root, core.slot_files)
     refresh_cdi(config, root)
-    return result
-
-
-def failure_lines(err: BaseException, core: Core | None) -> list[str]:
-    """What went wrong, one line per problem; an exception the core does not raise by design is named as a bug."""
-    if core is not None and isinstance(err, core.layout.LayoutError):
-        return list(err.problems)
-    if core is not None and isinstance(err, (core.apply.ApplyError, core.nvml.NvmlError)):
-        return [err.msg]
-    if isinstance(err, (OSError, RuntimeError, subprocess.SubprocessError)) or (
-        core is not None and isinstance(err, core.select.SelectorError)
-    ):
-        return [str(err)]
-    return [
-        f"unexpected {type(err).__name__}: {err} (a gpu.mig bug: please report it with these journal lines); "
-        "the MIG layout may be partly applied: check it with gpu.mig.mig_facts"
-    ]
+    for slot_name, slot in sorted(result["slots"].items()):
+        log(
+            f"slot {slot_name}: {slot['mig_uuid']} (GPU {slot['gpu_index']} {slot['gpu_uuid']}, "
+            f"{slot['profile']}@{slot['placement']['start']})"
+        )
+    log(f"done: {len(result['slots'])} slots, {'changed' if result['changed'] else 'already in place'}")
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 applied, 1 not applied, 2 cannot run; every failure as FAILED lines, never a traceback."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="/etc/gpu-mig/applier.json", help="applier configuration (JSON)")
-    parser.add_argument("--root", default="", help="prefix for the files written (tests); default: /")
+    parser.add_argument("--root", default="", help="prefix for the files read and written (tests); default: /")
+    parser.add_argument(
+        "--lib-dir", default=HERE, help="directory holding ansible_collections/ (the core); default: this script's"
+    )
     args = parser.parse_args(argv)
     root = args.root.rstrip("/")
-    core = None
+    sys.path.insert(0, args.lib_dir)  # first: the core installed there is the only copy imported
     try:
-        config, core = load(args.config, root)
-        result = apply(config, core, root, args.config)
-    except CannotRun as err:
-        for problem in err.problems:
-            log(f"FAILED: {problem}")
+        core = SimpleNamespace(**{name: importlib.import_module(f"{CORE}.{name}") for name in CORE_MODULES})
+    except ImportError as err:  # before the core: this one line is all the applier can say
+        log(f"FAILED: cannot load the gpu.mig core from {args.lib_dir}: {err}; {ROLE_FIX}")
         return 2
-    except Exception as err:  # pylint: disable=broad-exception-caught  # the last line: no traceback at boot
-        for line in failure_lines(err, core):
-            log(f"FAILED: {line}")
+    status, problems = applier(core).run(args.config, root, lambda config: apply(config, core, root, args.config))
+    for problem in problems:
+        log(f"FAILED: {problem}")
+    if status == 1:
         log(f"FAILED: the MIG layout is not in place; {FIX}")
-        return 1 if core is not None else 2
-    for name, slot in sorted(result["slots"].items()):
-        log(
-            f"slot {name}: {slot['mig_uuid']} (GPU {slot['gpu_index']} {slot['gpu_uuid']}, "
-            f"{slot['profile']}@{slot['placement']['start']})"
-        )
-    log(f"done: {len(result['slots'])} slots, {'changed' if result['changed'] else 'already in place'}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

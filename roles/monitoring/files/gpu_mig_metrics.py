@@ -4,7 +4,8 @@
 """gpu.mig metrics collector: per-slot MIG metrics from NVML, as a node_exporter textfile.
 
 Installed by the gpu.mig.monitoring role as ``<lib_dir>/gpu-mig-metrics`` next to the copy of the collection's
-``plugins/module_utils/_mig`` that the boot applier runs, and run by a systemd timer. It reads the host as
+``plugins/module_utils/_mig`` that the boot applier runs, which it imports from its own directory only (``--lib-dir``
+names another), and run by a systemd timer; its config is read and checked by ``_mig.host_script``. It reads the host as
 gpu.mig.mig_facts does (``_nvml.gather``), joins it with the last applied slot map, counts the actions the planner of
 gpu.mig.mig_instances would take for the desired layout (``_layout.plan_layout``) and replaces the textfile atomically.
 Exit status 0 when every metric was collected, 1 when some could not be (the file says
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 PROG = "gpu-mig-metrics"
+# The core's package, installed next to this script (in HERE) by the gpu.mig.mig_persist role's tasks/core.yml.
+CORE = "ansible_collections.gpu.mig.plugins.module_utils._mig"
+HERE = os.path.dirname(os.path.realpath(__file__))
+CORE_MODULES = ("apply", "host_script", "layout", "nvml", "select")
 MIB = 1024 * 1024
 ROLE_FIX = "rerun the gpu.mig.monitoring role"
 LAYOUT_FIX = (
@@ -57,20 +62,6 @@ FAMILIES = {
         "When the collector last ran, in seconds since the epoch.",
     ),
 }
-
-
-class CannotRun(Exception):
-    """The collector cannot run at all (its config or the installed core); ``problems`` says why, each with the fix."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-def log(message: str) -> None:
-    """One journal line per message (stderr goes to the journal under systemd)."""
-    for line in str(message).splitlines() or [""]:
-        print(f"{PROG}: {line}", file=sys.stderr, flush=True)
 
 
 class Metrics:
@@ -124,88 +115,18 @@ def write_atomically(path: str, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- configuration
-def _absolute_path(value) -> str | None:
-    return None if isinstance(value, str) and value.startswith("/") else "must be an absolute path"
-
-
 def _slot_services(value) -> str | None:
     names = isinstance(value, dict) and all(isinstance(v, str) and v for v in [*value, *value.values()])
     return None if names else "must map slot names to service names (non-empty strings)"
 
 
-def _layout(value) -> str | None:
-    return None if isinstance(value, list) else "must be a list of layout entries (gpu.mig.mig_instances' layout)"
-
-
-def _mig_parted_config(value) -> str | None:
-    return None if isinstance(value, dict) else "must be a parsed mig-parted config (version, mig-configs)"
-
-
-def _config_name(value) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be the name of a config in mig_parted_config"
-
-
-def config_rules(core) -> tuple:
-    """The keys of the collector's config (as the monitoring role writes it), as rules of the core's mapping check."""
-    rule = core.layout.Rule
-    return (
-        rule("lib_dir", True, _absolute_path),
-        rule("slot_map", True, _absolute_path),
-        rule("slot_services", False, _slot_services),
-        rule("layout", False, _layout),
-        rule("mig_parted_config", False, _mig_parted_config),
-        rule("mig_parted_config_name", False, _config_name),
+def collector(core: SimpleNamespace):
+    """The collector's config as the monitoring role writes it: the shared keys and the services pinned to slots."""
+    return core.host_script.HostScript(
+        fix=ROLE_FIX,
+        settings="the collector's settings",
+        rules=(core.layout.Rule("slot_services", False, _slot_services),),
     )
-
-
-def check_config(config: dict, core, where: str) -> list[str]:
-    """Every problem with the config at once: each key by ``config_rules``, then at most one desired layout."""
-    problems: list[str] = []
-    core.layout.check_mapping(config, config_rules(core), where, problems)
-    given = [key for key in ("layout", "mig_parted_config") if config.get(key) is not None]
-    if len(given) > 1:
-        problems.append(f"{where}: takes at most one of 'layout' and 'mig_parted_config', not {given}")
-    if (config.get("mig_parted_config") is None) != (config.get("mig_parted_config_name") is None):
-        problems.append(f"{where}: 'mig_parted_config' and 'mig_parted_config_name' go together")
-    return problems
-
-
-class Core:
-    """The collection's MIG core, imported from the copy installed in ``lib_dir``."""
-
-    PACKAGE = "ansible_collections.gpu.mig.plugins.module_utils._mig"
-    MODULES = ("apply", "layout", "nvml", "select")
-
-    def __init__(self, lib_dir: str):
-        sys.path.insert(0, lib_dir)
-        for name in self.MODULES:
-            setattr(self, name, importlib.import_module(f"{self.PACKAGE}.{name}"))
-
-
-def load(config_path: str, root: str) -> tuple[dict, Core]:
-    """The collector's config, checked, and the core it names. Raises CannotRun."""
-    try:
-        with open(root + config_path, encoding="utf-8") as stream:
-            config = json.load(stream)
-    except (OSError, ValueError) as err:
-        raise CannotRun([f"cannot read {config_path}: {err}; {ROLE_FIX}"]) from err
-    if not isinstance(config, dict):
-        raise CannotRun(
-            [f"{config_path} holds a JSON {type(config).__name__}, not the collector's settings; {ROLE_FIX}"]
-        )
-    lib_dir = config.get("lib_dir")
-    if _absolute_path(lib_dir):
-        raise CannotRun([f"{config_path}: lib_dir is {lib_dir!r}; it {_absolute_path(lib_dir)}; {ROLE_FIX}"])
-    try:
-        core = Core(root + lib_dir)
-    except ImportError as err:
-        raise CannotRun([f"cannot load the gpu.mig core from {lib_dir}: {err}; {ROLE_FIX}"]) from err
-    problems = check_config(config, core, config_path)
-    if problems:
-        raise CannotRun([f"{problem}; {ROLE_FIX}" for problem in problems])
-    if not core.nvml.HAS_PYNVML:
-        raise CannotRun([f"nvidia-ml-py is not installed for {sys.executable}; install it (gpu.mig.preflight role)"])
-    return config, core
 
 
 # ------------------------------------------------------------------------------------------------------ collection
@@ -272,7 +193,7 @@ def add_modes(metrics: Metrics, gpus: list[dict]) -> None:
             metrics.add("gpu_mig_mode_pending", labels, int(gpu["mig"]["pending"]))
 
 
-def add_drift(metrics: Metrics, core: Core, config: dict, gpus: list[dict], previous: dict | None) -> None:
+def add_drift(metrics: Metrics, core: SimpleNamespace, config: dict, gpus: list[dict], previous: dict | None) -> None:
     """Per GPU the desired layout plans: how many actions gpu.mig.mig_instances would take there.
 
     The desired layout as mig_instances reads it (``_apply.desired_layout``: a mig-parted config converted), planned by
@@ -291,7 +212,7 @@ def add_drift(metrics: Metrics, core: Core, config: dict, gpus: list[dict], prev
         metrics.add("gpu_mig_layout_drift", {"gpu_index": summary.index, "gpu_uuid": summary.uuid}, actions)
 
 
-def collect(config: dict, core: Core, root: str, metrics: Metrics) -> list[str]:
+def collect(config: dict, core: SimpleNamespace, root: str, metrics: Metrics) -> list[str]:
     """Every metric that can be read; returns the problems with the others (each naming the GPU or file and the fix)."""
     problems: list[str] = []
     slot_map_path = root + config["slot_map"]
@@ -314,7 +235,7 @@ def collect(config: dict, core: Core, root: str, metrics: Metrics) -> list[str]:
         try:
             add_drift(metrics, core, config, gpus, slots)
         except (core.layout.LayoutError, core.select.SelectorError) as err:
-            found = getattr(err, "problems", None) or [str(err)]
+            found = core.host_script.failure_lines(err)
             problems += [f"layout drift: {problem}" for problem in found] + [f"layout drift: {LAYOUT_FIX}"]
     return problems
 
@@ -327,29 +248,30 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default="/var/lib/prometheus/node-exporter/gpu_mig.prom", help="the textfile to replace"
     )
     parser.add_argument("--root", default="", help="prefix for the files read and written (tests); default: /")
+    parser.add_argument(
+        "--lib-dir", default=HERE, help="directory holding ansible_collections/ (the core); default: this script's"
+    )
     args = parser.parse_args(argv)
-    root = args.root.rstrip("/")
-    metrics, core, status = Metrics(), None, 0
+    root, metrics = args.root.rstrip("/"), Metrics()
+    sys.path.insert(0, args.lib_dir)  # first: the core installed there is the only copy imported
     try:
-        config, core = load(args.config, root)
-        problems = collect(config, core, root, metrics)
-    except CannotRun as err:
-        problems, status = err.problems, 2
-    except Exception as err:  # pylint: disable=broad-exception-caught  # not raised by design: a bug, no traceback
-        problems = [
-            f"unexpected {type(err).__name__}: {err} (a gpu.mig bug: please report it with these journal lines)"
-        ]
-        status = 1 if core is not None else 2
-    status = status or (1 if problems else 0)
-    metrics.add("gpu_mig_collector_success", {}, int(not problems))
+        core = SimpleNamespace(**{name: importlib.import_module(f"{CORE}.{name}") for name in CORE_MODULES})
+    except ImportError as err:  # no core, no metrics but these two: the textfile says the collector failed
+        status, problems = 2, [f"cannot load the gpu.mig core from {args.lib_dir}: {err}; {ROLE_FIX}"]
+    else:
+        status, problems = collector(core).run(args.config, root, lambda config: collect(config, core, root, metrics))
+    metrics.add("gpu_mig_collector_success", {}, int(status == 0))
     metrics.add("gpu_mig_collector_last_run_timestamp_seconds", {}, round(time.time(), 3))
-    for problem in problems:
-        log(f"FAILED: {problem}")
     try:
         write_atomically(root + args.output, metrics.text())
     except OSError as err:
-        log(f"FAILED: cannot write {args.output}: {err}; make its directory writable for this unit ({ROLE_FIX})")
-        return 2
+        status = 2
+        problems = [
+            *problems,
+            f"cannot write {args.output}: {err}; make its directory writable for this unit ({ROLE_FIX})",
+        ]
+    for problem in problems:  # one journal line each (stderr goes to the journal under systemd)
+        print(f"{PROG}: FAILED: {problem}", file=sys.stderr, flush=True)
     return status
 
 

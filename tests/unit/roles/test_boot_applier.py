@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._mig import layout as _lay
 
 REPO = Path(__file__).resolve().parents[3]
 SLOT_MAP, ENV_DIR = "/etc/gpu-mig/slots.json", "/run/gpu-mig/slots"
-SETTINGS = {"lib_dir": "/collection", "slot_map": SLOT_MAP, "env_dir": ENV_DIR, "cdi": "never"}
+SETTINGS = {"slot_map": SLOT_MAP, "env_dir": ENV_DIR, "cdi": "never"}
 PREFIX = "gpu-mig-apply: "
 
 
@@ -55,7 +56,6 @@ def test_every_problem_in_the_settings_is_named_at_once_and_nothing_changes(appl
     host = sim_host("A100-SXM4-40GB:mig=on", instances=["0:3g.20gb@4"])
     before = host.state().snapshot()
     settings = {
-        "lib_dir": "/collection",
         "layout": "chat",
         "mig_parted_config_name": "all-1g.5gb",
         "slot_map": "etc/slots.json",
@@ -88,9 +88,8 @@ def test_both_a_layout_and_a_mig_parted_config_is_refused(applier, sim_host, tmp
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('{"lib_dir": "/collection",', "cannot read /etc/gpu-mig/applier.json: "),
+        ('{"layout": [],', "cannot read /etc/gpu-mig/applier.json: "),
         ("[1, 2]", "/etc/gpu-mig/applier.json holds a JSON list, not the applier's settings"),
-        ('{"layout": []}', "/etc/gpu-mig/applier.json: lib_dir is None; it must be an absolute path"),
     ],
 )
 def test_settings_the_applier_cannot_read_exit_2(applier, sim_host, tmp_path, capsys, text, reason):
@@ -99,6 +98,18 @@ def test_settings_the_applier_cannot_read_exit_2(applier, sim_host, tmp_path, ca
     assert status == 2
     assert len(failed(lines)) == 1 and failed(lines)[0].startswith(reason), lines
     assert failed(lines)[0].endswith("; rerun the gpu.mig.mig_persist role")
+
+
+def test_an_applier_without_its_core_says_so_in_one_line(tmp_path):
+    """Run as the unit runs it, in a clean interpreter, with ``--lib-dir`` naming a directory that has no core."""
+    script = REPO / "roles/mig_persist/files/gpu_mig_apply.py"
+    argv = [sys.executable, "-I", script, "--lib-dir", tmp_path / "lib", "--root", tmp_path]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"{PREFIX}FAILED: cannot load the gpu.mig core from {tmp_path / 'lib'}: No module named 'ansible_collections';"
+        " rerun the gpu.mig.mig_persist role\n"
+    )
 
 
 @pytest.mark.parametrize(

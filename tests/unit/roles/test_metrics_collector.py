@@ -113,7 +113,7 @@ def collect(collector, tmp_path, capsys):
 
 
 def settings(**extra) -> dict:
-    return {"lib_dir": "/collection", "slot_map": SLOT_MAP, "slot_services": SERVICES, **extra}
+    return {"slot_map": SLOT_MAP, "slot_services": SERVICES, **extra}
 
 
 def apply(root: Path, layout: list) -> dict:
@@ -298,7 +298,7 @@ def test_a_lost_gpu_ends_as_success_0_naming_it(sim_host, collect):
 
 def test_every_problem_in_the_config_is_named_at_once(sim_host, collect):
     sim_host("A100-SXM4-40GB:mig=on")
-    config = {"lib_dir": "/collection", "slot_map": "etc/slots.json", "slot_services": ["chat"], "layout": "chat",
+    config = {"slot_map": "etc/slots.json", "slot_services": ["chat"], "layout": "chat",
               "mig_parted_config": {"version": "v1"}, "interval": 30}  # fmt: skip
     run = collect(config)
     assert run.status == 2
@@ -317,9 +317,9 @@ def last_run(run: Run) -> dict:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('{"lib_dir": "/collection",', f"cannot read {CONFIG}: "),
+        ('{"slot_map": "/etc/gpu-mig/slots.json",', f"cannot read {CONFIG}: "),
         ("[1, 2]", f"{CONFIG} holds a JSON list, not the collector's settings"),
-        ('{"slot_map": "/etc/gpu-mig/slots.json"}', f"{CONFIG}: lib_dir is None; it must be an absolute path"),
+        ('{"layout": []}', f"{CONFIG}: 'slot_map' is required; it must be an absolute path"),
     ],
 )
 def test_a_config_the_collector_cannot_read_exits_2(sim_host, collect, text, reason):
@@ -327,6 +327,21 @@ def test_a_config_the_collector_cannot_read_exits_2(sim_host, collect, text, rea
     run = collect(text)
     assert run.status == 2
     assert len(run.failed) == 1 and run.failed[0].startswith(reason), run.lines
+    assert run.of("gpu_mig_collector_success") == {frozenset(): 0.0}
+
+
+def test_a_collector_without_its_core_says_so_and_still_writes_the_textfile(tmp_path):
+    """Run as the unit runs it, in a clean interpreter, with ``--lib-dir`` naming a directory that has no core."""
+    script = REPO / "roles/monitoring/files/gpu_mig_metrics.py"
+    argv = [sys.executable, "-I", script, "--lib-dir", tmp_path / "lib", "--output", OUTPUT, "--root", tmp_path]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"{PREFIX}FAILED: cannot load the gpu.mig core from {tmp_path / 'lib'}: No module named 'ansible_collections';"
+        " rerun the gpu.mig.monitoring role\n"
+    )
+    run = Run(2, [], (tmp_path / OUTPUT[1:]).read_text())
+    assert set(run.series) == {("gpu_mig_collector_success", frozenset()), *last_run(run)}
     assert run.of("gpu_mig_collector_success") == {frozenset(): 0.0}
 
 

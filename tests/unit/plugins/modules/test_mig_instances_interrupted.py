@@ -131,7 +131,6 @@ def test_a_run_killed_by_sigkill_is_converged_by_the_module_and_by_the_boot_appl
         facts = result["ansible_facts"]["nvidia_mig"]["gpus"]
     else:
         config = {
-            "lib_dir": "/collection",
             "layout": layout,
             "slot_map": "/slots.json",
             "env_dir": "/env",
