@@ -10,8 +10,10 @@ import copy
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
@@ -183,7 +185,10 @@ def test_a_malformed_plan_is_refused_with_every_problem_at_once(plan):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", pr.__name__, *args], capture_output=True, text=True, check=False)
+    collections = Path(pr.__file__).parents[5]  # <dir>/ansible_collections/gpu/mig/plugins/plugin_utils
+    env = dict(os.environ, PYTHONPATH=str(collections))
+    argv = [sys.executable, "-m", pr.__name__, *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def test_cli_renders_a_plan_file_and_refuses_bad_ones_without_a_traceback(plan, tmp_path):
