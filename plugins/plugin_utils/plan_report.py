@@ -69,6 +69,12 @@ class PlanReportError(ValueError):
 # The plan's shape: one table per record kind (open records: only the keys the report reads are checked)
 
 _COUNT = Rule("int", 0)
+
+
+def _gpu_counts(name: str, value: Mapping) -> list[str]:
+    return [p for model, n in value.items() for p in Rule("int", 1).problems("%s.%s" % (name, model), n)]
+
+
 PLAN_RULES = {
     "hosts": Rule("dict", words="a mapping of host names to their plans"),
     "services": Rule("dict", words="a mapping of service names to their reports"),
@@ -126,7 +132,7 @@ SUMMARY_RULES = {
     "gpus_available": _COUNT,
     "gpus_used": _COUNT,
     "gpus_needed": _COUNT,
-    "gpus_short": Rule("dict"),
+    "gpus_short": Rule("dict", check=_gpu_counts, words="a mapping of GPU models to how many more are needed"),
     "lower_bound_gpus": _COUNT,
     "spare": Rule("dict", options={"gpus": _COUNT, "compute_slices": _COUNT, "memory_slices": _COUNT}),
     "moved_slots": _COUNT,

@@ -158,6 +158,7 @@ def test_render_writes_markdown_csv_and_two_pngs(plan, tmp_path):
 def test_a_malformed_plan_is_refused_with_every_problem_at_once(plan):
     broken = copy.deepcopy(plan)
     broken["summary"]["gpus_used"] = -1
+    broken["summary"]["gpus_short"] = {H100: 0}
     broken["hosts"]["h"]["gpus"][0]["slots"][0]["start"] = "zero"
     del broken["hosts"]["h"]["gpus"][1]["free_memory_slices"]
     broken["services"]["chat"]["verdict"] = "great"
@@ -168,6 +169,7 @@ def test_a_malformed_plan_is_refused_with_every_problem_at_once(plan):
         pr.render_markdown(broken)
     assert err.value.problems == [
         "plan.summary.gpus_used must be >= 0, got -1",
+        "plan.summary.gpus_short.%s must be >= 1, got 0" % H100,
         "plan.hosts.h.gpus[0].slots[0].start must be an integer from 0 to 63, got 'zero'",
         "plan.hosts.h.gpus[1].free_memory_slices is required",
         "plan.capacity_tests[0].sla must be a mapping such as {p95_ms: 300, p99_ms: 800} or a string 'p95<300ms'",
