@@ -21,10 +21,11 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.gpu.mig.plugins.plugin_utils.capacity_report import _plt
 from ansible_collections.gpu.mig.plugins.plugin_utils.dashboard import DashboardError
@@ -114,7 +115,7 @@ def query_range(url: str, expr: str, start: float, end: float, step: float, time
     query = urllib.parse.urlencode({"query": expr, "start": repr(start), "end": repr(end), "step": repr(step)})
     endpoint = url.rstrip("/") + "/api/v1/query_range"
     try:
-        with urllib.request.urlopen(endpoint + "?" + query, timeout=timeout) as response:
+        with open_url(endpoint + "?" + query, timeout=timeout) as response:
             body = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")

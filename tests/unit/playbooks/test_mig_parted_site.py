@@ -28,7 +28,7 @@ import yaml
 from nvmlsim import cli, mig, state
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIG_FILE = REPO / "tests/fixtures/mig-parted/gpu-operator-default-mig-parted-config.yaml"
+CONFIG_FILE = REPO / "tests/fixtures/mig-parted/gpu-operator-default-mig-parted-config.yaml.published"
 CONFIGS = yaml.safe_load(CONFIG_FILE.read_text())["mig-configs"]
 HOSTS = {"a100": ["--gpu", "A100-SXM4-40GB", "--gpu", "A100-SXM4-40GB"], "h100": ["--gpu", "H100-80GB"]}
 PCI_IDS = {"a100": 0x20B010DE, "h100": 0x233010DE}  # the simulated models' PCI device ids

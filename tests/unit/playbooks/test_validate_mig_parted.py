@@ -28,20 +28,22 @@ def validate(tmp_path: Path, *extra: str, cwd: Path = REPO) -> subprocess.Comple
 
 
 def test_a_valid_file_prints_ok_with_the_models_each_config_serves(tmp_path):
-    result = validate(tmp_path, "-e", "mig_parted_file=mig-parted/mig-parted-examples-config.yaml", cwd=FIXTURES.parent)
+    result = validate(
+        tmp_path, "-e", "mig_parted_file=mig-parted/mig-parted-examples-config.yaml.published", cwd=FIXTURES.parent
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: mig-parted/mig-parted-examples-config.yaml, 9 configs" in result.stdout
+    assert "OK: mig-parted/mig-parted-examples-config.yaml.published, 9 configs" in result.stdout
     assert '"all-balanced: NVIDIA A100-SXM4-40GB"' in result.stdout
 
 
 def test_a_file_with_problems_fails_listing_each(tmp_path):
     result = validate(
         tmp_path,
-        *("-e", f"mig_parted_file={FIXTURES / 'deepops-nvidia-mig-config.yml'}"),
+        *("-e", f"mig_parted_file={FIXTURES / 'deepops-nvidia-mig-config.yml.published'}"),
         *("-e", '{"mig_parted_models": ["NVIDIA H100 80GB HBM3"]}'),
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "deepops-nvidia-mig-config.yml: " in result.stdout
+    assert "deepops-nvidia-mig-config.yml.published: " in result.stdout
     assert (
         "mig-configs.all-1g.5gb[0] on NVIDIA H100 80GB HBM3: mig-devices: 1g.5gb is not a MIG profile" in result.stdout
     )

@@ -30,7 +30,11 @@ CONFIG_CALLS = (
 
 def _reset(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(SMI), "-r", "-i", "0"], capture_output=True, text=True, env={**os.environ, "MIGSIM_ROOT": str(root)}
+        [str(SMI), "-r", "-i", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MIGSIM_ROOT": str(root)},
+        check=False,
     )
 
 

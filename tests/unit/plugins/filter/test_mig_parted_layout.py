@@ -21,7 +21,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._mig import apply as _appl
 from ansible_collections.gpu.mig.tests.unit.plugins.filter import mig_gpu_facts
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "mig-parted"
-OPERATOR = (FIXTURES / "gpu-operator-default-mig-parted-config.yaml").read_text()
+OPERATOR = (FIXTURES / "gpu-operator-default-mig-parted-config.yaml.published").read_text()
 A100, H100, L4 = "NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4"
 IDS = {A100: "0x20B010DE", H100: "0x233010DE", L4: "0x27B810DE"}
 DRIVER = {"loaded": True, "error": None, "driver_version": "580.65.06"}

@@ -36,8 +36,9 @@ def two_3g() -> list:
     return [mig_gpu_facts.gpu_instance(H100, 1, "3g.40gb", 0), mig_gpu_facts.gpu_instance(H100, 2, "3g.40gb", 4)]
 
 
-def report(host_facts: dict, name: str, config=CONFIG, **kwargs) -> dict:
-    return preflight_report(host_facts, "h1", mig_parted_config=config, mig_parted_config_name=name, **kwargs)
+def report(host_facts: dict, name: str, config=None, **kwargs) -> dict:
+    """The report with ``config`` (CONFIG when None) chosen by ``name``."""
+    return preflight_report(host_facts, "h1", mig_parted_config=config or CONFIG, mig_parted_config_name=name, **kwargs)
 
 
 def test_a_config_in_place_is_ready_and_in_sync():

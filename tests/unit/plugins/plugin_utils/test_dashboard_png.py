@@ -72,7 +72,7 @@ def _series(dashboard: dict) -> dict[tuple, list[float]]:
 
 def _openmetrics(series: dict[tuple, list[float]], start: int) -> str:
     lines = []
-    for name in sorted({name for name, _ in series}):
+    for name in sorted({name for name, _labels in series}):
         lines.append(f"# TYPE {name} gauge")
         for (other, labels), values in sorted(series.items()):
             if other == name:
@@ -165,8 +165,8 @@ def test_every_panel_plots_exactly_the_backfilled_values(world, variables):
     rows = _png.fetch(dashboard, world["url"], world["start"], world["end"], STEP, variables)
     means = {"host": ".+", "service": "(chat|ocr|embed)", **variables}
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
-    assert [title for title, _ in rows] == [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    drawn = [panel for _, row in rows for panel in row]
+    assert [title for title, _panels in rows] == [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    drawn = [panel for _title, row in rows for panel in row]
     assert [p.title for p in drawn] == [p["title"] for p in panels]
     for panel, data in zip(panels, drawn, strict=True):
         expected = {}
@@ -206,8 +206,12 @@ def test_the_figure_shows_each_panel_with_its_lines(world):
 def test_render_writes_one_png_per_row_and_a_page(world):
     out = world["out"]
     written = _png.render(world["dashboard"], world["url"], str(out), world["start"], world["end"], STEP)
-    assert [Path(w["path"]).name for w in written] == ["00-overview.png", "01-chat-slot-chat-triton.png",
-                                                      "02-ocr-slot-ocr-vllm.png", "03-embed-slot-embed-generic.png"]  # fmt: skip
+    assert [Path(w["path"]).name for w in written] == [
+        "00-overview.png",
+        "01-chat-slot-chat-triton.png",
+        "02-ocr-slot-ocr-vllm.png",
+        "03-embed-slot-embed-generic.png",
+    ]
     import matplotlib.image
 
     for w in written:

@@ -335,7 +335,7 @@ def test_alerts_name_service_slot_and_host_and_link_the_runbook():
         context = CONTEXTS[group]
         summary = rule["annotations"]["summary"]
         assert "{{ $labels.host }}" in summary, rule["alert"]
-        assert rule["annotations"]["runbook_url"].startswith(_monitoring.RUNBOOK_URL.split("#")[0] + "#")
+        assert rule["annotations"]["runbook_url"].startswith(_monitoring.RUNBOOK_URL.split("#", maxsplit=1)[0] + "#")
         if context.service:
             assert rule["labels"]["service"] == context.service.name and rule["labels"]["slot"] == context.service.slot
             assert summary.startswith(f"{context.service.name} on slot {context.service.slot} (")

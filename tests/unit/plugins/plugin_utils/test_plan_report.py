@@ -146,7 +146,7 @@ def test_render_writes_markdown_csv_and_two_pngs(plan, tmp_path):
     files = pr.render(plan, str(tmp_path), "fleet")
     assert sorted(files) == ["csv", "gpus_png", "markdown", "services_png"]
     for key in ("gpus_png", "services_png"):
-        data = (tmp_path / ("fleet-%s.png" % key.split("_")[0])).read_bytes()
+        data = (tmp_path / ("fleet-%s.png" % key.split("_", maxsplit=1)[0])).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     table = list(csv.DictReader(io.StringIO((tmp_path / "fleet.csv").read_text())))
     assert [r["service"] for r in table] == ["chat", "embed", "ocr", "tagger"]

@@ -173,7 +173,7 @@ def test_an_estimate_reproduces_the_queueing_model_of_the_capacity_engine():
     result = plan([service("a", 4, 200, concurrency=4)], fleet(1), rows("a", {"1g.10gb": 20}))
     two_g = next(o for o in result["services"]["a"]["options"] if o["profile"] == "2g.20gb")
     low, high = 1e-6, 4 / 20
-    for _ in range(60):  # the service time at which M/M/4 holds p95 < 100 ms up to exactly 20 rps
+    for _step in range(60):  # the service time at which M/M/4 holds p95 < 100 ms up to exactly 20 rps
         mid = (low + high) / 2
         low, high = (mid, high) if analysis.mmc_sla_rate(4, mid, 0.1, 0.95) >= 20 else (low, mid)
     assert two_g["rate_per_replica_rps"] == pytest.approx(analysis.mmc_sla_rate(4, low / 2, 0.1, 0.95), rel=1e-3)

@@ -154,7 +154,7 @@ def running_fleet(rng: random.Random, model: _catalog.GpuModel, facts: dict, ser
     for host, data in facts.items():
         for gpu in data["gpus"]:
             gpu["mig"] = {"supported": True, "current": True, "pending": True}
-            wanted = [rng.choice(shapes(model)) for _ in range(rng.randint(0, 4))]
+            wanted = [rng.choice(shapes(model)) for _pick in range(rng.randint(0, 4))]
             starts = _layout.solve_placements(model, [(p, None) for p in wanted]) if wanted else ()
             if starts is None:
                 continue
@@ -165,8 +165,11 @@ def running_fleet(rng: random.Random, model: _catalog.GpuModel, facts: dict, ser
                 )
                 if rng.random() < 0.5:
                     name = "%s-%d" % (rng.choice(services)["name"], rng.randint(1, 3))
-                    slot_maps.setdefault(host, {})[name] = {"gpu_uuid": gpu["uuid"], "profile": profile.name,
-                                                           "placement": {"start": start, "size": profile.placement_size}}  # fmt: skip
+                    slot_maps.setdefault(host, {})[name] = {
+                        "gpu_uuid": gpu["uuid"],
+                        "profile": profile.name,
+                        "placement": {"start": start, "size": profile.placement_size},
+                    }
     return slot_maps
 
 

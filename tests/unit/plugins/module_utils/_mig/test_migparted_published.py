@@ -27,7 +27,7 @@ from ansible_collections.gpu.mig.plugins.modules import mig_instances
 from ansible_collections.gpu.mig.tests.unit.plugins.module_utils._mig.plan_replay import apply_plan_to_state
 
 FIXTURES = Path(__file__).resolve().parents[4] / "fixtures" / "mig-parted"
-FILES = sorted(p.name for p in FIXTURES.glob("*.y*ml"))
+FILES = sorted(p.name for p in FIXTURES.glob("*.published"))
 MODELS = _catalog.all_models()
 SIZES = (1, 2, 4, 8)
 FULL_SPLIT = re.compile(r"([0-9]+)c\.(([0-9]+)g\..*)")
@@ -152,14 +152,14 @@ def test_every_named_config_plans_its_counts_or_is_refused(name):
 
 def test_the_fixtures_are_the_published_files():
     assert FILES == [
-        "deepops-nvidia-mig-config.yml",
-        "gpu-operator-default-mig-parted-config.yaml",
-        "gpu-operator-values-example-config.yaml",
-        "mig-parted-container-example-config.yaml",
-        "mig-parted-container-example-hopper-blackwell-config.yaml",
-        "mig-parted-dgx-station-80gb-config.yaml",
-        "mig-parted-examples-config.yaml",
-        "mig-parted-systemd-config-default.yaml",
+        "deepops-nvidia-mig-config.yml.published",
+        "gpu-operator-default-mig-parted-config.yaml.published",
+        "gpu-operator-values-example-config.yaml.published",
+        "mig-parted-container-example-config.yaml.published",
+        "mig-parted-container-example-hopper-blackwell-config.yaml.published",
+        "mig-parted-dgx-station-80gb-config.yaml.published",
+        "mig-parted-examples-config.yaml.published",
+        "mig-parted-systemd-config-default.yaml.published",
     ]
     sources = (FIXTURES / "SOURCES.md").read_text()
     assert all(f"`{name}`" in sources for name in FILES)
@@ -168,25 +168,50 @@ def test_the_fixtures_are_the_published_files():
 # One config of each file through the module on a simulated host: (file, config, model, MIG devices per GPU).
 BALANCED_80GB = "1g.10gb 1g.10gb 2g.20gb 3g.40gb"
 THROUGH_THE_MODULE = [
-    ("deepops-nvidia-mig-config.yml", "all-balanced-a100-80", "NVIDIA A100-SXM4-80GB", [BALANCED_80GB] * 2),
-    ("gpu-operator-default-mig-parted-config.yaml", "all-balanced", "NVIDIA H100 80GB HBM3", [BALANCED_80GB] * 2),
+    ("deepops-nvidia-mig-config.yml.published", "all-balanced-a100-80", "NVIDIA A100-SXM4-80GB", [BALANCED_80GB] * 2),
     (
-        "gpu-operator-values-example-config.yaml",
+        "gpu-operator-default-mig-parted-config.yaml.published",
+        "all-balanced",
+        "NVIDIA H100 80GB HBM3",
+        [BALANCED_80GB] * 2,
+    ),
+    (
+        "gpu-operator-values-example-config.yaml.published",
         "custom-mig",
         "NVIDIA H100 80GB HBM3",
         ["", " ".join(["1g.10gb"] * 7), "2g.20gb 2g.20gb 3g.40gb", "3g.40gb 4g.40gb"],
     ),
-    ("gpu-operator-values-example-config.yaml", "custom-mig", "NVIDIA H100 80GB HBM3", ["", " ".join(["1g.10gb"] * 7)]),
-    ("mig-parted-container-example-config.yaml", "all-3g.20gb", "NVIDIA A100-SXM4-40GB", ["3g.20gb 3g.20gb"] * 2),
     (
-        "mig-parted-container-example-hopper-blackwell-config.yaml",
+        "gpu-operator-values-example-config.yaml.published",
+        "custom-mig",
+        "NVIDIA H100 80GB HBM3",
+        ["", " ".join(["1g.10gb"] * 7)],
+    ),
+    (
+        "mig-parted-container-example-config.yaml.published",
+        "all-3g.20gb",
+        "NVIDIA A100-SXM4-40GB",
+        ["3g.20gb 3g.20gb"] * 2,
+    ),
+    (
+        "mig-parted-container-example-hopper-blackwell-config.yaml.published",
         "all-1g.18gb",
         "NVIDIA H200",
         [" ".join(["1g.18gb"] * 7)] * 2,
     ),
-    ("mig-parted-dgx-station-80gb-config.yaml", "all-4g.40gb-dgx-station-80", "NVIDIA A100-SXM4-80GB", ["4g.40gb"] * 2),
-    ("mig-parted-examples-config.yaml", "all-balanced", "NVIDIA A100-SXM4-40GB", ["1g.5gb 1g.5gb 2g.10gb 3g.20gb"] * 2),
-    ("mig-parted-systemd-config-default.yaml", "all-disabled", "NVIDIA H100 80GB HBM3", ["", ""]),
+    (
+        "mig-parted-dgx-station-80gb-config.yaml.published",
+        "all-4g.40gb-dgx-station-80",
+        "NVIDIA A100-SXM4-80GB",
+        ["4g.40gb"] * 2,
+    ),
+    (
+        "mig-parted-examples-config.yaml.published",
+        "all-balanced",
+        "NVIDIA A100-SXM4-40GB",
+        ["1g.5gb 1g.5gb 2g.10gb 3g.20gb"] * 2,
+    ),
+    ("mig-parted-systemd-config-default.yaml.published", "all-disabled", "NVIDIA H100 80GB HBM3", ["", ""]),
 ]
 
 
