@@ -429,6 +429,16 @@ def _measure(raw: Any, where: str, gpus: Sequence[Gpu], problems: list[str], war
 # Rates: measured, or estimated through the M/M/c queueing model of _capacity
 
 
+def _highest(within, high: float, steps: int) -> float:
+    """Bisection on [0, high]: the highest value for which ``within(value)`` holds (it holds at 0, and fails from
+    some value on)."""
+    low = 0.0
+    for _step in range(steps):
+        mid = (low + high) / 2
+        low, high = (mid, high) if within(mid) else (low, mid)
+    return low
+
+
 def _rate_at(concurrency: int, service_s: float, sla: _analysis.Sla) -> float:
     """Highest arrival rate at which every SLA percentile of the M/M/c response time is within its limit."""
     rates = []
@@ -436,14 +446,13 @@ def _rate_at(concurrency: int, service_s: float, sla: _analysis.Sla) -> float:
         tail, limit = 1 - pct / 100, limit_ms / 1000
         if _analysis.mmc_response_tail(limit, 0.0, concurrency, service_s) > tail:
             return 0.0
-        low, high = 0.0, concurrency / service_s
-        for _step in range(36):
-            mid = (low + high) / 2
-            if _analysis.mmc_response_tail(limit, mid, concurrency, service_s) <= tail:
-                low = mid
-            else:
-                high = mid
-        rates.append(low)
+        rates.append(
+            _highest(
+                lambda rate: _analysis.mmc_response_tail(limit, rate, concurrency, service_s) <= tail,  # noqa: B023
+                concurrency / service_s,
+                36,
+            )
+        )
     return min(rates)
 
 
@@ -452,14 +461,13 @@ def _service_time(concurrency: int, rate: float, sla: _analysis.Sla) -> float:
     times = []
     for pct, limit_ms in sla.percentiles.items():
         tail, limit = 1 - pct / 100, limit_ms / 1000
-        low, high = 0.0, concurrency / rate
-        for _step in range(48):
-            mid = (low + high) / 2
-            if _analysis.mmc_response_tail(limit, rate, concurrency, mid) <= tail:
-                low = mid
-            else:
-                high = mid
-        times.append(low)
+        times.append(
+            _highest(
+                lambda service_s: _analysis.mmc_response_tail(limit, rate, concurrency, service_s) <= tail,  # noqa: B023
+                concurrency / rate,
+                48,
+            )
+        )
     return min(times)
 
 

@@ -41,6 +41,10 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.gpu.mig.tests.unit import process_fixtures
+
+processes = process_fixtures.processes  # the fixture, for the tests here
+
 REPO = Path(__file__).resolve().parents[3]
 SERVER = REPO / "tests/servers/synthetic_server.py"
 DAEMONS = ("haproxy", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter")
@@ -83,27 +87,6 @@ def wait_until(what: str, check: Callable[[], object], deadline_s: float, every_
             return last
         time.sleep(every_s)
     raise AssertionError(f"{what}: not within {deadline_s:g} s (last: {last!r})")
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start processes for one test and stop exactly those afterwards."""
-    started: list[subprocess.Popen] = []
-
-    def start(argv: list[str], **kwargs: object) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 class Webhook(http.server.ThreadingHTTPServer):

@@ -11,10 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from ansible_collections.gpu.mig.tests.unit import process_fixtures
+
+processes = process_fixtures.processes  # the fixture, for the tests here
 
 SERVER = Path(__file__).resolve().parents[2] / "servers" / "synthetic_server.py"
 
@@ -43,26 +47,6 @@ def wait_http(url: str, deadline_s: float = 10.0) -> None:
             if time.monotonic() > end:
                 raise
         time.sleep(0.05)
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start processes for one test and stop exactly those afterwards."""
-    started: list[subprocess.Popen] = []
-
-    def start(argv: list[str], **kwargs: object) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
