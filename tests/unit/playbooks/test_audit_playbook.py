@@ -47,7 +47,9 @@ A30_SLOT_MAP = {
 # (preflight_layout: [] over the fleet-wide gpu_mig_layout of the command line).
 MIG_PARTED_VARS = {
     "preflight_layout": [],
-    "gpu_mig_parted_config_file": str(REPO / "tests/fixtures/mig-parted/mig-parted-systemd-config-default.yaml.published"),
+    "gpu_mig_parted_config_file": str(
+        REPO / "tests/fixtures/mig-parted/mig-parted-systemd-config-default.yaml.published"
+    ),
     "gpu_mig_parted_config_name": "all-3g.40gb",
 }
 
