@@ -156,8 +156,8 @@ def fetch(
                     series.append(
                         Series(
                             legend(target.get("legendFormat", ""), result.get("metric") or {}),
-                            tuple(float(t) for t, _ in points),
-                            tuple(float(v) for _, v in points),
+                            tuple(float(t) for t, _value in points),
+                            tuple(float(v) for _time, v in points),
                             target.get("refId") in dashed,
                         )
                     )
@@ -265,7 +265,7 @@ def _variable(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     parser.add_argument("--dashboard", required=True, help="dashboard JSON written by gpu.mig.grafana_dashboard")
     parser.add_argument("--out", required=True, help="folder for the PNG files and dashboard.md")
