@@ -107,7 +107,9 @@ def test_docs_name_every_field_of_the_rule_tables(name: str):
 
 
 def test_ansible_doc_renders_the_four_filters():
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build" / "collections")}
+    # The collection as this process imports it (the checkout's .build/collections, or ansible-test's copy).
+    collections = next(p.parent for p in Path(_filters.__file__).parents if p.name == "ansible_collections")
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(collections)}
     ansible_doc = Path(sys.executable).with_name("ansible-doc")
     result = subprocess.run(
         [str(ansible_doc), "-t", "filter", "--json", *(f"gpu.mig.{n}" for n in sorted(DOC_FIELDS))],

@@ -216,7 +216,7 @@ def test_the_same_input_gives_the_same_bytes(board):
         "from ansible_collections.gpu.mig.tests.unit.plugins.plugin_utils.dashboard_specs import HOSTS\n"
         "sys.stdout.write(hashlib.sha256(dashboard.dumps(dashboard.generate(HOSTS, dcgm=True)).encode()).hexdigest())\n"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "4242"}
+    env = {**os.environ, "PYTHONHASHSEED": "4242", "PYTHONPATH": os.pathsep.join(sys.path)}  # the collection as here
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert other.stdout == hashlib.sha256(text.encode()).hexdigest()
 
