@@ -31,7 +31,10 @@ a service spilled beyond the fleet tries its other options in the room left, a r
 whose replicas are shared out anew with it (free slices split over two GPUs, such as one compute slice here and one
 memory slice there, add up), and the least-filled GPUs are emptied into the others; the plan with the fewest GPUs,
 then the most headroom, wins. One ranking is each
-service's smallest fitting profile, so the plan is never worse than plain first-fit decreasing on those.
+service's smallest fitting profile, so the plan is never worse than plain first-fit decreasing on those. While the
+winner takes more GPUs than the slices need, an improvement pass (coordinate descent, ``_Planner._improve``) puts
+each service's other options first in turn and packs anew, keeping a packing only when it scores better: a ``spread``
+service and another's whole-GPU option can rule each other out, which no single ranking sees.
 Existing GPU instances: busy ones are never destroyed
 (a busy one named after a replica in ``slot_maps`` serves it when the profile matches; others are kept as they are);
 idle ones named after a replica of the same profile are kept for it; ``plan_layout`` keeps every other idle
@@ -90,6 +93,8 @@ _MIB_PER_GB = 1e9 / 2**20
 _WHOLE = "whole"  # the capacity of a GPU without MIG, as capacity results name the profile
 # The orders in which the packer tries each service's options; the plan with the fewest GPUs, then most headroom, wins.
 RANKINGS = ("share of a GPU", "GPUs taken alone", "smallest fitting profile")
+# Replicas the improvement pass may pack in all (each try packs the whole fleet anew).
+IMPROVE_BUDGET = 4000
 
 
 class PlanError(ValueError):
@@ -1051,6 +1056,7 @@ class _Planner:
         plans = [_pack(self.fleet, sliced, table, packer) for table in choices]
         best = min(range(len(plans)), key=lambda i: _score(plans[i]))
         bins, self.ranking = plans[best], RANKINGS[best]
+        bins = self._improve(bins, choices[best], sliced, packer)
         dedicated = self._dedicate(whole, bins)
         for service in sliced:
             self._sliced_report(service, bins)
@@ -1062,6 +1068,46 @@ class _Planner:
             "summary": self._summary(bins, dedicated, hosts),
             "warnings": self.warnings,
         }
+
+    def _improve(self, bins: list[Bin], table: dict[str, list[Option]], sliced: list[Service], packer: Packer,
+                 budget: int = IMPROVE_BUDGET) -> list[Bin]:  # fmt: skip
+        """Coordinate descent over the services' options while the plan takes more GPUs than the slices need: each
+        service in turn puts each of its other options first and the fleet is packed anew; a packing is kept when it
+        scores better (fewer GPUs, then fewer virtual ones, then more headroom). Spilled and ``spread`` services go
+        first (a spread service and a whole-GPU option of another can rule each other out). At most ``budget``
+        replicas are packed in all, so large fleets stay quick; services with kept instances keep their profile."""
+        compute = sum(min(o.replicas * o.profile.compute_slices / o.model.compute_slices
+                          for o in self.candidates[s.name]) for s in sliced)  # fmt: skip
+        memory = sum(min(o.replicas * o.profile.placement_size / o.model.memory_slices
+                         for o in self.candidates[s.name]) for s in sliced)  # fmt: skip
+        bound = math.ceil(max(compute, memory) - 1e-9)  # as _lower_bound, over every model at once
+        replicas = sum(len(b.replicas()) for b in bins) or 1
+        score = _score(bins)
+        while score[0] > bound and budget >= replicas:
+            improved = False
+            spilled = {r.service.name for b in bins if b.gpu is None for r in b.items}
+            pinned = {p.replica.service.name for b in bins for p in b.pinned if p.replica is not None}
+            current = {r.service.name: r.option for b in bins for r in b.items}
+            order = sorted(
+                (s for s in sliced if s.name not in pinned and len(self.candidates[s.name]) > 1),
+                key=lambda s: (s.name not in spilled, not s.spread, -self.candidates[s.name][0].share, s.name),
+            )
+            for service in order:
+                for option in self.candidates[service.name]:
+                    if option == current.get(service.name) or budget < replicas:
+                        continue
+                    budget -= replicas
+                    rest = [o for o in self.candidates[service.name] if o != option]
+                    trial = _pack(self.fleet, sliced, {**table, service.name: [option, *rest]}, packer)
+                    if _score(trial) < score:
+                        bins, score, improved = trial, _score(trial), True
+                        table = {**table, service.name: [option, *rest]}
+                        break
+                if improved:
+                    break
+            if not improved:
+                break
+        return bins
 
     def _dedicate(self, whole: list[Service], bins: list[Bin]) -> dict[tuple, Service]:
         """Whole GPUs for the services that need them: GPUs without MIG first, then MIG GPUs the plan left empty."""

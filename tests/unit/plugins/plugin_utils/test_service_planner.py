@@ -333,6 +333,31 @@ def test_spread_and_separate_classes():
     assert not set(gpus_of(apart, "s")) & set(gpus_of(apart, "b"))
 
 
+def test_a_spread_service_makes_the_planner_try_the_other_options():
+    """2 x H100-80GB. chat needs 120 rps: one 7g.80gb (120) or two 4g.40gb (60 each); cls (spread) needs 100 rps: four
+    1g.10gb (25 each) or two 2g.20gb (50 each); ocr needs 40 rps: two 1g.10gb (20 each). Lower bound: compute
+    ceil((7 + 4 + 2) / 7) = 2. A 7g.80gb takes a whole GPU, so spread cls then needs two more GPUs (4 in all with
+    1g.10gb, one per replica); four spread 1g.10gb need four GPUs whatever chat takes. The only 2-GPU layout is
+    per GPU chat 4g.40gb + cls 2g.20gb + ocr 1g.10gb: 7 compute and 7 memory slices each."""
+    services = [service("chat", 30, 120), service("cls", 8, 100, spread=True), service("ocr", 4, 40)]
+    capacity = (
+        rows("chat", {"4g.40gb": 60, "7g.80gb": 120})
+        + rows("cls", {"1g.10gb": 25, "2g.20gb": 50})
+        + rows("ocr", {"1g.10gb": 20})
+    )
+    result = plan(services, fleet(2), capacity, estimate=False)
+    summary = result["summary"]
+    assert summary["gpus_needed"] == summary["gpus_used"] == summary["lower_bound_gpus"] == 2
+    assert summary["gpus_short"] == {}
+    picked = {n: (s["verdict"], s["profile"], s["replicas"]) for n, s in result["services"].items()}
+    assert picked == {
+        "chat": ("placed", "4g.40gb", 2),
+        "cls": ("placed", "2g.20gb", 2),
+        "ocr": ("placed", "1g.10gb", 2),
+    }
+    assert len(set(gpus_of(result, "cls"))) == 2
+
+
 def test_a_fleet_too_small_says_how_many_gpus_it_lacks():
     services = [service(n, 30, 40) for n in "abcde"]  # five 3g.40gb, two per GPU: 3 GPUs
     capacity = [r for n in "abcde" for r in rows(n, {"3g.40gb": 40})]
