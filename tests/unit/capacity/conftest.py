@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.gpu.mig.tests.unit.process_fixtures import started_processes
+
 REPO = Path(__file__).resolve().parents[3]
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
 MMC_SERVER = Path(__file__).resolve().parent / "mmc_server.py"  # independent exponential draws: exact M/M/c
@@ -32,29 +34,20 @@ def capacity_server():
 
     ``iid=True`` starts the exact M/M/c variant (independent exponential service times).
     """
-    procs = []
+    with started_processes() as spawn:
 
-    def start(**opts) -> ServerHandle:
-        script = MMC_SERVER if opts.pop("iid", False) else SERVER
-        args = [sys.executable, str(script), "--port", "0", "--max-seconds", str(opts.pop("max_seconds", 120))]
-        for key, value in opts.items():
-            args += ["--" + key.replace("_", "-"), str(value)]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        if not line.startswith("LISTENING "):
-            raise RuntimeError("capacity server did not start: %r" % line)
-        return ServerHandle(proc, int(line.split()[1]))
+        def start(**opts) -> ServerHandle:
+            script = MMC_SERVER if opts.pop("iid", False) else SERVER
+            args = [sys.executable, str(script), "--port", "0", "--max-seconds", str(opts.pop("max_seconds", 120))]
+            for key, value in opts.items():
+                args += ["--" + key.replace("_", "-"), str(value)]
+            proc = spawn(args, stdout=subprocess.PIPE, text=True)
+            line = proc.stdout.readline()
+            if not line.startswith("LISTENING "):
+                raise RuntimeError("capacity server did not start: %r" % line)
+            return ServerHandle(proc, int(line.split()[1]))
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        proc.stdout.close()
+        yield start
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis 
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
 from ansible_collections.gpu.mig.tests.unit.capacity import sliced_server
 from ansible_collections.gpu.mig.tests.unit.playbooks.simfleet import build, playbook, recap, stop
+from ansible_collections.gpu.mig.tests.unit.process_fixtures import started_processes
 
 HOST = "sim00-h100"
 SERVER = Path(sliced_server.__file__)
@@ -87,30 +88,12 @@ def exact_rate(s: Synthetic, profile: str) -> float:
     return cap.mmc_sla_rate(s.workers, sliced_server.mean_ms(s.base_ms, profile) / 1000, s.p95_ms / 1000, 0.95)
 
 
-class Servers:
-    """Started servers (each prints LISTENING <port>), terminated at the end."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str]) -> str:
-        proc = subprocess.Popen([sys.executable, *argv, "--port", "0", "--max-seconds", "240"], stdout=subprocess.PIPE,
-                                text=True)  # fmt: skip
-        self.procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("LISTENING "), line
-        return "http://127.0.0.1:%d" % int(line.split()[1])
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            proc.stdout.close()
+def start_server(spawn, argv: list[str]) -> str:
+    """Start a server (it prints LISTENING <port>) with ``spawn`` (``started_processes``); returns its URL."""
+    proc = spawn([sys.executable, *argv, "--port", "0", "--max-seconds", "240"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("LISTENING "), line
+    return "http://127.0.0.1:%d" % int(line.split()[1])
 
 
 def options(base: str, **more) -> dict:
@@ -143,34 +126,44 @@ def unit_env_file(root: Path, unit: str) -> Path:
 def loop(tmp_path_factory: pytest.TempPathFactory):
     """Measure, plan, apply; yields the fleet, the plan, the measurements and the servers of the planned replicas."""
     base = build(tmp_path_factory.mktemp("loop") / "fleet", "h100")
-    servers = Servers()
     try:
-        measured = run_all([
-            capacity(servers.start([str(SERVER), "--base-ms", str(s.base_ms), "--profile", s.measured_on,
-                                    "--workers", str(s.workers)]),
-                     {"p95_ms": s.p95_ms}, s.workers, 0.4 * saturation(s, s.measured_on),
-                     1.1 * saturation(s, s.measured_on), service=name, profile=s.measured_on, gpu="H100",
-                     **MEASURE_HOLDS)
-            for name, s in SERVICES.items()
-        ])  # fmt: skip
-        files = [lg.write_results(r, str(base / "measured"))["json"] for r in measured]
-        services = [service_spec(name, s, 8000 + 100 * i) for i, (name, s) in enumerate(SERVICES.items())]
-        extra = {"gpu_mig_plan_services": services, "gpu_mig_plan_dir": str(base / "plan"),
-                 "gpu_mig_plan_capacity_files": files}  # fmt: skip
-        planned = playbook(base, "plan.yml", extra=extra)
-        assert planned.returncode == 0, planned.stdout[-4000:]
-        applied = playbook(base, "site.yml", base / "plan/inventory")
-        assert applied.returncode == 0 and recap(applied, HOST)["failed"] == 0, applied.stdout[-4000:]
-        plan = json.loads((base / "plan/plan.json").read_text())
-        root = base / HOST
-        replicas = {}
-        for spec in plan["hosts"][HOST]["inference_service_specs"]:
-            env = unit_env_file(root, "inference-%s.service" % spec["name"])
-            argv = [*spec["command"][1:], "--slot-env", str(env), "--workers", str(spec["limits"]["max_concurrency"])]
-            replicas[spec["name"]] = (spec, servers.start(argv))
-        yield base, plan, {r["service"]["service"]: r for r in measured}, replicas
+        with started_processes() as spawn:
+            urls = {
+                name: start_server(
+                    spawn,
+                    [str(SERVER), "--base-ms", str(s.base_ms), "--profile", s.measured_on, "--workers", str(s.workers)],
+                )
+                for name, s in SERVICES.items()
+            }
+            measured = run_all([
+                capacity(urls[name], {"p95_ms": s.p95_ms}, s.workers, 0.4 * saturation(s, s.measured_on),
+                         1.1 * saturation(s, s.measured_on), service=name, profile=s.measured_on, gpu="H100",
+                         **MEASURE_HOLDS)
+                for name, s in SERVICES.items()
+            ])  # fmt: skip
+            files = [lg.write_results(r, str(base / "measured"))["json"] for r in measured]
+            services = [service_spec(name, s, 8000 + 100 * i) for i, (name, s) in enumerate(SERVICES.items())]
+            extra = {"gpu_mig_plan_services": services, "gpu_mig_plan_dir": str(base / "plan"),
+                     "gpu_mig_plan_capacity_files": files}  # fmt: skip
+            planned = playbook(base, "plan.yml", extra=extra)
+            assert planned.returncode == 0, planned.stdout[-4000:]
+            applied = playbook(base, "site.yml", base / "plan/inventory")
+            assert applied.returncode == 0 and recap(applied, HOST)["failed"] == 0, applied.stdout[-4000:]
+            plan = json.loads((base / "plan/plan.json").read_text())
+            root = base / HOST
+            replicas = {}
+            for spec in plan["hosts"][HOST]["inference_service_specs"]:
+                env = unit_env_file(root, "inference-%s.service" % spec["name"])
+                argv = [
+                    *spec["command"][1:],
+                    "--slot-env",
+                    str(env),
+                    "--workers",
+                    str(spec["limits"]["max_concurrency"]),
+                ]
+                replicas[spec["name"]] = (spec, start_server(spawn, argv))
+            yield base, plan, {r["service"]["service"]: r for r in measured}, replicas
     finally:
-        servers.stop()
         stop(base)
 
 
