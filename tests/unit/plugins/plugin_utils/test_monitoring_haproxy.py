@@ -3,11 +3,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The rules' HAProxy arithmetic against a real HAProxy (2.6, Debian 12) on 127.0.0.1.
 
-Two services behind the rendered admission layer: ``slow`` (the synthetic server: 1 s per request, request timeout 800 ms,
-concurrency 2 and queue 2) gets 12 requests at once and answers 2 times 504 (server timeout) and 10 times 503 (8 queue full,
-2 queue timeout); ``fail`` (a stub that answers 500) gets 5 requests. HAProxy's exporter is scraped, its counters
-become promtool input series (the scraped count per second, so the rates are exact), and the generated recording rules must give exactly
-what the clients saw: admission 503s as ``rejected``, 504s as ``timeouts``, the server's 500s as ``errors``.
+Two services behind the rendered admission layer: ``slow`` (the synthetic server: 1 s per request, request timeout
+800 ms, concurrency 2 and queue 2) gets 12 requests at once and answers 2 times 504 (server timeout) and 10 times 503
+(8 queue full, 2 queue timeout); ``fail`` (a stub that answers 500) gets 5 requests one after another, with a queue of 4
+(with no queue, a request that arrives while HAProxy still counts the previous one on the server gets the 503 that a zero
+queue promises; seen on CI). HAProxy's exporter is scraped, its counters become promtool input series (the scraped count
+per second, so the rates are exact), and the generated recording rules must give exactly what the clients saw: admission
+503s as ``rejected``, 504s as ``timeouts``, the server's 500s as ``errors``.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def test_rejected_timeouts_and_errors_match_what_clients_saw(haproxy, synthetic_
              "backend_port": synthetic_server(2, 1000),
              "limits": {"max_concurrency": 2, "max_queue": 2, "queue_timeout": "200ms", "request_timeout": "800ms"}},
             {"name": "fail", "slot": "s1", "command": ["/bin/true"], "listen": "127.0.0.1", "port": fail_port,
-             "backend_port": stub.server_address[1]},
+             "backend_port": stub.server_address[1], "limits": {"max_queue": 4}},
         ]  # fmt: skip
         hosts = [{"host": "h", "address": "127.0.0.1", "services": specs, "slots": SLOTS,
                   "haproxy_stats_bind": f"127.0.0.1:{stats}"}]  # fmt: skip
