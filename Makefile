@@ -120,14 +120,14 @@ molecule: collection
 molecule-systemd: collection
 	$(BIN)/molecule test -s systemd_hosts
 
-# Figures, not tests. Locust (compared against by the capacity generator benchmark) is installed on demand.
+# Figures, not tests. Locust (compared against by the capacity generator benchmark) is installed on demand into
+# .build/bench-venv by the benchmark itself; wrk comes from Debian (apt-get install -y wrk).
 benchmarks: collection
 	$(BIN)/python benchmarks/facts_overhead.py
 	$(BIN)/python benchmarks/apply_overhead.py
 	$(BIN)/python benchmarks/module_instructions.py
 	$(BIN)/python benchmarks/audit_overhead.py
 	$(BIN)/python benchmarks/capacity_plans.py
-	$(BIN)/pip install -q locust
 	$(BIN)/python benchmarks/capacity_generator.py
 
 clean:

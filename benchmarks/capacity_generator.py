@@ -1,312 +1,315 @@
 # Copyright (c) gpu.mig contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Benchmark: the highest open-loop rate our generator sustains on one core with p99 send lag < 1 ms, against the
-maximum throughput wrk and Locust reach on the same server (closed loop, as fast as they can), and the ratios.
+"""Benchmark: the open-loop generator against wrk and Locust on one core, its scaling over worker processes, and the
+fidelity of the merged latency histogram.
 
-The rate is searched (doubling, then bisection to 5 %; each passing rate is run twice), the load average printed
-with every step: other work on the machine delays the generator's timers and is part of the figure.
+  .venv/bin/python benchmarks/capacity_generator.py [--seconds 2] [--repeats 5] [--json FILE]
 
-  .venv/bin/python benchmarks/capacity_generator.py [--seconds 4] [--server-workers 64] [--lag-ms 1]
+1. Per core: HAProxy (one thread, one core) answers every request itself, so the server is never the limit; the load
+   tool gets the other core. Per repeat, interleaved (order rotated): wrk's closed-loop maximum, Locust's
+   (FastHttpUser, one process, no wait), and ours: the highest constant rate whose step has p99 send lag < 1 ms
+   (and, separately, < 5 ms) with nothing unsent and no errors, searched by doubling then bisection to 5 %, each step
+   in a fresh process. Medians, spread (min-max) and the ratios against the goals (>= 0.5 x wrk, >= 8 x Locust).
+2. Scaling: the same search (< 5 ms) with 1 and 2 worker processes on every core (HAProxy keeps its core, so on a
+   2-core host the second worker shares it), CPU time per request, and the figure expected on a host with C cores.
+3. Fidelity: one step at a rate both hold against the synthetic server (exponential service times) with every
+   request recorded: the merged histogram's p50/p95/p99 against the exact percentiles of the recorded latencies.
 
-The server (tests/capacity_server/server.py, zero service time) gets one core, the load tool the other
-(taskset). The server may saturate before a tool does; each line says which side ran out. All traffic goes to
-127.0.0.1. wrk comes from Debian (apt-get install wrk) and Locust from pip; a missing one is reported, not faked.
+All traffic goes to 127.0.0.1. wrk comes from Debian (apt-get install -y wrk); Locust is installed on first use into
+.build/bench-venv. A missing tool is reported, never replaced by a figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import re
-import shutil
-import subprocess
+import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / ".build" / "collections"))
-SERVER = REPO / "tests" / "capacity_server" / "server.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg  # noqa: E402
+import _loadbench as bench
 
 CORES = sorted(os.sched_getaffinity(0))
-LAG_LIMITS_MS = (1.0, 5.0, 10.0)
 SERVER_CORE = CORES[-1]
 LOAD_CORE = CORES[0]
+LAG_LIMITS_MS = (1.0, 5.0)
+SCALING_LAG_MS = 5.0
+GOALS = {"wrk": 0.5, "locust": 8.0}  # ours / theirs, per core, medians
+RESOLUTION = 1.0 / 256  # LatencyHistogram.SUB: the merged percentiles' relative resolution
+ROUNDING_MS = 0.002  # the step rounds percentiles to 1 us and the recorded latencies to 1 us
 
 
-def start_server(workers: int) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        sys.executable,
-        str(SERVER),
-        "--workers",
-        str(workers),
-        "--mean-ms",
-        "0",
-        "--metrics-style",
-        "none",
-        "--max-seconds",
-        "900",
-    ]
-    if shutil.which("taskset") and len(CORES) > 1:
-        cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    return proc, int(line.split()[1])
+def passes(row: dict, limit_ms: float) -> bool:
+    return not row["unsent"] and not row["errors"] and row["lag_p99_ms"] is not None and row["lag_p99_ms"] < limit_ms
 
 
-def generator_search(
-    port: int, seconds: float, start: float, max_rate: float, pin: bool = True, lag_ms: float = 1.0
-) -> tuple:
-    """The highest rate at which the generator keeps p99 send lag under ``lag_ms`` (1 ms), searched on one core.
+def search(trial, limits: tuple, start: float, max_rate: float, min_rate: float = 100.0) -> dict:
+    """The highest rate passing each lag limit: doubling up from ``start`` (halving down when it fails), then bisection.
 
-    Doubles the rate while steps pass, then bisects between the last pass and the first failure down to 5 %; a step
-    passes when p99 send lag < ``lag_ms`` and the server kept up (achieved >= 99 % of offered, no errors). Every
-    rate that passes is re-run once (a shared machine has bad seconds); a rate passes only if both runs do.
+    ``trial(rate)`` runs one step. The first verdict at a rate stands; a bracket is [highest pass, lowest fail above
+    it], bisected (geometric middle) until the fail is within 5 % of the pass. Returns {limit: rate or None, "capped":
+    limits still passing at ``max_rate``, "steps": rows}.
     """
-    if pin and len(CORES) > 1:
-        os.sched_setaffinity(0, {LOAD_CORE})
+    good: dict = dict.fromkeys(limits)
+    bad: dict = dict.fromkeys(limits)
     rows = []
 
-    async def go():
-        runner = lg.Runner(
-            lg.build_target({"url": "http://127.0.0.1:%d/infer" % port, "payload": {"x": 1}, "request_timeout": 5}),
-            "constant",
+    def run(rate: float) -> dict:
+        row = trial(rate)
+        rows.append(row)
+        for limit in limits:
+            if passes(row, limit):
+                if bad[limit] is None or rate < bad[limit]:
+                    good[limit] = max(good[limit] or 0.0, rate)
+            elif good[limit] is None or rate > good[limit]:
+                bad[limit] = min(bad[limit] or float("inf"), rate)
+        return row
+
+    loosest, strictest = max(limits), min(limits)
+    rate = start
+    for _rung in range(12):  # doubling, until the loosest limit fails
+        if rate > max_rate or not passes(run(rate), loosest):
+            break
+        rate *= 2
+    rate = start / 2
+    for _rung in range(8):  # halving, until the strictest limit passes
+        if good[strictest] is not None or rate < min_rate:
+            break
+        run(rate)
+        rate /= 2
+    for limit in limits:
+        for _step in range(8):  # bisection: 8 halvings of log(bad/good) reach 5 % from a factor of 2**12
+            if good[limit] is None or bad[limit] is None or bad[limit] / good[limit] <= 1.05:
+                break
+            run(round((good[limit] * bad[limit]) ** 0.5))
+    found = {limit: good[limit] for limit in limits}
+    found["capped"] = [limit for limit in limits if good[limit] is not None and bad[limit] is None]
+    found["steps"] = rows
+    return found
+
+
+def generator_trial(url: str, args: argparse.Namespace, workers: int, core: int | None):
+    def trial(rate: float) -> dict:
+        row = bench.run_step(url, rate, args.warmup, args.seconds, workers, core)
+        print(
+            "    ours x%d %8.0f RPS: send lag p99 %8.3f ms, %5.1f us CPU/request%s%s"
+            % (
+                workers,
+                rate,
+                row["lag_p99_ms"] if row["lag_p99_ms"] is not None else -1,
+                row["cpu_us_per_request"],
+                "  unsent %d" % row["unsent"] if row["unsent"] else "",
+                "  errors %s" % row["errors"] if row["errors"] else "",
+            ),
+            flush=True,
         )
+        return row
 
-        async def step(rate: float) -> dict:
-            cpu = time.process_time()
-            s = await runner.run_phase(rate, 0.5, seconds)
-            cpu = time.process_time() - cpu
-            lag = s["schedule_lag_ms"]["p99"]
-            kept_up = s["achieved_rps"] >= 0.99 * s["offered_rps"] and not s["errors"]
-            row = {
-                "rate": rate,
-                "achieved": s["achieved_rps"],
-                "lag_p50_ms": s["schedule_lag_ms"]["p50"],
-                "lag_p99_ms": lag,
-                "p99_ms": s["latency_ms"]["p99"],
-                "errors": s["errors"],
-                "kept_up": kept_up,
-                "cpu_us_per_request": round(1e6 * cpu / max(1, s["scheduled"]), 1),
-                "load": os.getloadavg()[0],
-            }
-            row["ok"] = kept_up and lag is not None and lag < lag_ms
-            rows.append(row)
-            print(
-                "  generator %7.0f RPS: achieved %8.1f, send lag p50 %6.3f p99 %7.3f ms, latency p99 %7.2f ms,"
-                " %5.1f us CPU/request, load %.2f%s%s"
-                % (
-                    rate,
-                    s["achieved_rps"],
-                    row["lag_p50_ms"] or -1,
-                    lag or -1,
-                    s["latency_ms"]["p99"] or -1,
-                    row["cpu_us_per_request"],
-                    row["load"],
-                    "" if kept_up else "  (server fell behind)",
-                    " errors %s" % s["errors"] if s["errors"] else "",
-                ),
-                flush=True,
-            )
-            return row
+    return trial
 
-        async def passes(rate: float) -> bool:
-            return (await step(rate))["ok"] and (await step(rate))["ok"]
 
+def spread(values: list) -> str:
+    """Median, min and max of a repeat's figures (None: that repeat had none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return "median %.0f (min %.0f, max %.0f; n=%d)" % (statistics.median(values), min(values), max(values), len(values))
+
+
+def per_core(url: str, args: argparse.Namespace) -> dict:
+    """Interleaved repeats of wrk, Locust and our search, each on LOAD_CORE; the rates of every repeat."""
+    figures: dict = {"wrk": [], "locust": [], "ours_1ms": [], "ours_5ms": [], "unavailable": {}, "capped": []}
+    tools = ["wrk", "locust", "ours"]
+    start = args.start
+    for repeat in range(args.repeats):
+        order = tools[repeat % 3 :] + tools[: repeat % 3]
+        print(
+            "  repeat %d/%d (%s), load average %.2f" % (repeat + 1, args.repeats, ", ".join(order), os.getloadavg()[0])
+        )
+        for tool in order:
+            try:
+                if tool == "wrk":
+                    figures["wrk"].append(bench.run_wrk(url, args.seconds, args.wrk_connections, LOAD_CORE))
+                    print("    wrk (1 thread, %d connections): %.0f RPS" % (args.wrk_connections, figures["wrk"][-1]))
+                elif tool == "locust":
+                    figures["locust"].append(bench.run_locust(url, args.seconds, args.locust_users, LOAD_CORE))
+                    print("    locust (FastHttpUser, %d users): %.0f RPS" % (args.locust_users, figures["locust"][-1]))
+                else:
+                    found = search(generator_trial(url, args, 1, LOAD_CORE), LAG_LIMITS_MS, start, args.max_rate)
+                    for limit in LAG_LIMITS_MS:
+                        figures["ours_%gms" % limit].append(found[limit])
+                    figures["capped"] += found["capped"]
+                    print("    ours: %s" % ", ".join("< %g ms: %s RPS" % (lim, found[lim]) for lim in LAG_LIMITS_MS))
+                    # later repeats start near the figure found, not at --start: fewer doubling steps
+                    start = 0.7 * (found[1.0] or found[5.0] or args.start)
+            except bench.Unavailable as exc:
+                figures["unavailable"][tool] = str(exc)
+                for key in figures:
+                    if key.startswith(tool):
+                        figures[key].append(None)  # one entry per repeat: the ratios pair repeats
+                print("    %s: NOT AVAILABLE: %s" % (tool, exc))
+            sys.stdout.flush()
+    return figures
+
+
+def scaling(url: str, args: argparse.Namespace) -> dict:
+    """Our highest rate at p99 send lag < 5 ms with 1 and 2 worker processes, unpinned; CPU time per request."""
+    out = {}
+    for workers in (1, 2):
         try:
-            await runner.run_phase(start, 0.0, 1.0, -1, "warmup")
-            good, bad = None, None
-            rate = start
-            for _step in range(12):  # doubling: at most 12 rungs
-                if rate > max_rate:
-                    break
-                if await passes(rate):
-                    good = rate
-                    rate *= 2
-                else:
-                    bad = rate
-                    break
-            for _step in range(8):  # bisection to 5 %
-                if good is None or bad is None or bad / good <= 1.05:
-                    break
-                mid = round((good * bad) ** 0.5)
-                if await passes(mid):
-                    good = mid
-                else:
-                    bad = mid
-            return good
-        finally:
-            runner.close()
-
-    best = asyncio.run(go())
-    return rows, best
+            found = search(generator_trial(url, args, workers, None), (SCALING_LAG_MS,), args.start, args.max_rate)
+        except bench.Unavailable as exc:
+            out[workers] = {"rate": None, "cpu_us_per_request": None, "capped": [], "unavailable": str(exc)}
+            print("    ours x%d: NOT AVAILABLE: %s" % (workers, exc))
+            continue
+        best = found[SCALING_LAG_MS]
+        at_best = [r["cpu_us_per_request"] for r in found["steps"] if r["rate"] == best]
+        out[workers] = {"rate": best, "cpu_us_per_request": at_best[0] if at_best else None, "capped": found["capped"]}
+        print("    ours x%d: < %g ms: %s RPS" % (workers, SCALING_LAG_MS, best))
+    return out
 
 
-def run_wrk(port: int, seconds: float, connections: int) -> float | None:
-    if not shutil.which("wrk"):
-        print("  wrk: NOT AVAILABLE (apt-get install wrk)")
-        return None
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write('wrk.method = "POST"\nwrk.body = \'{"x":1}\'\nwrk.headers["Content-Type"] = "application/json"\n')
-        script = fh.name
-    cmd = [
-        "wrk",
-        "-t1",
-        "-c%d" % connections,
-        "-d%ds" % max(1, int(seconds)),
-        "-s",
-        script,
-        "http://127.0.0.1:%d/infer" % port,
+def fidelity(args: argparse.Namespace) -> dict:
+    """One step at ``--fidelity-rate`` against the synthetic server, recorded, with 1 and with 2 workers."""
+    out = {}
+    with bench.CapacityServer(workers=128, service="exponential", mean_ms=5.0, max_seconds=600) as server:
+        for workers in (1, 2):
+            row = bench.run_step(
+                server.url, args.fidelity_rate, args.warmup, args.fidelity_seconds, workers, None, True
+            )
+            checks = {}
+            for name, exact in row["exact_ms"].items():
+                merged = row["latency_ms"][name]
+                checks[name] = abs(merged - exact) <= exact * RESOLUTION + ROUNDING_MS
+            row["agree"] = all(checks.values()) and row["recorded"] == row["histogram_count"]
+            out[workers] = row
+            print(
+                "    x%d at %g RPS: %d recorded, histogram count %d, send lag p99 %.3f ms%s%s"
+                % (
+                    workers,
+                    args.fidelity_rate,
+                    row["recorded"],
+                    row["histogram_count"],
+                    row["lag_p99_ms"],
+                    "  unsent %d" % row["unsent"] if row["unsent"] else "",
+                    "  errors %s" % row["errors"] if row["errors"] else "",
+                )
+            )
+    return out
+
+
+def ratio_lines(figures: dict) -> list:
+    lines = []
+    for limit in LAG_LIMITS_MS:
+        ours = figures["ours_%gms" % limit]
+        for tool, goal in GOALS.items():
+            paired = [o / t for o, t in zip(ours, figures[tool], strict=True) if o and t]
+            if not paired:
+                missing = figures["unavailable"].get(tool) or figures["unavailable"].get("ours") or "no passing rate"
+                lines.append("ours(<%g ms)/%s: n/a (%s)" % (limit, tool, missing))
+                continue
+            ratio = statistics.median(v for v in ours if v) / statistics.median(v for v in figures[tool] if v)
+            lines.append(
+                "ours(<%g ms)/%-6s = %5.2f (medians; per-repeat %.2f-%.2f), goal >= %g: %s"
+                % (limit, tool, ratio, min(paired), max(paired), goal, "MET" if ratio >= goal else "NOT MET")
+            )
+    return lines
+
+
+def summary(args: argparse.Namespace, core: dict, scale: dict, fid: dict) -> list:
+    lines = [
+        "cores %s; per core: HAProxy (1 thread) on core %d, load tool on core %d; %d repeats, %g s each"
+        % (CORES, SERVER_CORE, LOAD_CORE, args.repeats, args.seconds),
+        "wrk (-t1 -c%d, closed loop):          %s" % (args.wrk_connections, spread(core["wrk"])),
+        "locust %s (FastHttpUser, %d users): %s" % (bench.LOCUST_VERSION, args.locust_users, spread(core["locust"])),
     ]
-    if shutil.which("taskset") and len(CORES) > 1:
-        cmd = ["taskset", "-c", str(LOAD_CORE), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
-    os.unlink(script)
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    rps = float(m.group(1)) if m else None
-    lat = re.search(r"Latency\s+(\S+)", out)
-    print(
-        "  wrk (1 thread, %d connections, closed loop): %s RPS, mean latency %s"
-        % (connections, rps, lat.group(1) if lat else "?")
+    for limit in LAG_LIMITS_MS:
+        lines.append("ours (open loop, p99 send lag < %g ms):  %s" % (limit, spread(core["ours_%gms" % limit])))
+    if core["capped"]:
+        lines.append("  (some searches still passed at --max-rate %g: raise it)" % args.max_rate)
+    lines += ratio_lines(core)
+    lines.append("scaling (no pinning, HAProxy on core %d, p99 send lag < %g ms):" % (SERVER_CORE, SCALING_LAG_MS))
+    for workers, row in scale.items():
+        cpu = row["cpu_us_per_request"]
+        lines.append(
+            "  %d worker(s): %s RPS, %s us CPU/request (all generator processes)%s"
+            % (
+                workers,
+                row["rate"],
+                "%.1f" % cpu if cpu else "n/a",
+                "  (capped)" if row["capped"] else "  (%s)" % row["unavailable"] if "unavailable" in row else "",
+            )
+        )
+    per_worker = scale[1]["rate"]
+    if per_worker:
+        lines.append(
+            "  expected on a host with C cores, the server elsewhere: %.0f x (C-1) RPS (one worker per core, one core"
+            " left to the system, workers independent); C=4: %.0f, C=8: %.0f, C=16: %.0f"
+            % (per_worker, 3 * per_worker, 7 * per_worker, 15 * per_worker)
+        )
+        if scale[2]["rate"]:
+            lines.append("  measured here, 2 workers / 1 worker: %.2f" % (scale[2]["rate"] / per_worker))
+    if not fid:
+        lines.append("fidelity: n/a (the synthetic server or a step failed, see above)")
+        return lines
+    lines.append(
+        "fidelity at %g RPS, exponential service (mean 5 ms), ms, merged histogram / exact (tolerance 1/256 relative"
+        " + %g ms rounding):" % (args.fidelity_rate, ROUNDING_MS)
     )
-    return rps
-
-
-LOCUSTFILE = """
-from locust import constant, task
-from locust.contrib.fasthttp import FastHttpUser
-
-class U(FastHttpUser):
-    wait_time = constant(0)
-
-    @task
-    def infer(self):
-        self.client.post("/infer", data='{"x":1}', headers={"Content-Type": "application/json"})
-"""
-
-
-def run_locust(port: int, seconds: float, users: int) -> float | None:
-    locust = Path(sys.executable).parent / "locust"
-    if not locust.exists():
-        print("  locust: NOT AVAILABLE (pip install locust)")
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        lf = Path(tmp) / "locustfile.py"
-        lf.write_text(LOCUSTFILE)
-        cmd = [
-            str(locust),
-            "-f",
-            str(lf),
-            "--headless",
-            "-u",
-            str(users),
-            "-r",
-            str(users),
-            "-t",
-            "%ds" % max(2, int(seconds)),
-            "--host",
-            "http://127.0.0.1:%d" % port,
-            "--csv",
-            str(Path(tmp) / "r"),
-            "--only-summary",
-            "--loglevel",
-            "ERROR",
-        ]
-        if shutil.which("taskset") and len(CORES) > 1:
-            cmd = ["taskset", "-c", str(LOAD_CORE), *cmd]
-        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-        stats = Path(tmp) / "r_stats.csv"
-        if not stats.exists():
-            print("  locust: ran but wrote no statistics")
-            return None
-        lines = stats.read_text().splitlines()
-        header = lines[0].split(",")
-        for line in lines[1:]:
-            cells = line.split(",")
-            if "Aggregated" in cells:
-                rps = float(cells[header.index("Requests/s")])
-                print("  locust (FastHttpUser, %d users, no wait, closed loop): %.1f RPS" % (users, rps))
-                return rps
-    return None
+    names = list(fid[1]["exact_ms"])
+    for workers, row in fid.items():
+        pairs = ", ".join("%s %.3f/%.3f" % (n, row["latency_ms"][n], row["exact_ms"][n]) for n in names)
+        lines.append(
+            "  x%d: %s; %d requests; %s" % (workers, pairs, row["recorded"], "AGREE" if row["agree"] else "DISAGREE")
+        )
+    lines.append(
+        "  x1 vs x2 (separate runs: sampling noise applies): "
+        + ", ".join("%s %.3f vs %.3f" % (n, fid[1]["latency_ms"][n], fid[2]["latency_ms"][n]) for n in names)
+    )
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--server-workers", type=int, default=64)
-    ap.add_argument("--start", type=float, default=500.0)
-    ap.add_argument("--max-rate", type=float, default=40000.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="wrk/Locust duration and our hold per step")
+    ap.add_argument("--warmup", type=float, default=0.5, help="our unmeasured warm-up per step")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved per-core repeats")
+    ap.add_argument("--start", type=float, default=4000.0, help="first rate of the search")
+    ap.add_argument("--max-rate", type=float, default=400000.0)
+    ap.add_argument("--wrk-connections", type=int, default=64)
+    ap.add_argument("--locust-users", type=int, default=32)
+    ap.add_argument("--fidelity-rate", type=float, default=2000.0)
+    ap.add_argument("--fidelity-seconds", type=float, default=4.0)
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument(
-        "--no-pin", action="store_true", help="let the scheduler place the generator (busy shared machines)"
-    )
-    ap.add_argument(
-        "--lag-ms",
-        type=float,
-        default=1.0,
-        help="p99 send lag a searched rate must stay under (a busy shared machine cannot hold 1 ms at any rate)",
-    )
     args = ap.parse_args()
-    print(
-        "cores available: %s; server on core %d, load tool on core %d; load average before: %s (other work on the"
-        " machine delays the generator's timers: read the send lag with it)"
-        % (CORES, SERVER_CORE, LOAD_CORE, os.getloadavg())
-    )
-    figures = {}
-    # each tool gets a fresh server: a step that overran leaves connections and backlog behind
-    for tool in ("generator", "wrk", "locust"):
-        proc, port = start_server(args.server_workers)
-        try:
-            if tool == "generator":
-                rows, best = generator_search(
-                    port, args.seconds, args.start, args.max_rate, not args.no_pin, args.lag_ms
-                )
-                figures["generator_rps_lag_%gms" % args.lag_ms] = best
-                for limit in sorted(set(LAG_LIMITS_MS) - {args.lag_ms}):
-                    good = [
-                        r["rate"]
-                        for r in rows
-                        if r["kept_up"] and r["lag_p99_ms"] is not None and r["lag_p99_ms"] < limit
-                    ]
-                    figures["generator_rps_lag_%gms" % limit] = max(good, default=None)
-                cpu = [r["cpu_us_per_request"] for r in rows if r["ok"]]
-                figures["generator_cpu_us_per_request"] = min(cpu) if cpu else None
-            elif tool == "wrk":
-                figures["wrk_rps"] = run_wrk(port, args.seconds, 64)
-            else:
-                figures["locust_rps"] = run_locust(port, args.seconds, 64)
-            print("  (load average after %s: %s)" % (tool, os.getloadavg()), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    print()
-    for limit in sorted({args.lag_ms, *LAG_LIMITS_MS}):
-        gen = figures["generator_rps_lag_%gms" % limit]
-        how = "searched" if limit == args.lag_ms else "highest rate measured during the search"
-        print("generator (open loop, one event loop) with p99 send lag < %g ms (%s): %s RPS" % (limit, how, gen))
-        for tool in ("wrk", "locust"):
-            other = figures.get(tool + "_rps")
-            if other and gen:
-                print(
-                    "  generator / %-6s = %.3f  (%s: %.0f RPS closed loop at full speed)"
-                    % (tool, gen / other, tool, other)
-                )
-            else:
-                print(
-                    "  generator / %-6s = n/a (%s)"
-                    % (tool, "no generator rate met this lag" if other else tool + " unavailable or failed")
-                )
-    if figures.get("generator_cpu_us_per_request"):
-        print("generator CPU per request at a passing rate: %.1f us" % figures["generator_cpu_us_per_request"])
-    print("load average after: %s" % (os.getloadavg(),))
+    if len(CORES) < 2:
+        print("this benchmark needs 2 cores (server and load tool apart); have %s" % CORES)
+        return 2
+    print("cores %s, load average %s" % (CORES, os.getloadavg()), flush=True)
+    try:
+        with bench.HAProxy(SERVER_CORE) as haproxy:
+            print("per core (HAProxy on core %d at %s):" % (SERVER_CORE, haproxy.url), flush=True)
+            core = per_core(haproxy.url, args)
+            print("scaling:", flush=True)
+            scale = scaling(haproxy.url, args)
+    except bench.Unavailable as exc:
+        print("the server is NOT AVAILABLE, no figures: %s" % exc)
+        return 1
+    print("fidelity:", flush=True)
+    try:
+        fid = fidelity(args)
+    except bench.Unavailable as exc:
+        fid = {}
+        print("    NOT AVAILABLE: %s" % exc)
+    lines = summary(args, core, scale, fid)
+    print("\n===== summary (load average now %.2f) =====" % os.getloadavg()[0])
+    print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"figures": figures, "ladder": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"per_core": core, "scaling": scale, "fidelity": fid}, indent=1))
     return 0
 
 
