@@ -255,9 +255,58 @@ options:
     type: dict
     default: {}
   max_connections:
-    description: Upper bound on concurrent connections the generator opens.
+    description: Upper bound on concurrent connections the generator opens (split between its O(workers)).
     type: int
     default: 4096
+  workers:
+    description:
+      - Generator processes on the load host. Each has its own event loop and connections and takes every N-th send
+        time of the one arrival process, so constant and Poisson schedules keep their statistics; their histograms,
+        send lag, errors and in-flight samples merge into each step's single result.
+      - V(0) takes every core available to the module, leaving one to the system when there are more than two.
+      - A worker that dies fails the test with a message naming it; it never reads as a lower capacity.
+    type: int
+    default: 0
+  event_loop:
+    description:
+      - The event loop of the generator. V(uvloop) needs the C(uvloop) package on the load host; the results are the
+        same, the per-core rate may be higher. The choice is recorded in the result (RV(generator)).
+    type: str
+    default: asyncio
+    choices: [asyncio, uvloop]
+  generators:
+    description:
+      - Run the test from these generator hosts instead of this one. Each runs M(gpu.mig.capacity_generator),
+        started with the same O(generator_token); this module drives the step plan, checks each host's clock, hands
+        every host its shares of each step's schedule with a common start, merges the hosts' histograms and judges
+        the steps exactly as for one host.
+      - A host that cannot be reached, fails or is lost during a step fails the test with a message naming it.
+      - The capacity role starts the generators and fills this in from C(capacity_generators).
+    type: list
+    elements: dict
+    suboptions:
+      host:
+        description: Name of the host in messages and in RV(generator.hosts).
+        type: str
+      address:
+        description: Address this host reaches the generator at.
+        type: str
+        required: true
+      port:
+        description: Port its M(gpu.mig.capacity_generator) listens on.
+        type: int
+        default: 9470
+  generator_token:
+    description:
+      - The shared secret the O(generators) were started with (16 to 256 printable ASCII characters).
+      - The protocol is not encrypted; run it on a network you trust (the request headers cross it).
+    type: str
+  max_clock_offset:
+    description:
+      - Milliseconds a generator host's clock may differ from this host's. The offset is measured (the best of five
+        pings) and corrected in each step's start; a larger one is refused, as clocks that far apart are not kept.
+    type: float
+    default: 100.0
   record_requests:
     description: Record every request (intended time, send lag, status, latency) into C(<output_dir>/*.requests.csv).
     type: bool
@@ -545,6 +594,15 @@ noisy_neighbour:
     sentence: >-
       chat at 180 RPS stayed within its SLA while ocr stepped to 3x 20 RPS: p99 540 ms before, up to 610 ms during
       (during x3), 530 ms after.
+generator:
+  description:
+    - The load generators that ran the test - C(workers), the generator processes in all (O(workers) resolved), and
+      C(event_loop).
+    - With O(generators), C(hosts) - one item per host with C(host), C(address), C(port), C(workers), C(cores),
+      C(event_loop), C(shares) (its first and last share of the schedule), C(clock_offset_ms) and C(rtt_ms).
+  returned: success
+  type: dict
+  sample: {"workers": 3, "event_loop": "asyncio"}
 probe:
   description: Status and latency of the first probe request.
   returned: success
@@ -596,7 +654,7 @@ def main():
         # read the numbers unconverted, and the capacity rules below name the option instead of a traceback
         module = AnsibleModule(argument_spec=_numbers_unconverted(ARGUMENT_SPEC), **checks)
     try:  # every option is checked against its rule (_capacity.OPTION_RULES) before the first request
-        result = run_sync(run_capacity_test(module.params, check_only=module.check_mode))
+        result = run_sync(run_capacity_test(module.params, check_only=module.check_mode), module.params["event_loop"])
     except CapacityError as exc:
         module.fail_json(msg=str(exc))
     out = {
@@ -604,6 +662,7 @@ def main():
         "capacity_warnings": result.get("warnings", []),
         "probe": result.get("probe"),
         "plan": result.get("plan"),
+        "generator": result.get("generator"),
     }
     for warning in result.get("warnings", []):
         module.warn(warning)

@@ -295,7 +295,9 @@ def cmd_run(args) -> int:
         return _error("; ".join(missing))
     progress = None if args.quiet else Progress()
     try:
-        result = lg.run_sync(lg.run_capacity_test(opts, progress=progress, check_only=args.check))
+        result = lg.run_sync(
+            lg.run_capacity_test(opts, progress=progress, check_only=args.check), opts.get("event_loop") or "asyncio"
+        )
     except cap.CapacityError as exc:
         return _error(str(exc))
     if args.check:

@@ -548,6 +548,20 @@ PAYLOAD_RULES = {
     "variants": _VARIANTS,
 }
 
+
+def _token_problems(name: str, value: str) -> list:
+    if 16 <= len(value) <= 256 and all(33 <= ord(ch) < 127 for ch in value):
+        return []
+    return ["%s must be 16 to 256 printable ASCII characters without spaces (its value is not shown)" % name]
+
+
+# one generator host of a distributed test
+GENERATOR_RULES = {
+    "host": _LABEL,
+    "address": _matching(r"[A-Za-z0-9.:_-]+", "a host name or IP address"),
+    "port": Rule("int", 1, 65_535),
+}
+
 OPTION_RULES = {
     "url": _URL,
     "protocol": _PROTOCOL,
@@ -602,6 +616,16 @@ OPTION_RULES = {
     "metrics_interval": Rule("float", 0.01, 3600),
     "metrics_labels": Rule("dict", check=_scalar_values, words="a mapping of label names to strings or numbers"),
     "max_connections": Rule("int", 1, 65_536),
+    "workers": Rule("int", 0, 1024, hint="0 takes every available core, leaving one to the system above two"),
+    "event_loop": Rule("str", choices=("asyncio", "uvloop")),
+    "generators": Rule(
+        "list",
+        non_empty=True,
+        max_items=1000,
+        elements=Rule("dict", options=GENERATOR_RULES, required=("address",), words="a mapping (generators[].* below)"),
+    ),
+    "generator_token": Rule("str", check=_token_problems, words="a secret of 16 to 256 printable ASCII characters"),
+    "max_clock_offset": Rule("float", 0, 60_000, low_open=True),
     "record_requests": Rule("bool"),
     "validate_certs": Rule("bool"),
     "service": _LABEL,
@@ -642,6 +666,12 @@ def option_problems(cfg: dict, search: bool = True) -> list:
     def valid(key):
         return cfg.get(key) is not None and not OPTION_RULES[key].problems(key, cfg[key])
 
+    if cfg.get("generators") and not cfg.get("generator_token"):
+        out.append("generators: a test from several generator hosts needs generator_token, the secret their "
+                   "capacity_generator was started with")  # fmt: skip
+    if cfg.get("generators") and cfg.get("noisy_neighbour"):
+        out.append("generators: a noisy-neighbour run holds its rates from one host; remove generators or "
+                   "noisy_neighbour")  # fmt: skip
     if search and cfg.get("plan") == "none":
         nn = cfg.get("noisy_neighbour")
         if not (isinstance(nn, dict) and nn.get("a_rps")):

@@ -9,17 +9,20 @@ Standard library only: raw HTTP/1.1 keep-alive over asyncio streams. Latency cou
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import collections
 import contextlib
 import csv
 import functools
+import itertools
 import json
 import math
 import os
 import random
 import ssl
 import string
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -40,7 +43,6 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import 
     parse_prometheus,
     parse_sla,
     pct_name,
-    percentile_sorted,
     predict_capacity,
     queue_trend,
     raise_problems,
@@ -54,6 +56,7 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import 
     table_row,
 )
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import DEFAULTS, NEIGHBOUR_KEYS
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.workers import LocalWorkers, default_workers
 
 # asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts)
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
@@ -500,6 +503,7 @@ class Target:
     ) -> None:
         self.endpoint = Endpoint(url, validate_certs)
         self.url = url
+        self.validate_certs = validate_certs
         self.method = method.upper()
         self.timeout = float(timeout)
         self.name = name or url
@@ -525,6 +529,28 @@ class Target:
             acc += w / total
             self.cum.append(acc)
         self.cum[-1] = 1.0
+
+    def to_wire(self) -> dict:
+        """The target as JSON for a remote generator host: the very request bytes, so every host sends the same."""
+        return {
+            "url": self.url,
+            "method": self.method,
+            "timeout": self.timeout,
+            "validate_certs": self.validate_certs,
+            "name": self.name,
+            "names": self.names,
+            "cum": self.cum,
+            "requests": [[base64.b64encode(r).decode("ascii") for r in variants] for variants in self.requests],
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict) -> Target:
+        target = cls(data["url"], data["method"], timeout=data["timeout"], validate_certs=data["validate_certs"])
+        target.name = data["name"]
+        target.names = list(data["names"])
+        target.cum = [float(c) for c in data["cum"]]
+        target.requests = [[base64.b64decode(r) for r in variants] for variants in data["requests"]]
+        return target
 
     def pick(self, rng: random.Random, seq: int) -> tuple:
         idx = 0 if len(self.cum) == 1 else bisect.bisect_left(self.cum, rng.random())
@@ -780,6 +806,10 @@ class Runner:
     Requests are pre-encoded bytes written to pooled keep-alive connections (asyncio protocols): no task, stream or
     timer per request. Timeouts are swept in send order; the schedule sleeps to just before a send time and then
     yields to the event loop until it is due, so the send lag stays under a millisecond while the loop keeps up.
+
+    With ``workers`` > 1 each step's schedule is split over that many generator processes on this host
+    (:class:`LocalWorkers`), each taking every N-th send time of the one arrival process on its own event loop and
+    connections; their step parts merge into the one step this returns.
     """
 
     def __init__(
@@ -793,13 +823,18 @@ class Runner:
         record_requests: bool = False,
         progress=None,
         keep_samples: int = 2000,
+        workers: int = 1,
+        event_loop: str = "asyncio",
+        shares=None,
     ) -> None:
         if arrival not in ("constant", "poisson"):
             raise CapacityError("unknown arrival %r; use constant or poisson" % arrival)
         self.target = target
         self.arrival = arrival
+        self.seed = seed
         self.rng = random.Random(seed)
         self.payload_rng = random.Random(seed + 1)
+        self.max_connections = max_connections
         self.pool = Pool(target.endpoint, max_connections)
         self.sample_interval = sample_interval
         self.scraper = scraper
@@ -807,6 +842,12 @@ class Runner:
         self.requests: list = []
         self.progress = progress
         self.keep_samples = keep_samples
+        self.workers = max(1, int(workers))
+        self.event_loop = event_loop
+        # who sends the phases: this process (None), its forked workers (forked at the first phase when workers > 1)
+        # or remote generator hosts (remote.RemoteGenerators)
+        self.shares = shares
+        self.phase = None  # the phase running in this process, for the progress ticks
         self.seq = 0
         # seconds to nap between yields in the last millisecond before a send (0: spin); a nap blocks the loop
         self.nap = 0.0001
@@ -826,8 +867,152 @@ class Runner:
         among the measured requests sent at least ``limit_s`` ago, more than ``fraction`` took longer than ``limit_s``
         (or failed): the step is then a clear failure and holding it longer only deepens the backlog.
         """
+        loop = asyncio.get_running_loop()
+        self.pool.loop = loop
+        seed = self.rng.getrandbits(64)
+        offsets = schedule_offsets(rate, warmup + hold, self.arrival, random.Random(seed))
+        spec = {"rate": rate, "warmup": warmup, "hold": hold, "index": index, "kind": kind,
+                "stop_rule": dict(stop_rule or {}), "seed": seed, "seq": self.seq}  # fmt: skip
+        self.seq += len(offsets)
+        if self.shares is None and self.workers > 1:
+            self.shares = LocalWorkers(self, self.workers, functools.partial(new_event_loop, self.event_loop))
+        # the common start: the workers need the time to receive (or draw) their share of the schedule
+        lead = 0.01 if self.shares is None else self.shares.lead(len(offsets))
+        spec["start"] = time.time() + lead
+        stop = asyncio.Event()
+        helpers = []
+        if self.progress:
+            helpers.append(asyncio.ensure_future(self._report_progress(spec, loop.time() + lead, stop)))
+        if self.scraper and self.scraper.urls:
+            self.scraper.samples = []
+            helpers.append(asyncio.ensure_future(self.scraper.run(loop.time() + lead + warmup, stop)))
+        try:
+            if self.shares is None:
+                parts = [await self.run_share(spec, offsets)]
+            else:
+                parts = await self.shares.run(spec, offsets, self.target.timeout)
+        finally:
+            stop.set()
+            for helper in helpers:
+                with contextlib.suppress(*_TIMEOUTS, asyncio.CancelledError):
+                    await asyncio.wait_for(helper, 10.0)
+        part = merge_parts(parts, self.keep_samples)
+        if self.record_requests:
+            self.requests.extend(part["requests"])
+        return self._step(spec, offsets, part)
+
+    async def run_share(
+        self, spec: dict, offsets: list, share: int = 0, of: int = 1, shared=None, slot: int = 0
+    ) -> dict:
+        """Send share ``share`` of ``of`` of one phase (``offsets``: its send times) in this process; its step part."""
         self.pool.loop = asyncio.get_running_loop()
-        return await _Phase(self, rate, warmup, hold, index, kind, stop_rule).run()
+        return await _Phase(self, spec, offsets, share, of, shared, slot).run()
+
+    async def _report_progress(self, spec: dict, t0: float, stop: asyncio.Event) -> None:
+        """Hand the progress callback a tick every half second: the running counts of this host's generators."""
+        loop = asyncio.get_running_loop()
+        for _tick in range(100000):
+            if stop.is_set():
+                return
+            if self.shares is not None:
+                totals = self.shares.totals()
+                if totals is None:  # remote hosts report at the end of each step
+                    return
+                sent, done, inflight, errors = totals
+                p95 = None
+            elif self.phase is not None:
+                ph = self.phase
+                sent, done, inflight, errors = ph.sent, ph.finished, ph.inflight, sum(ph.errors.values())
+                p95 = None if ph.hist.count == 0 else round(ph.hist.percentile(95) * 1000, 2)
+            else:
+                sent = done = inflight = errors = 0
+                p95 = None
+            self.progress({"event": "tick", "index": spec["index"], "kind": spec["kind"], "rate": spec["rate"],
+                           "elapsed": loop.time() - t0, "duration": spec["warmup"] + spec["hold"], "sent": int(sent),
+                           "done": int(done), "inflight": int(inflight), "errors": int(errors), "p95_ms": p95})  # fmt: skip
+            with contextlib.suppress(*_TIMEOUTS):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    def _step(self, spec: dict, offsets: list, part: dict) -> dict:
+        """The step dict: rates, latencies, errors, send lag and queue trends of the hold window."""
+        warmup, hold = spec["warmup"], spec["hold"]
+        hist, lag, wait = part["hist"], part["lag"], part["wait"]
+        hold_s = max(part["held_s"], 1e-9) if part["stopped"] else hold
+        shift = min(hist.mean() or 0.0, warmup)
+        names = self.target.names
+        unsent = part["unsent"]
+        step = {
+            "index": spec["index"],
+            "kind": spec["kind"],
+            "arrival": self.arrival,
+            "offered_rps": spec["rate"],
+            # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
+            # Poisson bursts around the window edges do not read as lost throughput
+            "offered_actual_rps": round(
+                sum(1 for o in offsets if warmup - shift <= o < warmup + hold_s - shift) / hold_s, 3
+            )
+            if hold_s
+            else 0.0,
+            "warmup_s": warmup,
+            "hold_s": round(hold_s, 3),
+            "hold_planned_s": hold,
+            "scheduled": len(offsets),
+            "unsent": unsent,
+            "measured": part["measured"],
+            "ok": part["ok"],
+            "achieved_rps": round(part["ok_in_window"] / hold_s, 3) if hold_s else 0.0,
+            "errors": {k: v for k, v in part["errors"].items() if v},
+            "latency_ms": hist.summary_ms(),
+            "histogram": hist.to_dict(),
+            "schedule_lag_ms": {
+                "p50": _ms(lag.percentile(50)),
+                "p99": _ms(lag.percentile(99)),
+                "max": _ms(lag.max if lag.count else None),
+            },
+            # waiting for a free or newly opened connection: part of the latency the user sees, not generator lag
+            "connection_wait_ms": {"p50": _ms(wait.percentile(50)), "p99": _ms(wait.percentile(99))},
+            "by_payload": (
+                {names[k]: h.summary_ms() for k, h in sorted(part["by_payload"].items())}
+                if len(names) > 1
+                else {names[0]: hist.summary_ms()}
+            ),
+            "inflight_samples": [[round(t, 3), q] for t, q in part["inflight_samples"]],
+            "connections_peak": part["connections_peak"],
+            "workers": part["workers"],
+            "generator_cpu_s": round(part["cpu_s"], 4),
+        }
+        if part["stopped"]:
+            step["stopped_early"] = part["stopped"]
+        if unsent:
+            step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
+        if spec["kind"] == "baseline" or spec["index"] == 0:
+            step["service_samples_ms"] = [round(x * 1000, 4) for x in part["service_samples"]]
+        self._add_queue_trends(step, part["inflight_samples"], hold_s)
+        return step
+
+    def _add_queue_trends(self, step: dict, inflight_samples: list, hold_s: float) -> None:
+        """``step["queue"]``: the server's queue trend when it is scraped, else the client's in-flight trend."""
+        trend = queue_trend([(t, q) for t, q in inflight_samples if 0.0 <= t <= hold_s], hold_s)
+        if trend:
+            trend["source"] = "client in-flight"
+        scraper = self.scraper
+        if scraper and scraper.urls:
+            in_hold = [(t, s) for t, s in scraper.samples if -scraper.interval <= t <= hold_s]
+            server = summarize_server_metrics(in_hold)
+            if scraper.errors:
+                server["errors"] = list(scraper.errors)
+                scraper.errors = []
+            step["server"] = server
+            server_queue = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
+            server_trend = queue_trend(server_queue, hold_s, blocks=6)
+            if server_trend:
+                queues = [
+                    n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
+                ]
+                server_trend["source"] = "server queue (%s)" % ", ".join(queues)
+                step["client_queue"] = trend
+                trend = server_trend
+        step["queue"] = trend
 
     async def run_closed(self, concurrency: int, duration: float, max_requests: int = 1_000_000) -> dict:
         """Closed-loop comparison: ``concurrency`` users send back-to-back and time from the *actual* send.
@@ -868,17 +1053,24 @@ class Runner:
 
     def close(self) -> None:
         self.pool.close()
+        if self.shares is not None:
+            self.shares.close()
+            self.shares = None
 
 
 class _Phase:
-    """One step of the open-loop schedule, from the first send to the drain; :meth:`Runner.run_phase` runs it.
+    """One share of one step of the open-loop schedule, from the first send to the drain; it returns a step part.
 
     The pool calls :meth:`on_response` for every request that ends; a housekeeping task sweeps timeouts in send
-    order, samples the in-flight count and applies the early-stop rule; :meth:`step` reads the counters back.
+    order, samples the in-flight count and applies the early-stop rule. Share ``share`` of ``of`` sends the given
+    ``offsets`` (every ``of``-th send time of the step) from the common start ``spec["start"]`` (wall clock).
+    ``shared`` (the host's :class:`SharedState`, with several worker processes) carries the early-stop flag between
+    them and this worker's live counters to the parent.
     """
 
     __slots__ = (
         "by_payload",
+        "cpu0",
         "drained",
         "errors",
         "finished",
@@ -893,23 +1085,26 @@ class _Phase:
         "judged",
         "judged_bad",
         "keep",
-        "kind",
         "lags",
         "loop",
         "measured",
         "multi",
         "names",
+        "of",
         "offsets",
         "ok",
         "ok_in_window",
-        "rate",
         "record",
         "requests",
         "runner",
         "send_order",
         "sending",
         "sent",
+        "seq",
         "service_samples",
+        "share",
+        "shared",
+        "slot",
         "stop_helpers",
         "stop_rule",
         "stopped",
@@ -921,27 +1116,30 @@ class _Phase:
     )
 
     def __init__(
-        self, runner: Runner, rate: float, warmup: float, hold: float, index: int, kind: str, stop_rule: dict | None
+        self, runner: Runner, spec: dict, offsets: list, share: int = 0, of: int = 1, shared=None, slot: int = 0
     ) -> None:
         loop = asyncio.get_running_loop()
         self.runner = runner
         self.loop = loop
-        self.rate = rate
-        self.warmup = warmup
-        self.hold = hold
-        self.index = index
-        self.kind = kind
-        self.stop_rule = dict(stop_rule or {})
-        self.offsets = schedule_offsets(rate, warmup + hold, runner.arrival, runner.rng)
+        self.warmup = spec["warmup"]
+        self.hold = spec["hold"]
+        self.index = spec["index"]
+        self.stop_rule = dict(spec["stop_rule"])
+        if self.stop_rule:  # this share sees one request in ``of``
+            self.stop_rule["min_requests"] = max(1, math.ceil(self.stop_rule.get("min_requests", 100) / of))
+        self.offsets = offsets
+        self.share, self.of, self.seq = share, of, spec["seq"] + share
+        self.shared, self.slot = shared, slot
         self.timeout = runner.target.timeout
-        self.t0 = loop.time() + 0.01
-        self.hold_start = self.t0 + warmup
-        self.hold_end = self.hold_start + hold  # moves to the stop time when the early-stop rule ends the hold
+        self.t0 = loop.time() + (spec["start"] - time.time())
+        self.hold_start = self.t0 + self.warmup
+        self.hold_end = self.hold_start + self.hold  # moves to the stop time when the early-stop rule ends the hold
         self.record = runner.record_requests
-        self.requests = runner.requests
+        self.requests: list = []
         self.names = runner.target.names
         self.multi = len(self.names) > 1
         self.keep = runner.keep_samples
+        self.cpu0 = time.process_time()
         # counters the responses update
         self.inflight = 0
         self.sent = 0
@@ -968,20 +1166,16 @@ class _Phase:
         self.stop_helpers = asyncio.Event()  # set after the drain
 
     async def run(self) -> dict:
-        helpers = [asyncio.ensure_future(self._housekeeping())]
-        runner = self.runner
-        if runner.progress:
-            helpers.append(asyncio.ensure_future(self._report_progress()))
-        if runner.scraper and runner.scraper.urls:
-            runner.scraper.samples = []
-            helpers.append(asyncio.ensure_future(runner.scraper.run(self.hold_start, self.stop_helpers)))
+        self.runner.phase = self
+        housekeeping = asyncio.ensure_future(self._housekeeping())
         unsent = await self._send()
         if self.stopped:
             unsent = 0
-            self.hold_end = self.loop.time()
+            self.hold_end = min(self.hold_end, self.loop.time())
         self.sending = False
-        await self._drain(helpers)
-        return self.step(unsent)
+        await self._drain(housekeeping)
+        self.runner.phase = None
+        return self.part(unsent)
 
     def on_response(self, ex: Exchange) -> None:
         """Count one request that ended: answered, failed or timed out (the pool's callback)."""
@@ -1043,6 +1237,7 @@ class _Phase:
         t0 = self.t0
         hold_start = self.hold_start
         hold_end = self.hold_end
+        seq, stride = self.seq, self.of
         n = len(offsets)
         i = 0
         deadline = t0 + self.warmup + self.hold + 5.0
@@ -1067,8 +1262,7 @@ class _Phase:
                 intended = t0 + offsets[i]
                 if intended > limit_t:
                     break
-                pidx, req = pick(prng, runner.seq)
-                runner.seq += 1
+                pidx, req = pick(prng, seq + stride * i)
                 ex = Exchange(intended, pidx, hold_start <= intended < hold_end, on_response)
                 ex.sent = clock()
                 self.inflight += 1
@@ -1101,10 +1295,16 @@ class _Phase:
                 next_sample += interval
             if self.stop_rule and not self.stopped and self.sending and now >= self.hold_start:
                 self._apply_stop_rule(now)
+            if self.shared is not None:
+                self.shared.publish(self.slot, self.sent, self.finished, self.inflight, sum(self.errors.values()))
             await asyncio.sleep(tick)
 
     def _apply_stop_rule(self, now: float) -> None:
         """Judge the watched requests now older than the limit; end the hold when too many of them are bad."""
+        shared = self.shared
+        if shared is not None and shared.stop.value:  # another worker's rule ended the hold: so does this one's
+            self.stopped.update(at_s=round(now - self.hold_start, 3), reason="")
+            return
         # every measured request older than the limit is either done (latency known) or still waiting (over it)
         rule = self.stop_rule
         limit = rule["limit_s"]
@@ -1125,34 +1325,11 @@ class _Phase:
                 reason="stopped %.1f s into the %g s hold: %d of %d requests (%.1f%%) took over %s or failed (%s)"
                 % (held, self.hold, bad, n, 100.0 * bad / n, _fmt_s(limit), rule.get("reason", "")),
             )
+            if shared is not None:
+                shared.stop.value = self.slot + 1
 
-    async def _report_progress(self) -> None:
-        """Hand the runner's progress callback a tick every half second."""
-        loop = self.loop
-        progress = self.runner.progress
-        for _tick in range(100000):
-            if self.stop_helpers.is_set():
-                return
-            progress(
-                {
-                    "event": "tick",
-                    "index": self.index,
-                    "kind": self.kind,
-                    "rate": self.rate,
-                    "elapsed": loop.time() - self.t0,
-                    "duration": self.warmup + self.hold,
-                    "sent": self.sent,
-                    "done": self.finished,
-                    "inflight": self.inflight,
-                    "errors": sum(self.errors.values()),
-                    "p95_ms": None if self.hist.count == 0 else round(self.hist.percentile(95) * 1000, 2),
-                }
-            )
-            with contextlib.suppress(_TIMEOUTS):
-                await asyncio.wait_for(self.stop_helpers.wait(), 0.5)
-
-    async def _drain(self, helpers: list) -> None:
-        """Let the hold window end, wait for the requests still out (bounded by the timeout), stop the helpers."""
+    async def _drain(self, housekeeping) -> None:
+        """Let the hold window end, wait for the requests still out (bounded by the timeout), stop housekeeping."""
         loop = self.loop
         if not self.stopped and loop.time() < self.hold_end:
             await asyncio.sleep(self.hold_end - loop.time())
@@ -1160,92 +1337,83 @@ class _Phase:
             with contextlib.suppress(*_TIMEOUTS):
                 await asyncio.wait_for(self.drained.wait(), self.timeout + 2.0)
         self.stop_helpers.set()
-        for helper in helpers:
-            try:
-                await asyncio.wait_for(helper, 10.0)
-            except (*_TIMEOUTS, asyncio.CancelledError):
-                pass
+        with contextlib.suppress(*_TIMEOUTS, asyncio.CancelledError):
+            await asyncio.wait_for(housekeeping, 10.0)
         for ex in list(self.send_order):  # anything left after the drain timed out
             self.runner.pool.expire(ex)
 
-    def step(self, unsent: int) -> dict:
-        """The step dict: rates, latencies, errors, send lag and queue trends of the hold window."""
-        warmup, hold, hist = self.warmup, self.hold, self.hist
-        hold_s = max(self.hold_end - self.hold_start, 1e-9) if self.stopped else hold
-        lags = sorted(self.lags)
-        waits = sorted(self.waits)
-        shift = min(hist.mean() or 0.0, warmup)
-        names = self.names
-        step = {
-            "index": self.index,
-            "kind": self.kind,
-            "arrival": self.runner.arrival,
-            "offered_rps": self.rate,
-            # arrivals that *should* complete inside the window: intended sends shifted back by the mean latency, so
-            # Poisson bursts around the window edges do not read as lost throughput
-            "offered_actual_rps": round(
-                sum(1 for o in self.offsets if warmup - shift <= o < warmup + hold_s - shift) / hold_s, 3
-            )
-            if hold_s
-            else 0.0,
-            "warmup_s": warmup,
-            "hold_s": round(hold_s, 3),
-            "hold_planned_s": hold,
-            "scheduled": len(self.offsets),
+    def part(self, unsent: int) -> dict:
+        """This share's counts, histograms and samples: a step part that :func:`merge_parts` adds to the others'."""
+        lag, wait = LatencyHistogram(), LatencyHistogram()
+        for x in self.lags:
+            lag.record(x)
+        for x in self.waits:
+            wait.record(x)
+        return {
+            "workers": 1,
+            "sent": self.sent,
             "unsent": unsent,
             "measured": self.measured,
             "ok": self.ok,
-            "achieved_rps": round(self.ok_in_window / hold_s, 3) if hold_s else 0.0,
-            "errors": {k: v for k, v in self.errors.items() if v},
-            "latency_ms": hist.summary_ms(),
-            "histogram": hist.to_dict(),
-            "schedule_lag_ms": {
-                "p50": _ms(percentile_sorted(lags, 50)),
-                "p99": _ms(percentile_sorted(lags, 99)),
-                "max": _ms(lags[-1] if lags else None),
-            },
-            # waiting for a free or newly opened connection: part of the latency the user sees, not generator lag
-            "connection_wait_ms": {"p50": _ms(percentile_sorted(waits, 50)), "p99": _ms(percentile_sorted(waits, 99))},
-            "by_payload": (
-                {names[k]: h.summary_ms() for k, h in sorted(self.by_payload.items())}
-                if self.multi
-                else {names[0]: hist.summary_ms()}
-            ),
-            "inflight_samples": [[round(t, 3), q] for t, q in self.inflight_samples],
+            "ok_in_window": self.ok_in_window,
+            "errors": self.errors,
+            "hist": self.hist,
+            "by_payload": self.by_payload,
+            "lag": lag,
+            "wait": wait,
+            "service_samples": self.service_samples,
+            "inflight_samples": self.inflight_samples,
+            "stopped": self.stopped,
+            "held_s": self.hold_end - self.hold_start,
             "connections_peak": self.runner.pool.peak,
+            "cpu_s": time.process_time() - self.cpu0,
+            "requests": self.requests,
         }
-        if self.stopped:
-            step["stopped_early"] = self.stopped
-        if unsent:
-            step["schedule_lag_ms"]["p99"] = max(step["schedule_lag_ms"]["p99"] or 0.0, 1e6)
-        if self.kind == "baseline" or self.index == 0:
-            step["service_samples_ms"] = [round(x * 1000, 4) for x in self.service_samples]
-        self._add_queue_trends(step, hold_s)
-        return step
 
-    def _add_queue_trends(self, step: dict, hold_s: float) -> None:
-        """``step["queue"]``: the server's queue trend when it is scraped, else the client's in-flight trend."""
-        trend = queue_trend([(t, q) for t, q in self.inflight_samples if 0.0 <= t <= hold_s], hold_s)
-        if trend:
-            trend["source"] = "client in-flight"
-        scraper = self.runner.scraper
-        if scraper and scraper.urls:
-            in_hold = [(t, s) for t, s in scraper.samples if -scraper.interval <= t <= hold_s]
-            server = summarize_server_metrics(in_hold)
-            if scraper.errors:
-                server["errors"] = list(scraper.errors)
-                scraper.errors = []
-            step["server"] = server
-            server_queue = [(t, v) for t, v in server.get("queue_samples", []) if t >= 0.0]
-            server_trend = queue_trend(server_queue, hold_s, blocks=6)
-            if server_trend:
-                queues = [
-                    n for n in server.get("names", []) if KNOWN_METRICS.get(n, ("",))[0] in ("queue", "queue_server")
-                ]
-                server_trend["source"] = "server queue (%s)" % ", ".join(queues)
-                step["client_queue"] = trend
-                trend = server_trend
-        step["queue"] = trend
+
+_SUMMED = ("workers", "sent", "unsent", "measured", "ok", "ok_in_window", "connections_peak", "cpu_s")
+
+
+def merge_parts(parts: list, keep: int) -> dict:
+    """One step part from its shares' parts: counts and histograms add, in-flight series add, the first stop wins.
+
+    Histogram buckets add exactly, so the merged percentiles are those of one histogram of every request.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    out = {key: sum(p[key] for p in parts) for key in _SUMMED}
+    out["errors"] = {kind: sum(p["errors"].get(kind, 0) for p in parts) for kind in ERROR_KINDS}
+    for key in ("hist", "lag", "wait"):
+        out[key] = functools.reduce(LatencyHistogram.merge, (p[key] for p in parts), LatencyHistogram())
+    out["by_payload"] = {}
+    for p in parts:
+        for pidx, hist in p["by_payload"].items():
+            out["by_payload"].setdefault(pidx, LatencyHistogram()).merge(hist)
+    samples = itertools.zip_longest(*(p["service_samples"] for p in parts))
+    out["service_samples"] = [x for group in samples for x in group if x is not None][:keep]
+    out["inflight_samples"] = _sum_series([p["inflight_samples"] for p in parts])
+    stops = [p["stopped"] for p in parts if p["stopped"]]
+    out["stopped"] = dict(min(stops, key=lambda s: (not s.get("reason"), s["at_s"]))) if stops else {}
+    out["held_s"] = max(p["held_s"] for p in parts)
+    out["requests"] = sorted((row for p in parts for row in p["requests"]), key=lambda row: (row[0], row[1]))
+    return out
+
+
+def _sum_series(series: list) -> list:
+    """The sum of step functions sampled at different instants, taken at the instants of the longest one."""
+    base = max(series, key=len)
+    at = [0] * len(series)
+    out = []
+    for t, _value in base:
+        total = 0
+        for k, samples in enumerate(series):
+            if not samples:
+                continue
+            while at[k] + 1 < len(samples) and samples[at[k] + 1][0] <= t:
+                at[k] += 1
+            total += samples[at[k]][1]
+        out.append((t, total))
+    return out
 
 
 def _wake(fut, _ex) -> None:
@@ -1378,6 +1546,17 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
     if cfg.get("metrics_urls"):
         scraper = Scraper(cfg["metrics_urls"], float(cfg["metrics_interval"]), cfg.get("metrics_labels") or {})
         warnings.extend(await scraper.probe())
+    remote = None
+    generator = {"workers": generator_workers(cfg), "event_loop": cfg["event_loop"]}
+    if cfg.get("generators"):
+        from ansible_collections.gpu.mig.plugins.module_utils._capacity.remote import RemoteGenerators
+
+        remote = RemoteGenerators(cfg["generators"], cfg["generator_token"], float(cfg["max_clock_offset"]))
+        hosts = await remote.open(target, cfg)
+        loops = sorted({h["event_loop"] for h in hosts})
+        generator = {"workers": sum(h["workers"] for h in hosts), "event_loop": ", ".join(loops), "hosts": hosts}
+        if check_only:
+            remote.close()
     result = {
         "schema": SCHEMA,
         "service": _service_meta(cfg, target),
@@ -1390,6 +1569,8 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
         },
         "config": _public_config(cfg),
         "probe": {"status": status, "latency_ms": probe_ms},
+        # the load generators: processes on this host (or on each generator host) and their event loop
+        "generator": generator,
         "warnings": warnings,
     }
     if neighbour:
@@ -1404,7 +1585,9 @@ async def run_capacity_test(options: dict, progress=None, check_only: bool = Fal
     steps: list = []
     requests: list = []
     if plan is not None:
-        steps, requests = await _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start)
+        steps, requests = await _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start, remote)
+    elif remote is not None:
+        remote.close()
     for s in steps:
         if s["verdict"]["void"]:
             warnings.append("step %d at %g RPS is void: %s" % (s["index"], s["offered_rps"], s["verdict"]["summary"]))
@@ -1490,6 +1673,11 @@ async def _probe(cfg: dict, target: Target) -> tuple:
     return status, probe_ms
 
 
+def generator_workers(cfg: dict) -> int:
+    """The generator processes a test runs on this host: ``workers``, or with 0 the default for its cores."""
+    return int(cfg["workers"]) or default_workers()
+
+
 def _stop_rule(sla) -> dict:
     """Early stop of a clearly failing step: the primary percentile above ``hard_factor`` x its limit."""
     pct, limit = sla.primary()
@@ -1504,7 +1692,7 @@ def _stop_rule(sla) -> dict:
     }
 
 
-async def _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start) -> tuple:
+async def _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_start, shares=None) -> tuple:
     """The step plan: search steps, knee steps and confirmations, each judged; a confirmation pools its rate's runs.
 
     Returns ``(steps, recorded requests)``.
@@ -1519,6 +1707,9 @@ async def _run_plan(cfg, plan, target, scraper, holds, warnings, progress, t_sta
         scraper,
         bool(cfg["record_requests"]),
         progress,
+        workers=generator_workers(cfg),
+        event_loop=cfg["event_loop"],
+        shares=shares,
     )
     limit = float(cfg["time_limit"])
     steps: list = []
@@ -1767,9 +1958,36 @@ async def run_noisy_neighbour(
     }
 
 
-def run_sync(coro):
+def new_event_loop(name: str = "asyncio"):
+    """A fresh event loop: the standard one, or uvloop's when ``name`` is ``uvloop`` (and it is installed)."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise CapacityError(
+                "event_loop uvloop: uvloop is not installed for %s on this load host; install it there "
+                "(pip install uvloop) or use event_loop asyncio" % sys.executable
+            ) from None
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run_sync(coro, event_loop: str = "asyncio"):
     """Run a coroutine on a fresh event loop (modules and the CLI are synchronous)."""
-    return asyncio.run(coro)
+    try:
+        loop = new_event_loop(event_loop)
+    except CapacityError:
+        coro.close()
+        raise
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def slug(text: str) -> str:

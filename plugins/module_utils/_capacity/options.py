@@ -45,6 +45,13 @@ PAYLOAD_MIX_OPTIONS = dict(
     variants=dict(type="int"),
 )
 
+# one generator host of a test run from several hosts (its capacity_generator listens on address:port)
+GENERATOR_OPTIONS = dict(
+    host=dict(type="str"),
+    address=dict(type="str", required=True),
+    port=dict(type="int", default=9470),
+)
+
 ARGUMENT_SPEC = dict(
     url=dict(type="str", required=True),
     protocol=dict(type="str", default="generic", choices=PROTOCOLS),
@@ -89,6 +96,11 @@ ARGUMENT_SPEC = dict(
     metrics_interval=dict(type="float", default=1.0),
     metrics_labels=dict(type="dict", default={}),
     max_connections=dict(type="int", default=4096),
+    workers=dict(type="int", default=0),
+    event_loop=dict(type="str", default="asyncio", choices=["asyncio", "uvloop"]),
+    generators=dict(type="list", elements="dict", options=GENERATOR_OPTIONS),
+    generator_token=dict(type="str", no_log=True),
+    max_clock_offset=dict(type="float", default=100.0),
     record_requests=dict(type="bool", default=False),
     validate_certs=dict(type="bool", default=True),
     service=dict(type="str"),
