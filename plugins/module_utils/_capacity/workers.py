@@ -98,6 +98,7 @@ class LocalWorkers:
     async def run(self, spec: dict, offsets: list, timeout: float) -> list:
         """Every worker's part of one phase; a worker that dies, fails or hangs fails the phase (CapacityError)."""
         self.shared.reset()
+        tasks: list = []
         try:
             for slot, conn in enumerate(self.conns):
                 share = self.first + slot
@@ -106,28 +107,31 @@ class LocalWorkers:
                 except OSError:
                     raise CapacityError(self._lost(slot, spec)) from None
             limit = spec["start"] - time.time() + spec["warmup"] + spec["hold"] + timeout + 30.0
+            tasks = [asyncio.ensure_future(self._part(slot, spec)) for slot in range(self.count)]
             try:
-                return await asyncio.wait_for(
-                    asyncio.gather(*(self._part(slot, spec) for slot in range(self.count))), limit
-                )
+                return await asyncio.wait_for(asyncio.gather(*tasks), limit)
             except _TIMEOUTS:
                 raise CapacityError(
                     "step %d at %g RPS: the load generator workers did not report within %.0f s; the step is failed"
                     % (spec["index"], spec["rate"], limit)
                 ) from None
         except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.close()
             raise
 
     async def _part(self, slot: int, spec: dict) -> dict:
         conn = self.conns[slot]
+        fd = conn.fileno()
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        loop.add_reader(conn.fileno(), _resolve, ready)
+        loop.add_reader(fd, _resolve, ready)
         try:
             await ready
         finally:
-            loop.remove_reader(conn.fileno())
+            loop.remove_reader(fd)
         try:
             kind, value = conn.recv()
         except (EOFError, OSError):

@@ -48,11 +48,17 @@ def _options(server, **kw):
     return opts
 
 
-def test_deterministic_server_knee_within_5_percent(capacity_server):
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request):
+    """Generator processes: every ground truth must hold with the schedule on one process and split over two."""
+    return request.param
+
+
+def test_deterministic_server_knee_within_5_percent(capacity_server, workers):
     server = capacity_server(workers=WORKERS, mean_ms=SERVICE_MS, service="deterministic")
     res = lg.run_sync(
         lg.run_capacity_test(
-            _options(server, arrival="constant", start_rps=120, max_rps=300, hold=1.5, resolution=0.04)
+            _options(server, arrival="constant", start_rps=120, max_rps=300, hold=1.5, resolution=0.04, workers=workers)
         )
     )
     c = res["capacity"]
@@ -102,7 +108,7 @@ def _mmc_plan():
     return {"start_rps": MMC_SAT / 2, "max_rps": MMC_SAT * 1.25, "resolution": 0.02, "max_confirmations": 4}
 
 
-def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
+def test_exponential_server_sla_capacity_within_5_percent(capacity_server, workers):
     server = capacity_server(
         workers=MMC_WORKERS,
         mean_ms=MMC_SERVICE_MS,
@@ -125,6 +131,7 @@ def test_exponential_server_sla_capacity_within_5_percent(capacity_server):
                 confirm_hold=MMC_HOLDS["confirm"],  # ...and the result is re-run and judged on all its runs pooled
                 initial_warmup=0.5,
                 time_limit=MMC_TIME_LIMIT,
+                workers=workers,
                 **_mmc_plan(),
             )
         )
@@ -177,13 +184,15 @@ def test_adaptive_plan_converges_in_virtual_time():
     assert max(seconds) < 150
 
 
-def test_exponential_latency_percentiles_follow_mmc(capacity_server):
+def test_exponential_latency_percentiles_follow_mmc(capacity_server, workers):
     """At a fixed moderate load the measured p95 is the M/M/c p95 (measured open-loop, from intended send time)."""
     server = capacity_server(workers=WORKERS, mean_ms=SERVICE_MS, service="exponential", seed=3)
 
     async def run():
         scraper = lg.Scraper([server.url("/metrics")], 0.25)
-        runner = lg.Runner(lg.build_target({"url": server.url(), "payload": {}}), "poisson", seed=5, scraper=scraper)
+        runner = lg.Runner(
+            lg.build_target({"url": server.url(), "payload": {}}), "poisson", seed=5, scraper=scraper, workers=workers
+        )
         try:
             await runner.run_phase(50, 0.0, 0.5, index=-1, kind="warmup")
             return await runner.run_phase(150, 1.0, 5.0)
@@ -200,13 +209,13 @@ def test_exponential_latency_percentiles_follow_mmc(capacity_server):
     assert step["latency_ms"]["p95"] > 1.1 * 60.0
 
 
-def test_periodic_stall_shows_in_open_loop_p99_but_not_closed_loop(capacity_server):
+def test_periodic_stall_shows_in_open_loop_p99_but_not_closed_loop(capacity_server, workers):
     """250 ms stalls every 4 s: open-loop p99 shows them; a closed loop with 2 users hides them."""
     server = capacity_server(workers=WORKERS, mean_ms=SERVICE_MS, stall_every=4.0, stall_ms=250, stall_offset=0.3)
 
     async def run():
         target = lg.build_target({"url": server.url(), "payload": {}})
-        runner = lg.Runner(target, "constant", seed=1)
+        runner = lg.Runner(target, "constant", seed=1, workers=workers)
         try:
             open_step = await runner.run_phase(100, 0.2, 4.5)  # any 4.5 s window holds a whole stall
             closed = await runner.run_closed(2, 6.0)  # at most 2 stalls: <= 4 delayed requests of ~500
