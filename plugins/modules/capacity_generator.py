@@ -50,9 +50,11 @@ seealso:
   - module: gpu.mig.capacity_test
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode it only checks that it can listen on the address and port.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 

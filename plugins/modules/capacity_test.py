@@ -286,7 +286,7 @@ options:
     elements: dict
     suboptions:
       host:
-        description: Name of the host in messages and in RV(generator.hosts).
+        description: Name of the host in messages and in the C(hosts) of RV(generator).
         type: str
       address:
         description: Address this host reaches the generator at.
