@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import remote
 from ansible_collections.gpu.mig.tests.unit.process_fixtures import processes  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[3]
+ROLE = REPO / "roles" / "capacity"
 SERVER = REPO / "tests" / "capacity_server" / "server.py"
 WORKERS = {"gen1": 1, "gen2": 2}
 
@@ -59,7 +61,7 @@ def run_role(
     test = {"service": "echo", "url": url, "sla": {"p95_ms": 500}, "start_rps": 100, "plan": "linear",
             "step_pct": 50, "max_steps": 2, "warmup": 0.2, "hold": 1.0, "initial_warmup": 0, "confirm": False,
             "arrival": "constant", "time_limit": 60}  # fmt: skip
-    content = "{{ {'token': _capacity_generator_token, 'runs': _capacity_runs.results} | to_json }}"
+    content = "{{ {'token': _capacity_generator_token | default(''), 'runs': _capacity_runs.results} | to_json }}"
     keep = {"ansible.builtin.copy": {"content": content, "dest": str(base / "after.json"), "mode": "0600"},
             "check_mode": False}  # fmt: skip
     play = {"hosts": play_hosts, "gather_facts": False, "roles": ["gpu.mig.capacity"], "post_tasks": [keep],
@@ -102,6 +104,22 @@ def test_one_test_from_two_generator_hosts(tmp_path, service_url):
     token = json.loads((tmp_path / "after.json").read_text())["token"]
     assert len(token) == 32 and token.isalnum()
     assert token not in run.stdout + run.stderr  # not even at -vvv
+
+
+def test_without_generators_the_play_host_sends_the_load_as_before(tmp_path, service_url):
+    run = run_role(tmp_path, service_url, {})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "Start the load generators" not in run.stdout
+    result = json.loads((tmp_path / "results" / "controller" / "capacity-echo.json").read_text())
+    assert "hosts" not in result["generator"] and result["generator"]["workers"] >= 1
+    assert len(result["steps"]) == 2 and all(s["workers"] == result["generator"]["workers"] for s in result["steps"])
+    fleet = json.loads((tmp_path / "results" / "fleet-capacity.json").read_text())
+    assert [row["service"] for row in fleet["rows"]] == ["echo"]
+
+
+def test_the_role_stops_an_unreached_generator_in_the_agents_protocol():
+    """The stop task speaks the agent's protocol (its hello names it); a new protocol version must update it."""
+    assert '"protocol":"%s"' % remote.PROTOCOL in (ROLE / "tasks" / "distributed.yml").read_text()
 
 
 def test_check_mode_connects_to_the_generators_and_ends_them(tmp_path, service_url):
