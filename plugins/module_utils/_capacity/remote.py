@@ -90,14 +90,14 @@ class _Agent:
         self.clock = clock
         self.done = asyncio.Event()
         self.busy = False
-        self.claimed = False
+        self.claimed = asyncio.Event()  # a coordinator passed the handshake: one test a generator
         self.runner = None
         self.share = (0, 1)  # this host's first share, of all the test's shares
         self.steps = 0
         self.failures: list = []
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.busy or self.done.is_set():
+        if self.busy or self.claimed.is_set():
             writer.close()
             return
         self.busy = True
@@ -114,7 +114,7 @@ class _Agent:
                 writer,
                 {"op": "hello", "workers": self.workers, "cores": available_cores(), "event_loop": self.event_loop},
             )
-            self.claimed = True  # one test a generator: it ends with this session
+            self.claimed.set()
             await self._serve(reader, writer)
         except (OSError, ConnectionError, ValueError, KeyError, *_TIMEOUTS) as exc:
             self.failures.append("session ended: %s" % (exc or type(exc).__name__))
@@ -124,7 +124,7 @@ class _Agent:
                 self.runner = None
             self.busy = False
             writer.close()
-            if self.claimed:
+            if self.claimed.is_set():
                 self.done.set()
 
     async def _serve(self, reader, writer) -> None:
@@ -187,10 +187,12 @@ class _Agent:
 
 
 async def serve_generator(listen: str, port: int, token: str, timeout: float, workers: int = 0,
-                          event_loop: str = "asyncio", clock=time.time, ready=None) -> dict:  # fmt: skip
+                          event_loop: str = "asyncio", clock=time.time, ready=None,
+                          connect_timeout: float | None = None) -> dict:  # fmt: skip
     """Listen on ``listen:port`` until a coordinator has run its test (or ``timeout`` seconds); what was served.
 
-    ``ready`` (a callable) gets the bound port once listening.
+    Without a coordinator within ``connect_timeout`` seconds it ends too (a test that failed before reaching it, an
+    interrupted play). ``ready`` (a callable) gets the bound port once listening.
     """
     if not token or len(token) < 16:
         raise CapacityError("generator token must be at least 16 characters; let the capacity role generate it")
@@ -204,8 +206,10 @@ async def serve_generator(listen: str, port: int, token: str, timeout: float, wo
     bound = server.sockets[0].getsockname()[1]
     if ready is not None:
         ready(bound)
+    started = time.monotonic()
     try:
-        await asyncio.wait_for(agent.done.wait(), timeout)
+        await asyncio.wait_for(agent.claimed.wait(), min(timeout, connect_timeout or timeout))
+        await asyncio.wait_for(agent.done.wait(), max(0.0, timeout - (time.monotonic() - started)))
         finished = True
     except _TIMEOUTS:
         finished = False
@@ -214,6 +218,24 @@ async def serve_generator(listen: str, port: int, token: str, timeout: float, wo
         await server.wait_closed()
     return {"port": bound, "finished": finished, "steps": agent.steps, "workers": agent.workers,
             "failures": agent.failures}  # fmt: skip
+
+
+async def stop_generator(address: str, port: int, token: str, timeout: float = 5.0) -> bool:
+    """End a generator that no coordinator reached, as a coordinator that ran no test; False when none listens."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, *_TIMEOUTS):
+        return False
+    try:
+        await _send(writer, {"op": "hello", "protocol": PROTOCOL, "token": token})
+        if (await _receive(reader, timeout)).get("op") != "hello":
+            return False
+        await _send(writer, {"op": "close"})
+        return (await _receive(reader, timeout)).get("op") == "bye"
+    except (OSError, ConnectionError, ValueError, *_TIMEOUTS):
+        return False
+    finally:
+        writer.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ TOKEN = "t0k3n-for-the-tests-only"
 AGENT = (
     "import sys, time\n"
     "from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen, remote\n"
-    "skew = float(sys.argv[3])\n"
+    "skew, wait = float(sys.argv[3]), float(sys.argv[4])\n"
     "print(loadgen.run_sync(remote.serve_generator('127.0.0.1', 0, sys.argv[1], 60, int(sys.argv[2]),\n"
-    "      clock=lambda: time.time() + skew, ready=lambda port: print('LISTENING', port, flush=True))), flush=True)\n"
+    "      clock=lambda: time.time() + skew, ready=lambda port: print('LISTENING', port, flush=True),\n"
+    "      connect_timeout=wait)), flush=True)\n"
 )
 # the collection this process imports, for the agents (ansible-test runs the units without PYTHONPATH)
 COLLECTIONS = os.path.dirname(lg.__file__).split(os.sep + "ansible_collections" + os.sep)[0]
@@ -34,13 +35,13 @@ COLLECTIONS = os.path.dirname(lg.__file__).split(os.sep + "ansible_collections" 
 
 @pytest.fixture
 def agents():
-    """Factory: ``agents(workers=1, skew=0.0)`` -> (process, port) of a generator agent on 127.0.0.1."""
+    """Factory: ``agents(workers=1, skew=0.0, ...)`` -> (process, port) of a generator agent on 127.0.0.1."""
     with started_processes() as spawn:
 
-        def start(workers: int = 1, skew: float = 0.0, token: str = TOKEN) -> tuple:
+        def start(workers: int = 1, skew: float = 0.0, token: str = TOKEN, connect_timeout: float = 30.0) -> tuple:
             env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-            proc = spawn([sys.executable, "-c", AGENT, token, str(workers), str(skew)], stdout=subprocess.PIPE,
-                         text=True, env=env)  # fmt: skip
+            args = [sys.executable, "-c", AGENT, token, str(workers), str(skew), str(connect_timeout)]
+            proc = spawn(args, stdout=subprocess.PIPE, text=True, env=env)
             line = proc.stdout.readline()
             assert line.startswith("LISTENING "), line
             return proc, int(line.split()[1])
@@ -131,3 +132,12 @@ def test_step_parts_survive_the_wire():
     back = remote.part_from_wire(remote.part_to_wire(part))
     assert back["hist"].to_dict() == hist.to_dict() and back["by_payload"][1].summary_ms() == hist.summary_ms()
     assert back["requests"] == part["requests"] and back["inflight_samples"] == [(0.0, 3)] and back["ok"] == 4
+
+
+def test_a_generator_no_test_reached_ends_by_itself_or_when_stopped(agents, free_port):
+    waiting, _port = agents(1, connect_timeout=1.0)
+    assert waiting.wait(15) == 0 and "'finished': False, 'steps': 0" in waiting.stdout.read()
+    stoppable, port = agents(1)
+    assert lg.run_sync(remote.stop_generator("127.0.0.1", port, TOKEN)) is True
+    assert stoppable.wait(15) == 0 and "'finished': True, 'steps': 0" in stoppable.stdout.read()
+    assert lg.run_sync(remote.stop_generator("127.0.0.1", free_port, TOKEN)) is False  # nothing listens: nothing to do

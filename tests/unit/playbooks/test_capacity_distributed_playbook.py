@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.gpu.mig.plugins.module_utils._capacity import remote
 from ansible_collections.gpu.mig.tests.unit.process_fixtures import processes  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[3]
@@ -115,11 +114,6 @@ def test_without_generators_the_play_host_sends_the_load_as_before(tmp_path, ser
     assert len(result["steps"]) == 2 and all(s["workers"] == result["generator"]["workers"] for s in result["steps"])
     fleet = json.loads((tmp_path / "results" / "fleet-capacity.json").read_text())
     assert [row["service"] for row in fleet["rows"]] == ["echo"]
-
-
-def test_the_role_stops_an_unreached_generator_in_the_agents_protocol():
-    """The stop task speaks the agent's protocol (its hello names it); a new protocol version must update it."""
-    assert '"protocol":"%s"' % remote.PROTOCOL in (ROLE / "tasks" / "distributed.yml").read_text()
 
 
 def test_check_mode_connects_to_the_generators_and_ends_them(tmp_path, service_url):
