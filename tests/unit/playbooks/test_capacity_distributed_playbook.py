@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.gpu.mig.tests.unit.process_fixtures import processes  # noqa: F401 (a fixture)
+from ansible_collections.gpu.mig.tests.unit.process_fixtures import started_processes
 
 REPO = Path(__file__).resolve().parents[3]
 ROLE = REPO / "roles" / "capacity"
@@ -36,13 +36,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def service_url(processes) -> str:  # noqa: F811 (the imported fixture)
+def service_url():
     """The ground-truth server (4 workers, 5 ms each: 800 RPS) on 127.0.0.1."""
     args = [sys.executable, str(SERVER), "--port", "0", "--workers", "4", "--mean-ms", "5", "--max-seconds", "120"]
-    proc = processes(args, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("LISTENING "), line
-    return "http://127.0.0.1:%s/infer" % line.split()[1]
+    with started_processes() as spawn:
+        proc = spawn(args, stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING "), line
+        yield "http://127.0.0.1:%s/infer" % line.split()[1]
 
 
 def run_role(
