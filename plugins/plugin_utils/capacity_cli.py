@@ -11,12 +11,15 @@ Run it from the collections directory the collection is installed in (what ansib
   $CLI fleet host1/*.json host2/*.json --out fleet/   # one capacity table
   $CLI noisy --url-a ... --rps-a 100 --url-b ... --rps-b 50 --sla 'p95<300ms'
   $CLI predict --c 4 --service-ms 20 --sla-ms 100     # Erlang-C / Allen-Cunneen only
+  $CLI generator --port 9470 --token-file tok         # a generator host of a test run from several hosts, then:
+  $CLI run ... --generators address=10.0.0.2,port=9470 --generators address=10.0.0.3 --generator-token @tok
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import re
@@ -28,6 +31,7 @@ import yaml
 
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import analysis as cap
 from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen as lg
+from ansible_collections.gpu.mig.plugins.module_utils._capacity import remote
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import ARGUMENT_SPEC, REQUIRED_IF
 from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_report
 
@@ -98,6 +102,16 @@ def _numbers(value: str) -> list:
         raise argparse.ArgumentTypeError("expected numbers separated by commas, got %r" % value) from None
 
 
+def _secret(value: str) -> str:
+    """A secret given as ``@file`` (its first line), or as is."""
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError("cannot read %s: %s" % (value[1:], exc.strerror)) from None
+
+
 def _header(value: str):
     k, sep, v = value.partition(":")
     if not sep:
@@ -140,6 +154,9 @@ def add_module_options(parser: argparse.ArgumentParser, skip=()) -> None:
         elif t == "raw":
             kw["type"] = _json_or_text
             hint = "JSON, @file or text"
+        elif spec.get("no_log"):
+            kw["type"] = _secret
+            hint = "@file: read it from the file (a value on the command line shows in ps)"
         else:
             kw["type"] = {"int": int, "float": float, "str": str, "path": str}[t]
         if spec.get("choices"):
@@ -162,8 +179,21 @@ def module_options(args: argparse.Namespace, skip=()) -> dict:
             v = dict(v)
         if v is None:
             v = spec.get("default")
+        elif spec.get("elements") == "dict" and spec.get("options"):
+            v = [_suboptions(item, spec["options"]) for item in v]
         opts[name] = v
     return opts
+
+
+def _suboptions(item: dict, options: dict) -> dict:
+    """A ``key=value,...`` item with its numbers read as the suboptions' types (JSON items keep theirs)."""
+    out = dict(item)
+    for key, value in item.items():
+        kind = (options.get(key) or {}).get("type")
+        if isinstance(value, str) and kind in ("int", "float"):
+            with contextlib.suppress(ValueError):  # else left as text: the option rules name it
+                out[key] = int(value) if kind == "int" else float(value)
+    return out
 
 
 def missing_required(opts: dict) -> list:
@@ -383,6 +413,27 @@ def cmd_noisy(args) -> int:
     return 0 if res["within_sla"] else 1
 
 
+def cmd_generator(args) -> int:
+    try:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else ""
+    except OSError as exc:
+        return _error("cannot read --token-file %s: %s" % (args.token_file, exc.strerror))
+    token = token or os.environ.get("GPU_MIG_GENERATOR_TOKEN", "")
+    if not token:
+        return _error("give the shared secret with --token-file FILE or GPU_MIG_GENERATOR_TOKEN")
+    try:
+        served = lg.run_sync(
+            remote.serve_generator(args.listen, args.port, token, args.timeout, args.workers, args.event_loop,
+                                   ready=lambda port: print("listening on %s:%d" % (args.listen, port), flush=True),
+                                   connect_timeout=args.connect_timeout),
+            args.event_loop,
+        )  # fmt: skip
+    except cap.CapacityError as exc:
+        return _error(str(exc))
+    print(json.dumps(served, sort_keys=True))
+    return 0 if served["finished"] else 1
+
+
 def cmd_predict(args) -> int:
     try:
         out = cap.predict_capacity(
@@ -455,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     nz.add_argument("--out", help="directory for the plot and the report")
     nz.add_argument("--quiet", action="store_true", help="no progress display")
     nz.set_defaults(func=cmd_noisy)
+
+    gen = sub.add_parser("generator", help="serve one test run from several hosts as one of its generator hosts")
+    gen.add_argument("--listen", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    gen.add_argument("--port", type=int, default=remote.DEFAULT_PORT, help="port (default %d)" % remote.DEFAULT_PORT)
+    gen.add_argument("--token-file", help="file holding the shared secret (else GPU_MIG_GENERATOR_TOKEN)")
+    gen.add_argument("--workers", type=int, default=0, help="generator processes (default 0: every core but one)")
+    gen.add_argument("--event-loop", default="asyncio", choices=["asyncio", "uvloop"], help="event loop")
+    gen.add_argument("--timeout", type=float, default=7200.0, help="seconds to serve at most (default 7200)")
+    gen.add_argument("--connect-timeout", type=float, default=300.0, help="seconds to wait for the test (default 300)")
+    gen.set_defaults(func=cmd_generator)
 
     pr = sub.add_parser("predict", help="Erlang-C / Allen-Cunneen: the rate at which a percentile crosses the SLA")
     pr.add_argument("--c", type=int, required=True, help="concurrency limit (parallel slots)")

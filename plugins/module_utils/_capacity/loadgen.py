@@ -1859,7 +1859,7 @@ def _service_meta(cfg: dict, target: Target) -> dict:
 
 
 def _public_config(cfg: dict) -> dict:
-    skip = {"sla_obj", "payload", "headers", "payload_mix", "template"}
+    skip = {"sla_obj", "payload", "headers", "payload_mix", "template", "generator_token"}
     out = {k: v for k, v in cfg.items() if k not in skip}
     out["headers"] = sorted((cfg.get("headers") or {}).keys())  # names only: values may be secrets
     out["payload_mix"] = [p.get("name") for p in cfg.get("payload_mix") or []]

@@ -7,9 +7,12 @@ neighbour, predict."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from ansible_collections.gpu.mig.plugins.plugin_utils import capacity_cli as cli
+from ansible_collections.gpu.mig.tests.unit.process_fixtures import started_processes
 
 
 def _run_args(server, out, *extra):
@@ -184,3 +187,27 @@ def test_run_plan_none_prints_noisy_neighbour(capacity_server, tmp_path, capsys)
     assert cli.main(["report", str(tmp_path / "capacity-A.json"), "--out", str(again)]) == 0
     assert "noisy_png" in capsys.readouterr().out and _is_png(again / "capacity-A-noisy.png")
     assert not (again / "capacity-A-throughput.png").exists()
+
+
+def test_run_from_a_generator_host_started_with_the_cli(capacity_server, tmp_path, capsys):
+    server = capacity_server(workers=4, mean_ms=2)
+    token = tmp_path / "token"
+    token.write_text("a-token-of-twenty-chars\n")
+    collections = str(Path(cli.__file__).parents[5])  # the collection this process imports (no PYTHONPATH here)
+    with started_processes() as spawn:
+        generator = spawn([sys.executable, "-m", cli.__name__, "generator", "--listen", "127.0.0.1", "--port", "0",
+                           "--token-file", str(token), "--workers", "2", "--connect-timeout", "60"],
+                          stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": collections})  # fmt: skip
+        line = generator.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = line.strip().rsplit(":", 1)[1]
+        args = [*_run_args(server, tmp_path, "cli-remote"), "--generators", "host=gen,address=127.0.0.1,port=" + port,
+                "--generator-token", "@" + str(token)]  # fmt: skip
+        assert cli.main(args) == 0, capsys.readouterr().err
+        assert generator.wait(20) == 0
+        served = json.loads(generator.stdout.read())
+    result = json.loads((tmp_path / "capacity-cli-remote.json").read_text())
+    assert served["finished"] and served["steps"] == len(result["steps"]) + 1  # the warm-up and every step
+    assert [(h["host"], h["workers"]) for h in result["generator"]["hosts"]] == [("gen", 2)]
+    assert all(s["workers"] == 2 for s in result["steps"]) and "cli-remote sustains" in result["sla_sentence"]
+    assert "a-token-of-twenty-chars" not in (tmp_path / "capacity-cli-remote.json").read_text()
