@@ -80,7 +80,7 @@ def search(trial, limits: tuple, start: float, max_rate: float, min_rate: float 
             break
         rate *= 2
     rate = start / 2
-    for _rung in range(8):  # halving, until the strictest limit passes
+    for _rung in range(5):  # halving, until the strictest limit passes (a busy shared core may hold it at no rate)
         if good[strictest] is not None or rate < min_rate:
             break
         run(rate)
@@ -156,14 +156,14 @@ def per_core(url: str, args: argparse.Namespace) -> dict:
                 else:
                     found = search(generator_trial(url, args, 1, LOAD_CORE), LAG_LIMITS_MS, start, args.max_rate)
                     for limit in LAG_LIMITS_MS:
-                        figures["ours_%gms" % limit].append(found[limit])
+                        figures["ours_%gms" % limit].append(found[limit] or 0.0)  # 0: no rate tried held it
                     figures["capped"] += found["capped"]
                     print(
                         "    ours: %s"
                         % ", ".join("< %g ms: %s RPS" % (lim, rate_text(found[lim])) for lim in LAG_LIMITS_MS)
                     )
-                    # later repeats start near the figure found, not at --start: fewer doubling steps
-                    start = 0.7 * (found[1.0] or found[5.0] or args.start)
+                    # later repeats start near the (steadier) 5 ms figure, not at --start: fewer doubling steps
+                    start = 0.7 * (found[5.0] or args.start / 0.7)
             except bench.Unavailable as exc:
                 figures["unavailable"][tool] = str(exc)
                 for key in figures:
@@ -192,7 +192,7 @@ def scaling(url: str, args: argparse.Namespace) -> dict:
                 continue
             best = found[SCALING_LAG_MS]
             at_best = [r["cpu_us_per_request"] for r in found["steps"] if r["rate"] == best]
-            row["rate"].append(best)
+            row["rate"].append(best or 0.0)  # 0: no rate tried held it
             row["cpu_us_per_request"].append(at_best[0] if at_best else None)
             row["capped"] += found["capped"]
             print("    ours x%d: < %g ms: %s RPS" % (workers, SCALING_LAG_MS, rate_text(best)), flush=True)
@@ -234,9 +234,9 @@ def ratio_lines(figures: dict) -> list:
     for limit in LAG_LIMITS_MS:
         ours = figures["ours_%gms" % limit]
         for tool, goal in GOALS.items():
-            paired = [o / t for o, t in zip(ours, figures[tool], strict=True) if o and t]
+            paired = [o / t for o, t in zip(ours, figures[tool], strict=True) if o is not None and t]
             if not paired:
-                missing = figures["unavailable"].get(tool) or figures["unavailable"].get("ours") or "no passing rate"
+                missing = figures["unavailable"].get(tool) or figures["unavailable"].get("ours") or "no figure"
                 lines.append("ours(<%g ms)/%s: n/a (%s)" % (limit, tool, missing))
                 continue
             ratio = median(ours) / median(figures[tool])
