@@ -1246,7 +1246,7 @@ class _Phase:
             if now > deadline or self.stopped:
                 break
             due = t0 + offsets[i]
-            if due > now + 0.00005:
+            if due > now:
                 # epoll sleeps in whole milliseconds, rounded up: sleep to ~1 ms before the send, then yield to the
                 # loop (I/O keeps flowing) until it is due, so the send lag stays well under 1 ms. In that last
                 # stretch a 0.1 ms nap between yields keeps the wait from spinning a core.
@@ -1257,10 +1257,9 @@ class _Phase:
                     if nap and due - clock() > 3 * nap:
                         time.sleep(nap)
                 continue
-            limit_t = now + 0.00005
-            while i < n:
+            while i < n:  # every request due by now: never one before its time (latency counts from it)
                 intended = t0 + offsets[i]
-                if intended > limit_t:
+                if intended > now:
                     break
                 pidx, req = pick(prng, seq + stride * i)
                 ex = Exchange(intended, pidx, hold_start <= intended < hold_end, on_response)

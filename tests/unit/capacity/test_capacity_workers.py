@@ -42,6 +42,8 @@ def test_two_workers_send_exactly_the_one_schedule(capacity_server, arrival):
     assert step["workers"] == 2 and step["unsent"] == 0 and not step["errors"]
     assert step["measured"] == sum(1 for row in runner.requests if row[7]) == step["ok"]
     assert step["generator_cpu_s"] > 0
+    # never a request before its time: send lag and latency count from the intended time, so neither is negative
+    assert min(row[2] for row in runner.requests) >= 0 and min(row[4] for row in runner.requests) > 0
     # the merged histogram holds every measured request, its percentiles those of the recorded latencies
     latencies = sorted(row[4] for row in runner.requests if row[7])
     assert step["histogram"]["count"] == len(latencies)
