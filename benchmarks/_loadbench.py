@@ -10,7 +10,6 @@ Every server listens on 127.0.0.1 only; every wait is bounded; a missing tool ra
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -245,10 +244,18 @@ def run_locust(url: str, seconds: float, users: int, core: int | None) -> float:
 
 
 def run_step(
-    url: str, rate: float, warmup: float, hold: float, workers: int, core: int | None, record: bool = False
+    url: str,
+    rate: float,
+    warmup: float,
+    hold: float,
+    workers: int,
+    core: int | None,
+    record: bool = False,
+    event_loop: str = "asyncio",
 ) -> dict:
     """One open-loop generator step at ``rate`` RPS in a fresh process (on ``core``); its summary (see :func:`step`)."""
     cmd = [sys.executable, __file__, "step", url, "%r" % rate, "%r" % warmup, "%r" % hold, str(workers)]
+    cmd += ["--event-loop", event_loop]
     if record:
         cmd.append("--record")
     done = subprocess.run(pinned(cmd, core), capture_output=True, text=True, timeout=warmup + hold + 120, check=False)
@@ -263,12 +270,14 @@ def exact_percentiles_ms(latencies: list) -> dict:
     return {"p%d" % p: ordered[max(1, math.ceil(p / 100.0 * len(ordered))) - 1] * 1000.0 for p in PERCENTILES}
 
 
-def step(url: str, rate: float, warmup: float, hold: float, workers: int, record: bool) -> dict:
+def step(url: str, rate: float, warmup: float, hold: float, workers: int, record: bool, event_loop: str) -> dict:
     """Run one phase with ``workers`` generator processes and return the figures the benchmark reads."""
     sys.path.insert(0, str(REPO / ".build" / "collections"))
     from ansible_collections.gpu.mig.plugins.module_utils._capacity import loadgen
 
-    runner = loadgen.Runner(loadgen.Target(url, method="GET"), "constant", workers=workers, record_requests=record)
+    runner = loadgen.Runner(
+        loadgen.Target(url, method="GET"), "constant", workers=workers, record_requests=record, event_loop=event_loop
+    )
 
     async def phase() -> dict:
         try:
@@ -276,7 +285,7 @@ def step(url: str, rate: float, warmup: float, hold: float, workers: int, record
         finally:
             runner.close()  # inside the loop: the pool's transports close on it
 
-    result = asyncio.run(phase())
+    result = loadgen.run_sync(phase(), event_loop)
     sent = result["scheduled"] - result["unsent"]
     summary = {
         "rate": rate,
@@ -307,8 +316,9 @@ def main() -> int:
     parser.add_argument("hold", type=float)
     parser.add_argument("workers", type=int)
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--event-loop", default="asyncio", choices=["asyncio", "uvloop"])
     args = parser.parse_args()
-    print(json.dumps(step(args.url, args.rate, args.warmup, args.hold, args.workers, args.record)))
+    print(json.dumps(step(args.url, args.rate, args.warmup, args.hold, args.workers, args.record, args.event_loop)))
     return 0
 
 

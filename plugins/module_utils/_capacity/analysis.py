@@ -62,6 +62,19 @@ class LatencyHistogram:
         if seconds > self.max:
             self.max = seconds
 
+    def record_many(self, values: list) -> None:
+        """:meth:`record` for each of ``values`` (seconds), in one pass."""
+        counts = self.counts
+        log, scale = math.log, self._LOG_G
+        for seconds in values:
+            idx = int(log(max(seconds * 1e6, 1.0)) / scale)
+            counts[idx] = counts.get(idx, 0) + 1
+        if values:
+            self.count += len(values)
+            self.total += math.fsum(values)
+            self.min = min(self.min, min(values))
+            self.max = max(self.max, max(values))
+
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         for idx, n in other.counts.items():
             self.counts[idx] = self.counts.get(idx, 0) + n

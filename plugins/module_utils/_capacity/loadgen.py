@@ -353,7 +353,7 @@ class Pool:
         elif self.idle:
             conn = self.idle.pop()
             self.busy.add(conn)
-            ex.start = self.loop.time()
+            ex.start = self.loop.time() if ex.retried else ex.sent  # a new request is handed over and written at once
             conn.send(ex, data)
         elif self.open < self.max and len(self.connecting) < self.MAX_CONNECTING:
             self._open(ex, data)
@@ -1228,6 +1228,8 @@ class _Phase:
         offsets = self.offsets
         pick = runner.target.pick
         prng = runner.payload_rng
+        requests = runner.target.requests
+        only = requests[0][0] if len(requests) == 1 and len(requests[0]) == 1 else None  # one payload, one variant
         submit = runner.pool.submit
         on_response = self.on_response
         send_order = self.send_order
@@ -1261,7 +1263,10 @@ class _Phase:
                 intended = t0 + offsets[i]
                 if intended > now:
                     break
-                pidx, req = pick(prng, seq + stride * i)
+                if only is None:
+                    pidx, req = pick(prng, seq + stride * i)
+                else:
+                    pidx, req = 0, only
                 ex = Exchange(intended, pidx, hold_start <= intended < hold_end, on_response)
                 ex.sent = clock()
                 self.inflight += 1
@@ -1344,10 +1349,8 @@ class _Phase:
     def part(self, unsent: int) -> dict:
         """This share's counts, histograms and samples: a step part that :func:`merge_parts` adds to the others'."""
         lag, wait = LatencyHistogram(), LatencyHistogram()
-        for x in self.lags:
-            lag.record(x)
-        for x in self.waits:
-            wait.record(x)
+        lag.record_many(self.lags)
+        wait.record_many(self.waits)
         return {
             "workers": 1,
             "sent": self.sent,

@@ -32,6 +32,17 @@ def test_histogram_percentile_within_relative_error(values, pct):
     assert h.min == min(values)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=-0.001, max_value=100.0, allow_nan=False), max_size=50))
+def test_record_many_is_record_for_each(values):
+    one, many = cap.LatencyHistogram(), cap.LatencyHistogram()
+    for v in values:
+        one.record(v)
+    many.record_many(values)
+    assert (many.counts, many.count, many.min, many.max) == (one.counts, one.count, one.min, one.max)
+    assert many.total == pytest.approx(one.total, abs=1e-9)
+
+
 def test_histogram_merge_roundtrip_and_empty():
     a, b = cap.LatencyHistogram(), cap.LatencyHistogram()
     assert a.percentile(99) is None
