@@ -129,6 +129,7 @@ benchmarks: collection
 	$(BIN)/python benchmarks/audit_overhead.py
 	$(BIN)/python benchmarks/capacity_plans.py
 	$(BIN)/python benchmarks/capacity_generator.py
+	$(BIN)/python benchmarks/generator_hosts.py
 
 clean:
 	rm -rf .build tests/output
