@@ -10,7 +10,9 @@ fidelity of the merged latency histogram.
    tool gets the other core. Per repeat, interleaved (order rotated): wrk's closed-loop maximum, Locust's
    (FastHttpUser, one process, no wait), and ours: the highest constant rate whose step has p99 send lag < 1 ms
    (and, separately, < 5 ms) with nothing unsent and no errors, searched by doubling then bisection to 5 %, each step
-   in a fresh process (a failing step runs twice: one stall by another tenant does not fail a rate). Medians, spread (min-max) and the ratios against the goals (>= 0.5 x wrk, >= 8 x Locust).
+   in a fresh process (a failing step runs twice: one stall by another tenant does not fail a rate), with each event
+   loop (--event-loops: asyncio and uvloop). Medians, spread (min-max) and the ratios against the goals (>= 0.5 x wrk,
+   >= 8 x Locust).
 2. Scaling: the same search (< 5 ms) with 1 and 2 worker processes on every core (HAProxy keeps its core, so on a
    2-core host the second worker shares it), CPU time per request, and the figure expected on a host with C cores.
 3. Fidelity: one step at a rate both hold against the synthetic server (exponential service times) with every

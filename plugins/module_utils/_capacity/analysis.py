@@ -70,10 +70,11 @@ class LatencyHistogram:
             idx = int(log(max(seconds * 1e6, 1.0)) / scale)
             counts[idx] = counts.get(idx, 0) + 1
         if values:
+            low, high = min(values), max(values)
             self.count += len(values)
             self.total += math.fsum(values)
-            self.min = min(self.min, min(values))
-            self.max = max(self.max, max(values))
+            self.min = min(self.min, low)
+            self.max = max(self.max, high)
 
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         for idx, n in other.counts.items():
