@@ -34,7 +34,18 @@ SUBCOMMANDS = sorted(_subparsers(cli.build_parser()))
 
 
 def test_the_subcommands_are_found():
-    assert SUBCOMMANDS == ["fleet", "noisy", "predict", "report", "run"]
+    assert SUBCOMMANDS == ["fleet", "generator", "noisy", "predict", "report", "run"]
+
+
+def test_a_generator_without_its_secret_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GPU_MIG_GENERATOR_TOKEN", raising=False)
+    assert cli.main(["generator", "--port", "0"]) == 2
+    assert "give the shared secret with --token-file FILE or GPU_MIG_GENERATOR_TOKEN" in capsys.readouterr().err
+    assert cli.main(["generator", "--port", "0", "--token-file", str(tmp_path / "absent")]) == 2
+    assert "cannot read --token-file %s: No such file or directory" % (tmp_path / "absent") in capsys.readouterr().err
+    (tmp_path / "short").write_text("too-short\n")
+    assert cli.main(["generator", "--port", "0", "--token-file", str(tmp_path / "short")]) == 2
+    assert "generator token must be at least 16 characters" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [[], *([name] for name in SUBCOMMANDS)], ids=["main", *SUBCOMMANDS])
