@@ -56,10 +56,8 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import 
     table_row,
 )
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.options import DEFAULTS, NEIGHBOUR_KEYS
-from ansible_collections.gpu.mig.plugins.module_utils._capacity.workers import LocalWorkers, default_workers
+from ansible_collections.gpu.mig.plugins.module_utils._capacity.workers import TIMEOUTS, LocalWorkers, default_workers
 
-# asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts)
-_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 ERROR_KINDS = ("timeout", "rejected_503", "rejected_429", "http_5xx", "http_4xx", "connection")
 USER_AGENT = "gpu.mig-capacity/1"
 # how late the kernel wakes a short sleep (Linux's default timer slack is 50 us)
@@ -380,7 +378,7 @@ class Pool:
                 ),
                 self.connect_timeout,
             )
-        except (OSError, *_TIMEOUTS):
+        except (OSError, *TIMEOUTS):
             self.open -= 1
             self.fail(ex, "connection")
             self._next_waiting_on_new()
@@ -469,7 +467,7 @@ async def http_once(
     ep = Endpoint(url, validate_certs)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(ep.host, ep.port, ssl=ep.ssl), timeout)
-    except _TIMEOUTS:
+    except TIMEOUTS:
         raise CapacityError("cannot reach %s: no connection within %g s" % (url, timeout)) from None
     except OSError as exc:
         raise CapacityError(
@@ -479,7 +477,7 @@ async def http_once(
         writer.write(ep.request(method, body, headers, close=True))
         status, data, _ka = await asyncio.wait_for(read_response(reader, keep_body=True), timeout)
         return status, data
-    except _TIMEOUTS:
+    except TIMEOUTS:
         raise CapacityError("%s did not answer within %g s" % (url, timeout)) from None
     except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
         raise CapacityError("%s: broken response (%s)" % (url, exc)) from None
@@ -794,7 +792,7 @@ class Scraper:
             except CapacityError as exc:
                 if len(self.errors) < 20:
                     self.errors.append(str(exc))
-            with contextlib.suppress(_TIMEOUTS):
+            with contextlib.suppress(TIMEOUTS):
                 await asyncio.wait_for(stop.wait(), max(0.0, self.interval - (loop.time() - t)))
 
 
@@ -838,7 +836,6 @@ class Runner:
         self.seed = seed
         self.rng = random.Random(seed)
         self.payload_rng = random.Random(seed + 1)
-        self.max_connections = max_connections
         self.pool = Pool(target.endpoint, max_connections)
         self.sample_interval = sample_interval
         self.scraper = scraper
@@ -898,7 +895,7 @@ class Runner:
         finally:
             stop.set()
             for helper in helpers:
-                with contextlib.suppress(*_TIMEOUTS, asyncio.CancelledError):
+                with contextlib.suppress(*TIMEOUTS, asyncio.CancelledError):
                     await asyncio.wait_for(helper, 10.0)
         part = merge_parts(parts, self.keep_samples)
         if self.record_requests:
@@ -934,7 +931,7 @@ class Runner:
             self.progress({"event": "tick", "index": spec["index"], "kind": spec["kind"], "rate": spec["rate"],
                            "elapsed": loop.time() - t0, "duration": spec["warmup"] + spec["hold"], "sent": int(sent),
                            "done": int(done), "inflight": int(inflight), "errors": int(errors), "p95_ms": p95})  # fmt: skip
-            with contextlib.suppress(*_TIMEOUTS):
+            with contextlib.suppress(*TIMEOUTS):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     def _step(self, spec: dict, offsets: list, part: dict) -> dict:
@@ -1039,7 +1036,7 @@ class Runner:
                 self.pool.submit(ex, req)
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), self.target.timeout)
-                except _TIMEOUTS:
+                except TIMEOUTS:
                     self.pool.expire(ex)
                 if ex.kind is None and ex.done:
                     hist.record(ex.end - t)
@@ -1106,7 +1103,6 @@ class _Phase:
         "sent",
         "seq",
         "service_samples",
-        "share",
         "shared",
         "slot",
         "stop_helpers",
@@ -1132,7 +1128,7 @@ class _Phase:
         if self.stop_rule:  # this share sees one request in ``of``
             self.stop_rule["min_requests"] = max(1, math.ceil(self.stop_rule.get("min_requests", 100) / of))
         self.offsets = offsets
-        self.share, self.of, self.seq = share, of, spec["seq"] + share
+        self.of, self.seq = of, spec["seq"] + share
         self.shared, self.slot = shared, slot
         self.timeout = runner.target.timeout
         self.t0 = loop.time() + (spec["start"] - time.time())
@@ -1347,10 +1343,10 @@ class _Phase:
         if not self.stopped and loop.time() < self.hold_end:
             await asyncio.sleep(self.hold_end - loop.time())
         if self.inflight > 0:
-            with contextlib.suppress(*_TIMEOUTS):
+            with contextlib.suppress(*TIMEOUTS):
                 await asyncio.wait_for(self.drained.wait(), self.timeout + 2.0)
         self.stop_helpers.set()
-        with contextlib.suppress(*_TIMEOUTS, asyncio.CancelledError):
+        with contextlib.suppress(*TIMEOUTS, asyncio.CancelledError):
             await asyncio.wait_for(housekeeping, 10.0)
         for ex in list(self.send_order):  # anything left after the drain timed out
             self.runner.pool.expire(ex)

@@ -27,12 +27,12 @@ from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import 
     schedule_offsets,
 )
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.workers import (
+    TIMEOUTS,
     LocalWorkers,
     available_cores,
     default_workers,
 )
 
-_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 PROTOCOL = "gpu.mig-generator/1"
 LINE_LIMIT = 1 << 28  # a step part with recorded requests can be large
 CLOCK_PINGS = 5
@@ -116,7 +116,7 @@ class _Agent:
             )
             self.claimed.set()
             await self._serve(reader, writer)
-        except (OSError, ConnectionError, ValueError, KeyError, *_TIMEOUTS) as exc:
+        except (OSError, ValueError, KeyError, *TIMEOUTS) as exc:
             self.failures.append("session ended: %s" % (exc or type(exc).__name__))
         finally:
             if self.runner is not None:
@@ -211,7 +211,7 @@ async def serve_generator(listen: str, port: int, token: str, timeout: float, wo
         await asyncio.wait_for(agent.claimed.wait(), min(timeout, connect_timeout or timeout))
         await asyncio.wait_for(agent.done.wait(), max(0.0, timeout - (time.monotonic() - started)))
         finished = True
-    except _TIMEOUTS:
+    except TIMEOUTS:
         finished = False
     finally:
         server.close()
@@ -224,7 +224,7 @@ async def stop_generator(address: str, port: int, token: str, timeout: float = 5
     """End a generator that no coordinator reached, as a coordinator that ran no test; False when none listens."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
-    except (OSError, *_TIMEOUTS):
+    except (OSError, *TIMEOUTS):
         return False
     try:
         await _send(writer, {"op": "hello", "protocol": PROTOCOL, "token": token})
@@ -232,7 +232,7 @@ async def stop_generator(address: str, port: int, token: str, timeout: float = 5
             return False
         await _send(writer, {"op": "close"})
         return (await _receive(reader, timeout)).get("op") == "bye"
-    except (OSError, ConnectionError, ValueError, *_TIMEOUTS):
+    except (OSError, ValueError, *TIMEOUTS):
         return False
     finally:
         writer.close()
@@ -290,7 +290,7 @@ class RemoteGenerators:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host["address"], host["port"], limit=LINE_LIMIT), 5.0)  # fmt: skip
                 break
-            except (OSError, *_TIMEOUTS) as exc:
+            except (OSError, *TIMEOUTS) as exc:
                 error = os.strerror(exc.errno) if getattr(exc, "errno", None) else "no answer"
                 if time.monotonic() > deadline:
                     raise CapacityError(
@@ -331,7 +331,7 @@ class RemoteGenerators:
     async def _expect(self, host: dict, reader, op: str, timeout: float, during: str) -> dict:
         try:
             msg = await _receive(reader, timeout)
-        except (OSError, ConnectionError, *_TIMEOUTS) as exc:
+        except (OSError, *TIMEOUTS) as exc:
             raise CapacityError(
                 "%s was lost during %s (%s); no capacity is reported from a step that lost part of its load"
                 % (self._name(host), during, exc or "no answer within %.0f s" % timeout)
@@ -360,7 +360,7 @@ class RemoteGenerators:
                 await _send(writer, {"op": "phase", "spec": dict(spec, start=spec["start"] + host["offset_s"])})
             replies = await asyncio.gather(*(self._expect(host, reader, "part", limit, during)
                                              for host, reader, _writer in self.links))  # fmt: skip
-        except (OSError, ConnectionError):
+        except OSError:  # a send to a host that is gone
             self.close()
             raise CapacityError("a generator host was lost during %s; the step is failed" % during) from None
         except BaseException:

@@ -21,8 +21,9 @@ import time
 
 from ansible_collections.gpu.mig.plugins.module_utils._capacity.analysis import CapacityError
 
-# asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts)
-_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
+# asyncio.TimeoutError is not the builtin TimeoutError before Python 3.11 (modules run on older hosts); the capacity
+# engine's one spelling of "a wait timed out"
+TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 # counters each worker publishes for the progress ticks: sent, done, in flight, errors
 _COUNTERS = 4
 
@@ -110,7 +111,7 @@ class LocalWorkers:
             tasks = [asyncio.ensure_future(self._part(slot, spec)) for slot in range(self.count)]
             try:
                 return await asyncio.wait_for(asyncio.gather(*tasks), limit)
-            except _TIMEOUTS:
+            except TIMEOUTS:
                 raise CapacityError(
                     "step %d at %g RPS: the load generator workers did not report within %.0f s; the step is failed"
                     % (spec["index"], spec["rate"], limit)
@@ -124,14 +125,7 @@ class LocalWorkers:
 
     async def _part(self, slot: int, spec: dict) -> dict:
         conn = self.conns[slot]
-        fd = conn.fileno()
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(fd, _resolve, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
+        await _readable(conn)
         try:
             kind, value = conn.recv()
         except (EOFError, OSError):
@@ -179,6 +173,18 @@ class LocalWorkers:
         self.count = 0
 
 
+async def _readable(conn) -> None:
+    """Wait, without blocking the event loop, until ``conn`` (a pipe end) has a message or is closed."""
+    fd = conn.fileno()
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
 def _resolve(future) -> None:
     if not future.done():
         future.set_result(None)
@@ -202,14 +208,8 @@ def _serve(runner, conn, slot: int, share: int, of: int, shared: SharedState, lo
 
 
 async def _serve_phases(runner, conn, slot: int, share: int, of: int, shared: SharedState) -> None:
-    loop = asyncio.get_running_loop()
     for _phase in range(1_000_000):  # bounded: one phase a message
-        ready = loop.create_future()
-        loop.add_reader(conn.fileno(), _resolve, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(conn.fileno())
+        await _readable(conn)
         try:
             kind, spec, offsets = conn.recv()
         except (EOFError, OSError):  # the parent is gone
